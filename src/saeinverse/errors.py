@@ -1,0 +1,25 @@
+"""The errors saeinverse raises for bad user input; the CLI prints them as one line, no traceback."""
+
+
+class SaeInverseError(Exception):
+    """Base class: a problem the user can fix (bad config, missing artifact, offline hub name...)."""
+
+
+class ConfigError(SaeInverseError, ValueError):
+    """An unknown config key, a value of the wrong type, or a value outside the valid choices."""
+
+
+class ModelLoadError(SaeInverseError):
+    """A model or SAE could not be loaded (offline hub name, unreadable directory, ...)."""
+
+
+class CompatibilityError(SaeInverseError, ValueError):
+    """The SAE does not fit the model: its hook is missing there or its width differs."""
+
+
+class ArtifactError(SaeInverseError):
+    """A run artifact is missing or unreadable."""
+
+
+class DataError(SaeInverseError, ValueError):
+    """A prompt source is empty, lacks the text column, or yields prompts too short to use."""
