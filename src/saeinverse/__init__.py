@@ -1,0 +1,24 @@
+"""saeinverse: what makes a sparse-autoencoder feature fire, from both directions.
+
+The notebook API is importable from here; heavy modules load on first use, not at import.
+"""
+
+from saeinverse.config import get_default_config, load_config, update_config
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_experiment_models": "saeinverse.experiment",
+    "train_default_sae": "saeinverse.experiment",
+    "run_experiment": "saeinverse.pipeline",
+}
+
+__all__ = ["get_default_config", "update_config", "load_config", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'saeinverse' has no attribute {name!r}")

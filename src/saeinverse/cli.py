@@ -1,0 +1,126 @@
+"""The ``saeinverse`` command line. User errors print one line and exit 2, with no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from saeinverse.errors import SaeInverseError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str) -> Callable:
+    """Register a subcommand handler (names are unique)."""
+
+    def register(handler: Callable[[argparse.Namespace], int]) -> Callable:
+        if name in COMMANDS:
+            raise ValueError(f"command {name!r} registered twice")
+        COMMANDS[name] = handler
+        return handler
+
+    return register
+
+
+def _config(args: argparse.Namespace):
+    from saeinverse.config import get_default_config, load_config, parse_overrides, update_config
+
+    config = load_config(args.config) if args.config else get_default_config()
+    return update_config(config, parse_overrides(args.overrides))
+
+
+@command("run")
+def _run(args: argparse.Namespace) -> int:
+    from saeinverse.pipeline import run_experiment
+
+    ctx = run_experiment(_config(args), force=args.force, run_dir=args.run_dir)
+    print(f"run directory: {ctx.run.root}")
+    for name, stage_hash in ctx.hashes.items():
+        print(f"  {name:<12} done  ({stage_hash})")
+    return 0
+
+
+@command("train-sae")
+def _train_sae(args: argparse.Namespace) -> int:
+    from saeinverse.experiment import train_default_sae
+
+    config = _config(args)
+    _, quality = train_default_sae(config, out_dir=args.out)
+    print(json.dumps(quality.to_dict(), indent=2))
+    return 0
+
+
+@command("config")
+def _config_show(args: argparse.Namespace) -> int:
+    from saeinverse.config import dump_config
+
+    print(dump_config(_config(args)), end="")
+    return 0
+
+
+@command("models")
+def _models(args: argparse.Namespace) -> int:
+    from saeinverse.models.loading import available_models
+
+    for entry in available_models():
+        print(json.dumps(entry))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser: one subcommand per stage plus run, train-sae, config and models."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="YAML config file (partial trees keep the defaults)")
+    common.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. data.n_prompts=200")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    parser = argparse.ArgumentParser(prog="saeinverse", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", parents=[common], help="run the whole pipeline")
+    run.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help="recompute STAGE ('all': every stage)",
+    )
+    run.add_argument("--run-dir", help="run directory (default: <output.dir>/<output.name>)")
+    train = sub.add_parser(
+        "train-sae", parents=[common], help="train the default TopK SAE (sae.train.*)"
+    )
+    train.add_argument("--out", help="output directory (default: the user cache)")
+    config = sub.add_parser("config", help="show the resolved config")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    config_sub.add_parser("show", parents=[common], help="print the resolved config as YAML")
+    sub.add_parser("models", parents=[common], help="list what is available offline")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``saeinverse`` and ``python -m saeinverse`` (no arguments: ``run``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = ["run"]
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("httpx", "urllib3", "huggingface_hub", "datasets", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except SaeInverseError as err:
+        print(f"saeinverse: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("saeinverse: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,502 @@
+"""The configuration tree: typed sections, defaults, validated merges, YAML and dotted overrides.
+
+Every section is a dataclass whose fields carry their own one-line documentation (the string
+after each field). Sections read both ways: ``config.data.n_prompts`` and
+``config["data"]["n_prompts"]``; a section passes straight to its stage function.
+Configs are never changed in place: ``update_config`` returns a new tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from saeinverse.errors import ConfigError
+
+
+class Section(Mapping):
+    """Base of every config section: a frozen-by-convention dataclass that also reads as a dict."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._field_names():
+            raise _unknown_key(key, self._field_names(), self._path())
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._field_names())
+
+    def __len__(self) -> int:
+        return len(self._field_names())
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        raise TypeError("config sections are read-only: use update_config(config, {...})")
+
+    @classmethod
+    def _field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def _path(self) -> str:
+        return getattr(self, "_section_path", "") or "<root>"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain nested dict (YAML / JSON ready)."""
+        return {
+            name: value.to_dict() if isinstance(value, Section) else _plain(value)
+            for name, value in ((n, getattr(self, n)) for n in self._field_names())
+        }
+
+    def hash(self) -> str:
+        """A stable hash of this section's values (used for stage markers)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclass
+class PipelineConfig(Section):
+    run_data_collection: bool = True
+    """Collect feature activations over the prompts and compute per-feature statistics."""
+    run_filtering: bool = True
+    """Filter features by density and entropy (needs collection)."""
+    run_clustering: bool = True
+    """Cluster the surviving features (UMAP + HDBSCAN / DBSCAN / KMeans)."""
+    run_feature_selection: bool = True
+    """Choose target features from the clusters (or the explicit list)."""
+    run_prompt_optimization: bool = True
+    """Invert the selected features: soft prompts, projection, discrete refinement."""
+    run_explanations: bool = True
+    """Explain each selected feature in words and score the explanations."""
+    run_visualization: bool = True
+    """Write the self-contained report.html."""
+
+
+@dataclass
+class HardwareConfig(Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where tensors live; 'auto' picks cuda when available, else cpu (resolved at run time)."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """Floating-point type of the subject model and SAE."""
+    threads: int | None = None
+    """CPU threads for torch; None leaves torch's default."""
+
+
+@dataclass
+class ModelConfig(Section):
+    name: str = "smollm2-135m"
+    """Subject model: 'smollm2-135m' (embedded, offline) or any TransformerLens model name."""
+    n_ctx: int = 2048
+    """Context length the model is built with (SmolLM2's 8192 would allocate large masks)."""
+
+
+@dataclass
+class SAETrainConfig(Section):
+    hook_name: str = "blocks.9.hook_resid_post"
+    """Hook the default SAE is trained at."""
+    d_sae: int = 4608
+    """Number of SAE features."""
+    k: int = 32
+    """TopK: active features per token."""
+    training_tokens: int = 200_000
+    """Tokens of the default corpus to train on."""
+    context_size: int = 128
+    """Tokens per training sequence."""
+    batch_size_tokens: int = 1024
+    """Tokens per optimizer step."""
+    lr: float = 1e-3
+    """Learning rate."""
+
+
+@dataclass
+class SAEConfig(Section):
+    release: str | None = None
+    """SAELens registry release (with sae_id), e.g. 'pythia-70m-deduped-mlp-sm'."""
+    sae_id: str | None = None
+    """SAE id inside the release, e.g. 'blocks.3.hook_mlp_out'."""
+    path: str | None = None
+    """A local SAELens directory (cfg.json + sae_weights.safetensors) or a Hugging Face repo path."""
+    train: SAETrainConfig = field(default_factory=SAETrainConfig)
+    """How the default SAE is trained when no release / path is given (cached after first use)."""
+
+
+@dataclass
+class FilteringConfig(Section):
+    sparsity_min: float = 1e-4
+    """Lowest firing density kept (fraction of tokens on which the feature is > 0)."""
+    sparsity_max: float = 0.05
+    """Highest firing density kept; denser features are flagged 'dense'."""
+    entropy_threshold_low: float = 0.2
+    """Lowest normalised prompt entropy kept (below: fires on a handful of prompts)."""
+    entropy_threshold_high: float = 1.0
+    """Highest normalised prompt entropy kept."""
+    min_token_entropy: float = 0.1
+    """Below this token entropy a feature is flagged 'single-token'."""
+    max_positional_share: float = 0.8
+    """Above this share of activation mass in the first positions a feature is 'positional'."""
+    positional_window: int = 3
+    """How many leading (non-masked) positions count as 'first positions'."""
+    drop_single_token: bool = False
+    """Drop single-token features (else only flag them)."""
+    drop_positional: bool = True
+    """Drop positional features (else only flag them)."""
+
+
+@dataclass
+class DataConfig(Section):
+    source: str = "default"
+    """'default' (bundled corpus), a .txt / .jsonl / .parquet path, or a Hugging Face dataset name."""
+    split: str = "train"
+    """Dataset split (HF datasets) or corpus split ('train' / 'heldout') of the default corpus."""
+    text_column: str = "text"
+    """Column holding the text (jsonl / parquet / HF datasets)."""
+    n_prompts: int = 500
+    """Prompts drawn at random (with the seed) from the source."""
+    max_length: int = 64
+    """Tokens per prompt, the start token included."""
+    batch_size: int = 16
+    """Prompts per forward pass."""
+    exclude_bos: bool = True
+    """Mask position 0 (the start token / attention sink) from every statistic."""
+    top_k_exemplars: int = 20
+    """Top activating contexts kept per feature."""
+    context_window: int = 8
+    """Tokens kept either side of an exemplar's position."""
+    histogram_bins: int = 32
+    """Log-spaced bins of the per-feature activation histogram."""
+    use_cached_data: bool = True
+    """Reuse saved activations when the data config and models are unchanged."""
+    filtering: FilteringConfig = field(default_factory=FilteringConfig)
+    """Which features survive to clustering."""
+
+
+@dataclass
+class UMAPConfig(Section):
+    n_components: int = 5
+    """Dimensions UMAP reduces to for clustering (a 2-D map is always made too)."""
+    n_neighbors: int = 15
+    """UMAP neighbourhood size."""
+    min_dist: float = 0.1
+    """UMAP minimum distance."""
+    metric: str = "cosine"
+    """Distance between feature vectors."""
+
+
+@dataclass
+class HDBSCANConfig(Section):
+    min_cluster_size: int = 5
+    """Smallest cluster HDBSCAN reports."""
+    min_samples: int | None = None
+    """HDBSCAN's density parameter (None: min_cluster_size)."""
+
+
+@dataclass
+class DBSCANConfig(Section):
+    eps: float | None = None
+    """Neighbourhood radius; None searches it by silhouette within the metric's range."""
+    min_samples: int = 5
+    """Points needed to form a dense region."""
+
+
+@dataclass
+class KMeansConfig(Section):
+    n_clusters: int = 8
+    """Number of clusters."""
+
+
+@dataclass
+class SelectionConfig(Section):
+    features_per_cluster: int = 2
+    """Features chosen from each cluster."""
+    score: Literal["max_activation", "density", "selectivity"] = "max_activation"
+    """How features are ranked inside a cluster."""
+    include_noise: bool = False
+    """Also choose from the noise points (as one extra group)."""
+    feature_ids: list[int] | None = None
+    """Explicit SAE feature ids; when given, clustering does not choose."""
+    max_features: int = 16
+    """Cap on the number of selected features."""
+
+
+@dataclass
+class ClusteringConfig(Section):
+    vectors: Literal["activation", "decoder", "cooccurrence"] = "activation"
+    """Feature vectors: activation profile over prompts, decoder direction, or co-occurrence."""
+    method: Literal["hdbscan", "dbscan", "kmeans"] = "hdbscan"
+    """Clustering algorithm."""
+    umap: UMAPConfig = field(default_factory=UMAPConfig)
+    """Dimensionality reduction before clustering."""
+    hdbscan: HDBSCANConfig = field(default_factory=HDBSCANConfig)
+    """HDBSCAN settings."""
+    dbscan: DBSCANConfig = field(default_factory=DBSCANConfig)
+    """DBSCAN settings."""
+    kmeans: KMeansConfig = field(default_factory=KMeansConfig)
+    """KMeans settings."""
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    """How target features are chosen."""
+    visualize_clusters: bool = True
+    """Draw the UMAP cluster map in the report."""
+
+
+@dataclass
+class OptimizationConfig(Section):
+    length: int = 12
+    """Prompt tokens optimised (the start token is added in front)."""
+    max_steps: int = 200
+    """Adam steps on the soft prompts."""
+    lr: float = 0.05
+    """Adam learning rate."""
+    position: Literal["max", "last"] = "last"
+    """Where the target activation is read: the max over positions, or the last one."""
+    init: Literal["random", "exemplar"] = "random"
+    """Start from random vocabulary embeddings or from the feature's top exemplar tokens."""
+    selectivity_weight: float = 0.0
+    """Penalty weight on other features' activation."""
+    embedding_distance_weight: float = 0.0
+    """Penalty weight on the distance to the nearest token embedding."""
+    patience: int = 50
+    """Steps without improvement before stopping early."""
+    refine_steps: int = 100
+    """Discrete refinement iterations (token swaps)."""
+    refine_candidates: int = 64
+    """Candidate swaps evaluated per refinement step."""
+    fluency_weight: float = 0.0
+    """Weight of the model's own cross-entropy of the prompt during refinement."""
+
+
+@dataclass
+class ExplanationConfig(Section):
+    explainer: Literal["tokens", "llm", "openai"] = "tokens"
+    """Who writes explanations: deterministic token summary, a local HF LM, or an HTTP endpoint."""
+    llm_name: str = "smollm2-135m"
+    """Local explanation LM: 'smollm2-135m' (embedded) or a Hugging Face model name."""
+    base_url: str | None = None
+    """OpenAI-compatible endpoint for the 'openai' explainer."""
+    api_model: str | None = None
+    """Model name sent to that endpoint."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the endpoint's key (the key is never stored)."""
+    max_new_tokens: int = 48
+    """Length limit of a generated explanation."""
+    n_heldout: int = 10
+    """Evidence sequences held out for scoring."""
+
+
+@dataclass
+class OutputConfig(Section):
+    dir: str = "runs"
+    """Folder holding run directories."""
+    name: str = "default"
+    """Run name: the run lives in <dir>/<name>."""
+
+
+@dataclass
+class Config(Section):
+    seed: int = 0
+    """Fixes every random choice (prompt sampling, training, UMAP, initialisation)."""
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    """Which stages run."""
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    """Device and dtype."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The subject model."""
+    sae: SAEConfig = field(default_factory=SAEConfig)
+    """The sparse autoencoder."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Prompts, collection and filtering."""
+    clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    """Feature clustering and selection."""
+    optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
+    """Inversion."""
+    explanation: ExplanationConfig = field(default_factory=ExplanationConfig)
+    """Explanations and their scores."""
+    output: OutputConfig = field(default_factory=OutputConfig)
+    """Where runs are written."""
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def get_default_config() -> Config:
+    """A fresh default configuration tree."""
+    return _mark_paths(Config(), "")
+
+
+def update_config(config: Config | Section, overrides: Mapping[str, Any]) -> Config:
+    """Return a new config: ``config`` deep-merged with the nested dict ``overrides``, validated.
+
+    Unknown keys raise ``ConfigError`` naming the key, the valid keys at that level and the
+    closest one; values of the wrong type raise ``ConfigError`` naming the key path and type.
+    """
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"overrides must be a nested dict, got {type(overrides).__name__}")
+    merged = _merge(config, overrides, config._path().replace("<root>", ""))
+    return _mark_paths(merged, getattr(config, "_section_path", ""))
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Build a full config from a (possibly partial) nested dict over the defaults."""
+    return update_config(get_default_config(), data)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a YAML file (a partial tree is fine: missing keys keep their defaults)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {data!r}")
+    return config_from_dict(data)
+
+
+def dump_config(config: Section) -> str:
+    """The config as YAML text (round-trips through ``load_config``)."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Turn CLI items like ``data.n_prompts=200`` into a nested dict (values parsed as YAML)."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        value = yaml.safe_load(raw) if raw.strip() else None
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier one")
+        node[parts[-1]] = value
+    return nested
+
+
+# ----------------------------------------------------------------------------- internals
+
+
+def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(str(key), valid, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(
+        f"unknown config key {key!r} in {where}; valid keys: {', '.join(valid)}{hint}"
+    )
+
+
+def _merge(section: Section, overrides: Mapping[str, Any], path: str) -> Section:
+    hints = typing.get_type_hints(type(section))
+    names = section._field_names()
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in names:
+            raise _unknown_key(key, names, path or "<root>")
+        key_path = f"{path}.{key}" if path else key
+        current = getattr(section, key)
+        if isinstance(current, Section):
+            if isinstance(value, Section):
+                value = value.to_dict()
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{key_path} is a section; give it a mapping, not {value!r}")
+            changes[key] = _merge(current, value, key_path)
+        else:
+            changes[key] = _check_type(value, hints[key], key_path)
+    return dataclasses.replace(section, **changes)
+
+
+def _check_type(value: Any, hint: Any, key_path: str) -> Any:
+    ok, coerced = _coerce(value, hint)
+    if not ok:
+        raise ConfigError(
+            f"config key {key_path} expects {_describe(hint)}, got {value!r} "
+            f"({type(value).__name__})"
+        )
+    return coerced
+
+
+def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            ok, coerced = _coerce(value, arg)
+            if ok:
+                return True, coerced
+        return False, value
+    if hint is type(None):
+        return value is None, value
+    if origin is Literal:
+        return value in args, value
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            return False, value
+        items = [_coerce(v, args[0]) for v in value]
+        return all(ok for ok, _ in items), [v for _, v in items]
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return True, float(value)
+        return False, value
+    if hint is str:
+        return isinstance(value, str), value
+    return isinstance(value, hint), value
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is list:
+        return f"a list of {_describe(args[0])}"
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _mark_paths(section: Section, path: str) -> Section:
+    object.__setattr__(section, "_section_path", path)
+    for name in section._field_names():
+        child = getattr(section, name)
+        if isinstance(child, Section):
+            _mark_paths(child, f"{path}.{name}" if path else name)
+    return section
+
+
+def field_docs(section_type: type[Section]) -> dict[str, str]:
+    """Each field's one-line documentation (the string literal after it in the source)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(section_type))
+    body = tree.body[0].body
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr):
+            if isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                docs[node.target.id] = nxt.value.value
+    return docs
