@@ -121,8 +121,6 @@ def load_explanation_lm(config: Config):
 
         lm, tokenizer = load_default_hf()
     else:
-        from saeinverse.models.loading import load_hf_lm
-
         lm, tokenizer = load_hf_lm(name)
     return lm.to(device).eval(), tokenizer
 
@@ -139,3 +137,23 @@ def load_experiment_models(config: Config | Mapping[str, Any] | None = None):
     sae = load_experiment_sae(config, model)
     lm, tokenizer = load_explanation_lm(config)
     return model, sae, lm, tokenizer
+
+
+def load_hf_lm(name: str):
+    """A Hugging Face causal LM and its tokenizer by hub name or local path (fails fast offline)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from saeinverse.errors import ModelLoadError
+    from saeinverse.models.paths import hub_mode, hub_should_be_offline
+
+    offline = hub_should_be_offline() and not Path(name).exists()
+    try:
+        with hub_mode(offline):
+            tokenizer = AutoTokenizer.from_pretrained(name)
+            lm = AutoModelForCausalLM.from_pretrained(name)
+    except OSError as err:
+        raise ModelLoadError(
+            f"explanation LM {name!r} could not be loaded: a hub name needs network access "
+            f"(or the weights in the Hugging Face cache); give a local path instead ({err})"
+        ) from err
+    return lm, tokenizer
