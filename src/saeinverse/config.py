@@ -189,7 +189,7 @@ class DataConfig(Section):
 @dataclass
 class UMAPConfig(Section):
     n_components: int = 5
-    """Dimensions UMAP reduces to for clustering (a 2-D map is always made too)."""
+    """Dimensions UMAP reduces to for clustering (0: cluster the cosine vectors directly); a 2-D map is always made."""
     n_neighbors: int = 15
     """UMAP neighbourhood size."""
     min_dist: float = 0.1
