@@ -11,6 +11,13 @@ _LAZY = {
     "load_experiment_models": "saeinverse.experiment",
     "train_default_sae": "saeinverse.experiment",
     "run_experiment": "saeinverse.pipeline",
+    "collect_activations": "saeinverse.collect",
+    "collect_and_filter_data": "saeinverse.collect_stage",
+    "load_prompts": "saeinverse.data.sources",
+    "filter_features": "saeinverse.features",
+    "run_clustering": "saeinverse.cluster",
+    "analyze_clusters": "saeinverse.cluster_analysis",
+    "select_features": "saeinverse.selection",
 }
 
 __all__ = ["get_default_config", "update_config", "load_config", *_LAZY]
