@@ -32,15 +32,31 @@ def _config(args: argparse.Namespace):
     return update_config(config, parse_overrides(args.overrides))
 
 
+STAGE_COMMANDS = {
+    "collect": "collect feature activations and statistics over the prompts",
+    "filter": "filter features by density and entropy",
+    "cluster": "cluster the surviving features and analyse the clusters",
+    "select": "select target features",
+    "invert": "invert the selected features (optimise prompts that activate them)",
+    "explain": "explain and score the selected features",
+}
+"""Each runs the pipeline up to and including that stage, reusing finished stages."""
+
+
 @command("run")
 def _run(args: argparse.Namespace) -> int:
     from saeinverse.pipeline import run_experiment
 
-    ctx = run_experiment(_config(args), force=args.force, run_dir=args.run_dir)
+    until = args.command if args.command in STAGE_COMMANDS else None
+    ctx = run_experiment(_config(args), force=args.force, run_dir=args.run_dir, until=until)
     print(f"run directory: {ctx.run.root}")
     for name, stage_hash in ctx.hashes.items():
-        print(f"  {name:<12} done  ({stage_hash})")
+        print(f"  {name:<8} done  {ctx.run.stage_dir(name)}  (hash {stage_hash})")
     return 0
+
+
+for _name in STAGE_COMMANDS:
+    COMMANDS[_name] = _run
 
 
 @command("train-sae")
@@ -79,15 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="saeinverse", description=__doc__)
     sub = parser.add_subparsers(dest="command")
-    run = sub.add_parser("run", parents=[common], help="run the whole pipeline")
-    run.add_argument(
-        "--force",
-        action="append",
-        default=[],
-        metavar="STAGE",
-        help="recompute STAGE ('all': every stage)",
-    )
-    run.add_argument("--run-dir", help="run directory (default: <output.dir>/<output.name>)")
+    whole = {"run": "run the whole pipeline (the stages switched on in the pipeline section)"}
+    for name, text in {**whole, **STAGE_COMMANDS}.items():
+        run = sub.add_parser(name, parents=[common], help=text)
+        run.add_argument(
+            "--force",
+            action="append",
+            default=[],
+            metavar="STAGE",
+            help="recompute STAGE ('all': every stage)",
+        )
+        run.add_argument("--run-dir", help="run directory (default: <output.dir>/<output.name>)")
     train = sub.add_parser(
         "train-sae", parents=[common], help="train the default TopK SAE (sae.train.*)"
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from saeinverse.config import Config
+from saeinverse.errors import ConfigError
 from saeinverse.experiment import as_config, load_experiment_models, sae_identity
 from saeinverse.io import load_json, save_json
 from saeinverse.runs import Run, digest
@@ -22,16 +23,30 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Context:
-    """What stages share: the config, the run, the loaded models and earlier stages' results."""
+    """What stages share: the config, the run, the models (loaded on first use) and results."""
 
     config: Config
     run: Run
-    model: Any = None
-    sae: Any = None
-    lm: Any = None
-    tokenizer: Any = None
+    loaded: tuple[Any, Any, Any, Any] | None = None
+    """``(model, sae, lm, tokenizer)`` once loaded; a rerun that reuses every stage loads nothing."""
     results: dict[str, Any] = field(default_factory=dict)
     hashes: dict[str, str] = field(default_factory=dict)
+    identity: Any = None
+    """What identifies the models in every stage hash."""
+
+    def models(self) -> tuple[Any, Any, Any, Any]:
+        """``(model, sae, lm, tokenizer)``, loading them from the config on first call."""
+        if self.loaded is None:
+            self.loaded = load_experiment_models(self.config)
+        return self.loaded
+
+    @property
+    def model(self) -> Any:
+        return self.models()[0]
+
+    @property
+    def sae(self) -> Any:
+        return self.models()[1]
 
 
 @dataclass(frozen=True)
@@ -42,14 +57,34 @@ class Stage:
     toggle: str | None
     """The ``pipeline`` key that switches it on (None: always runs)."""
     inputs: tuple[str, ...]
-    """Earlier stages whose results it reads."""
+    """Earlier stages whose results it needs (it is skipped when one did not run)."""
     config_part: Callable[[Config], Any]
     """The slice of the config its result depends on."""
     compute: Callable[[Context, Path], Any]
     load: Callable[[Context, Path], Any]
+    optional: tuple[str, ...] = ()
+    """Earlier stages it reads when they ran."""
 
 
-def _models_part(config: Config) -> Any:
+def models_identity(ctx: Context) -> Any:
+    """The models' identity: weight fingerprints of models passed in, else the config's names.
+
+    A default SAE that is not trained yet is trained first, so its identity is final.
+    """
+    config = ctx.config
+    if ctx.loaded is not None:
+        from saeinverse.collect_stage import _weights_fingerprint
+
+        model, sae = ctx.loaded[0], ctx.loaded[1]
+        return {
+            "model": [model.cfg.model_name, _weights_fingerprint(model)],
+            "sae": [sae.cfg.metadata.hook_name, _weights_fingerprint(sae)],
+        }
+    if (
+        not (config.sae.release or config.sae.path)
+        and sae_identity(config)["weights_mtime"] is None
+    ):
+        ctx.models()
     return {
         "model": config.model.to_dict(),
         "sae": sae_identity(config),
@@ -58,6 +93,7 @@ def _models_part(config: Config) -> Any:
 
 
 def _compute_models(ctx: Context, folder: Path) -> dict[str, Any]:
+    ctx.models()
     sae_cfg = ctx.sae.cfg
     summary = {
         "model": ctx.config.model.name,
@@ -68,7 +104,7 @@ def _compute_models(ctx: Context, folder: Path) -> dict[str, Any]:
         "hook_name": sae_cfg.metadata.hook_name,
         "d_in": sae_cfg.d_in,
         "d_sae": sae_cfg.d_sae,
-        "sae": sae_identity(ctx.config),
+        "identity": ctx.identity,
     }
     save_json(folder / "models.json", summary)
     return summary
@@ -79,7 +115,7 @@ def _load_models(ctx: Context, folder: Path) -> dict[str, Any]:
 
 
 STAGES: list[Stage] = [
-    Stage("models", None, (), _models_part, _compute_models, _load_models),
+    Stage("models", None, (), lambda config: None, _compute_models, _load_models),
 ]
 
 
@@ -101,26 +137,29 @@ def run_experiment(
     force: Iterable[str] = (),
     run_dir: str | Path | None = None,
     models: tuple[Any, Any, Any, Any] | None = None,
+    until: str | None = None,
 ) -> Context:
     """Run every stage whose ``pipeline`` toggle is on; return the context with all results.
 
     ``force`` names stages to recompute ('all' for every stage); ``models`` passes already
-    loaded ``(model, sae, lm, tokenizer)`` instead of loading them from the config.
+    loaded ``(model, sae, lm, tokenizer)`` instead of loading them from the config (they are
+    otherwise loaded only when a stage has to compute); ``until`` stops after that stage.
     """
+    import saeinverse.stages  # noqa: F401  (registers the stages)
+
     config = as_config(config)
     _seed_everything(config.seed)
     force = set(force)
-    unknown = force - set(stage_names()) - {"all"}
+    unknown = sorted(force - set(stage_names()) - {"all"})
+    if until is not None and until not in stage_names():
+        unknown.append(until)
     if unknown:
-        from saeinverse.errors import ConfigError
-
-        raise ConfigError(
-            f"--force names unknown stage(s) {sorted(unknown)}; valid: {stage_names() + ['all']}"
-        )
+        raise ConfigError(f"unknown stage(s) {unknown}; valid: {stage_names() + ['all']}")
     run = Run.create(config, root=run_dir, force=force)
-    model, sae, lm, tokenizer = models if models is not None else load_experiment_models(config)
-    ctx = Context(config=config, run=run, model=model, sae=sae, lm=lm, tokenizer=tokenizer)
-    for stage in STAGES:
+    ctx = Context(config=config, run=run, loaded=tuple(models) if models is not None else None)
+    ctx.identity = models_identity(ctx)
+    last = stage_names().index(until) + 1 if until else len(STAGES)
+    for stage in STAGES[:last]:
         if stage.toggle and not getattr(config.pipeline, stage.toggle):
             logger.info("stage %s: off (pipeline.%s = false)", stage.name, stage.toggle)
             continue
@@ -128,9 +167,8 @@ def run_experiment(
         if missing:
             logger.warning("stage %s: skipped, it needs %s which did not run", stage.name, missing)
             continue
-        stage_hash = digest(
-            stage.name, stage.config_part(config), [ctx.hashes[i] for i in stage.inputs]
-        )
+        upstream = [ctx.hashes.get(name) for name in stage.inputs + stage.optional]
+        stage_hash = digest(stage.name, stage.config_part(config), upstream, ctx.identity)
         ctx.results[stage.name] = run.run_stage(
             stage.name,
             stage_hash,

@@ -1,0 +1,204 @@
+"""The pipeline's stages, in order: each reads earlier results, writes its folder, and loads back.
+
+Importing this module registers them with ``saeinverse.pipeline``. Each stage's hash covers the
+config slice named here plus the hashes of the stages it reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from saeinverse.config import Config
+from saeinverse.pipeline import Context, Stage, register_stage
+
+logger = logging.getLogger(__name__)
+
+_COLLECTION_KEYS_IGNORED = ("filtering", "use_cached_data", "batch_size")
+
+
+# ----------------------------------------------------------------------------- collect
+
+
+def _collect_part(config: Config) -> Any:
+    data = {k: v for k, v in config.data.to_dict().items() if k not in _COLLECTION_KEYS_IGNORED}
+    return {
+        "data": data,
+        "positional_window": config.data.filtering.positional_window,
+        "seed": config.seed,
+    }
+
+
+def _collect(ctx: Context, folder: Path):
+    from saeinverse.collect import collect_activations
+    from saeinverse.data.sources import load_prompts
+
+    prompts = load_prompts(ctx.config.data, seed=ctx.config.seed)
+    stats = collect_activations(ctx.model, ctx.sae, prompts, ctx.config.data, seed=ctx.config.seed)
+    stats.save(folder)
+    return stats
+
+
+def _load_collect(ctx: Context, folder: Path):
+    from saeinverse.stats import FeatureStats
+
+    return FeatureStats.load(folder)
+
+
+# ----------------------------------------------------------------------------- filter
+
+
+def _filter(ctx: Context, folder: Path):
+    from saeinverse.features import filter_features
+
+    feature_set = filter_features(ctx.results["collect"], ctx.config.data.filtering)
+    feature_set.save(folder)
+    return feature_set
+
+
+def _load_filter(ctx: Context, folder: Path):
+    from saeinverse.features import FeatureSet
+
+    return FeatureSet.load(folder)
+
+
+# ----------------------------------------------------------------------------- cluster
+
+
+def _cluster_part(config: Config) -> Any:
+    clustering = config.clustering.to_dict()
+    clustering.pop("selection")
+    clustering.pop("visualize_clusters")
+    return {"clustering": clustering, "seed": config.seed}
+
+
+def _cluster(ctx: Context, folder: Path) -> dict[str, Any]:
+    from saeinverse.cluster import run_clustering
+    from saeinverse.cluster_analysis import analyze_clusters
+
+    stats, kept = ctx.results["collect"], ctx.results["filter"].kept
+    result = run_clustering(
+        stats.prompt_feature_dense(kept),
+        kept,
+        ctx.config.clustering,
+        sae=ctx.sae,
+        seed=ctx.config.seed,
+    )
+    result.save(folder)
+    analysis = analyze_clusters(result, stats)
+    analysis.save(folder)
+    return {"clusters": result, "analysis": analysis}
+
+
+def _load_cluster(ctx: Context, folder: Path) -> dict[str, Any]:
+    from saeinverse.cluster import ClusterResult
+    from saeinverse.cluster_analysis import ClusterAnalysis
+
+    return {"clusters": ClusterResult.load(folder), "analysis": ClusterAnalysis.load(folder)}
+
+
+# ----------------------------------------------------------------------------- select
+
+
+def _select(ctx: Context, folder: Path):
+    from saeinverse.selection import select_features
+
+    clusters = ctx.results.get("cluster", {}).get("clusters")
+    selection = select_features(clusters, ctx.results["collect"], ctx.config.clustering.selection)
+    selection.save(folder)
+    return selection
+
+
+def _load_select(ctx: Context, folder: Path):
+    from saeinverse.selection import Selection
+
+    return Selection.load(folder)
+
+
+# ----------------------------------------------------------------------------- invert
+
+
+def target_features(ctx: Context) -> list[int]:
+    """The features to invert: the selection's, else the config's explicit ids."""
+    if "select" in ctx.results:
+        return list(ctx.results["select"].feature_ids)
+    explicit = ctx.config.clustering.selection.feature_ids
+    if explicit:
+        return list(explicit)
+    from saeinverse.errors import ConfigError
+
+    raise ConfigError(
+        "inversion needs target features: turn on pipeline.run_feature_selection "
+        "(with collection) or give clustering.selection.feature_ids"
+    )
+
+
+def _invert_part(config: Config) -> Any:
+    return {
+        "optimization": config.optimization.to_dict(),
+        "seed": config.seed,
+        "explicit": config.clustering.selection.feature_ids,
+    }
+
+
+def _invert(ctx: Context, folder: Path):
+    from saeinverse.invert import dataset_maxima, exemplar_tails, optimize_features, save_inversions
+
+    ids = target_features(ctx)
+    stats = ctx.results.get("collect")
+    opt = ctx.config.optimization
+    maxima = dataset_maxima(stats, ids) if stats is not None else None
+    exemplars = exemplar_tails(stats, ids, opt.length) if stats is not None else None
+    inversions = optimize_features(
+        ctx.model,
+        ctx.sae,
+        ids,
+        opt,
+        seed=ctx.config.seed,
+        dataset_max=maxima,
+        exemplar_tokens=exemplars,
+    )
+    save_inversions(folder, inversions)
+    return inversions
+
+
+def _load_invert(ctx: Context, folder: Path):
+    from saeinverse.invert import load_inversions
+
+    return load_inversions(folder)
+
+
+for _stage in (
+    Stage("collect", "run_data_collection", ("models",), _collect_part, _collect, _load_collect),
+    Stage(
+        "filter",
+        "run_filtering",
+        ("collect",),
+        lambda c: c.data.filtering.to_dict(),
+        _filter,
+        _load_filter,
+    ),
+    Stage(
+        "cluster", "run_clustering", ("collect", "filter"), _cluster_part, _cluster, _load_cluster
+    ),
+    Stage(
+        "select",
+        "run_feature_selection",
+        ("collect",),
+        lambda c: c.clustering.selection.to_dict(),
+        _select,
+        _load_select,
+        optional=("cluster",),
+    ),
+    Stage(
+        "invert",
+        "run_prompt_optimization",
+        ("models",),
+        _invert_part,
+        _invert,
+        _load_invert,
+        optional=("collect", "select"),
+    ),
+):
+    register_stage(_stage)

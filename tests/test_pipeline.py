@@ -1,0 +1,89 @@
+"""The batch pipeline on the tiny model: stages run in order, are reused, recomputed, toggled."""
+
+import pytest
+
+from saeinverse import get_default_config, update_config
+from saeinverse.pipeline import run_experiment
+from saeinverse.runs import MARKER
+
+SMALL = {
+    "data": {
+        "n_prompts": 30,
+        "max_length": 20,
+        "filtering": {"sparsity_max": 0.9, "entropy_threshold_low": 0.0},
+    },
+    "clustering": {"hdbscan": {"min_cluster_size": 3}, "selection": {"max_features": 2}},
+    "optimization": {"length": 4, "max_steps": 8, "refine_steps": 2, "refine_candidates": 8},
+    "pipeline": {"run_explanations": False, "run_visualization": False},
+}
+
+
+@pytest.fixture
+def small_config():
+    return update_config(get_default_config(), SMALL)
+
+
+def _run(config, models, run_dir, **kwargs):
+    return run_experiment(config, models=models, run_dir=run_dir, **kwargs)
+
+
+def test_stages_run_in_order_and_are_reused(tiny_model, tiny_sae, small_config, tmp_path):
+    models = (tiny_model, tiny_sae, None, None)
+    first = _run(small_config, models, tmp_path)
+    for name in ("models", "collect", "filter", "cluster", "select", "invert"):
+        assert (tmp_path / name / MARKER).exists(), name
+    inversions = first.results["invert"]
+    assert [inv.feature_id for inv in inversions] == first.results["select"].feature_ids
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/" + MARKER)}
+    again = _run(small_config, models, tmp_path)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/" + MARKER)} == stamps
+    assert again.hashes == first.hashes
+    assert again.results["select"].feature_ids == first.results["select"].feature_ids
+
+
+def test_changed_config_recomputes_that_stage_and_what_follows(
+    tiny_model, tiny_sae, small_config, tmp_path
+):
+    models = (tiny_model, tiny_sae, None, None)
+    first = _run(small_config, models, tmp_path)
+    changed = update_config(small_config, {"clustering": {"selection": {"max_features": 1}}})
+    second = _run(changed, models, tmp_path)
+    for name in ("models", "collect", "filter", "cluster"):
+        assert second.hashes[name] == first.hashes[name], name
+    for name in ("select", "invert"):
+        assert second.hashes[name] != first.hashes[name], name
+    assert len(second.results["invert"]) == 1
+
+
+def test_toggles_switch_stages_off(tiny_model, tiny_sae, small_config, tmp_path):
+    config = update_config(
+        small_config,
+        {
+            "pipeline": {"run_clustering": False},
+            "clustering": {"selection": {"feature_ids": [3, 5]}},
+        },
+    )
+    ctx = _run(config, (tiny_model, tiny_sae, None, None), tmp_path)
+    assert "cluster" not in ctx.results and not (tmp_path / "cluster").exists()
+    assert ctx.results["select"].feature_ids == [3, 5]
+    assert [inv.feature_id for inv in ctx.results["invert"]] == [3, 5]
+
+
+def test_inversion_without_collection_uses_explicit_ids(
+    tiny_model, tiny_sae, small_config, tmp_path
+):
+    config = update_config(
+        small_config,
+        {
+            "pipeline": {"run_data_collection": False},
+            "clustering": {"selection": {"feature_ids": [7]}},
+        },
+    )
+    ctx = _run(config, (tiny_model, tiny_sae, None, None), tmp_path)
+    assert set(ctx.results) == {"models", "invert"}
+    assert ctx.results["invert"][0].dataset_max is None
+
+
+def test_until_stops_after_the_named_stage(tiny_model, tiny_sae, small_config, tmp_path):
+    ctx = _run(small_config, (tiny_model, tiny_sae, None, None), tmp_path, until="filter")
+    assert list(ctx.results) == ["models", "collect", "filter"]
