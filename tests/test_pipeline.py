@@ -87,3 +87,13 @@ def test_inversion_without_collection_uses_explicit_ids(
 def test_until_stops_after_the_named_stage(tiny_model, tiny_sae, small_config, tmp_path):
     ctx = _run(small_config, (tiny_model, tiny_sae, None, None), tmp_path, until="filter")
     assert list(ctx.results) == ["models", "collect", "filter"]
+
+
+def test_report_stage_writes_a_self_contained_page(tiny_model, tiny_sae, small_config, tmp_path):
+    config = update_config(small_config, {"pipeline": {"run_visualization": True}})
+    ctx = _run(config, (tiny_model, tiny_sae, None, None), tmp_path)
+    page = ctx.results["report"].read_text()
+    assert "<script src=" not in page, "the page must not load scripts from elsewhere"
+    assert page.count("Plotly.newPlot") >= 1
+    for feature_id in ctx.results["select"].feature_ids:
+        assert f'id="feature-{feature_id}"' in page

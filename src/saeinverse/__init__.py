@@ -18,6 +18,10 @@ _LAZY = {
     "run_clustering": "saeinverse.cluster",
     "analyze_clusters": "saeinverse.cluster_analysis",
     "select_features": "saeinverse.selection",
+    "optimize_feature": "saeinverse.invert",
+    "optimize_features": "saeinverse.invert",
+    "visualize_results": "saeinverse.report",
+    "build_report": "saeinverse.report",
 }
 
 __all__ = ["get_default_config", "update_config", "load_config", *_LAZY]

@@ -77,6 +77,14 @@ def _config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("report")
+def _report(args: argparse.Namespace) -> int:
+    from saeinverse.report import build_report
+
+    print(build_report(args.run_dir))
+    return 0
+
+
 @command("models")
 def _models(args: argparse.Namespace) -> int:
     from saeinverse.models.loading import available_models
@@ -114,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     config_sub.add_parser("show", parents=[common], help="print the resolved config as YAML")
     sub.add_parser("models", parents=[common], help="list what is available offline")
+    report = sub.add_parser("report", help="rebuild RUN_DIR's report.html from its saved artifacts")
+    report.add_argument("run_dir")
     return parser
 
 

@@ -169,6 +169,21 @@ def _load_invert(ctx: Context, folder: Path):
     return load_inversions(folder)
 
 
+# ----------------------------------------------------------------------------- report
+
+
+def _report(ctx: Context, folder: Path) -> Path:
+    from saeinverse.report import REPORT_FILE, build_report
+
+    return build_report(ctx.run.root, folder / REPORT_FILE)
+
+
+def _load_report(ctx: Context, folder: Path) -> Path:
+    from saeinverse.report import REPORT_FILE
+
+    return folder / REPORT_FILE
+
+
 for _stage in (
     Stage("collect", "run_data_collection", ("models",), _collect_part, _collect, _load_collect),
     Stage(
@@ -202,3 +217,15 @@ for _stage in (
     ),
 ):
     register_stage(_stage)
+
+register_stage(
+    Stage(
+        "report",
+        "run_visualization",
+        (),
+        lambda c: c.clustering.visualize_clusters,
+        _report,
+        _load_report,
+        optional=("collect", "filter", "cluster", "select", "invert", "explain"),
+    )
+)

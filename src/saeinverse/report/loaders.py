@@ -1,0 +1,262 @@
+"""Reading a run directory back for the report: every artifact a stage saved, nothing recomputed.
+
+A stage's artifacts are used when all of these hold:
+
+- its ``pipeline`` toggle in the run's ``config.yaml`` is on (a folder left from an earlier run
+  with the stage now off is ignored, so the report never shows stale results);
+- its folder holds a success marker (``_SUCCESS.json``): a crashed stage left none;
+- when its marker lists the hashes of the stages it read (``inputs``: stage -> hash), each of
+  those stages is usable and its marker still carries that hash (an upstream stage recomputed
+  since, or switched off, makes it stale).
+
+Anything else leaves that part of the report out, with a note saying why.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from saeinverse.errors import ArtifactError
+from saeinverse.io import load_json
+
+logger = logging.getLogger(__name__)
+
+MARKER = "_SUCCESS.json"
+CONFIG_FILE = "config.yaml"
+META_FILE = "meta.json"
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """One stage as the report sees it: its folder, its toggle and what it is called."""
+
+    name: str
+    """Folder name in the run directory."""
+    toggle: str | None
+    """The ``pipeline`` key that switches it on."""
+    title: str
+
+
+STAGES: tuple[StageInfo, ...] = (
+    StageInfo("models", None, "Models"),
+    StageInfo("collect", "run_data_collection", "Collection"),
+    StageInfo("filter", "run_filtering", "Filtering"),
+    StageInfo("cluster", "run_clustering", "Clustering"),
+    StageInfo("select", "run_feature_selection", "Selection"),
+    StageInfo("invert", "run_prompt_optimization", "Inversion"),
+    StageInfo("explain", "run_explanations", "Explanations"),
+)
+
+STATUS_TEXT = {
+    "done": "finished",
+    "off": "switched off in the config",
+    "missing": "did not run (no folder)",
+    "unfinished": "did not finish (no success marker)",
+    "stale": "stale (an upstream stage was recomputed after it)",
+    "unreadable": "artifacts unreadable",
+}
+
+
+def _load_stats(folder: Path) -> Any:
+    from saeinverse.stats import FeatureStats
+
+    return FeatureStats.load(folder)
+
+
+def _load_feature_set(folder: Path) -> Any:
+    from saeinverse.features import FeatureSet
+
+    return FeatureSet.load(folder)
+
+
+def _load_clusters(folder: Path) -> Any:
+    from saeinverse.cluster import ClusterResult
+
+    return ClusterResult.load(folder)
+
+
+def _load_analysis(folder: Path) -> Any:
+    from saeinverse.cluster_analysis import ClusterAnalysis
+
+    return ClusterAnalysis.load(folder)
+
+
+def _load_selection(folder: Path) -> Any:
+    from saeinverse.selection import Selection
+
+    return Selection.load(folder)
+
+
+def _load_inversions(folder: Path) -> Any:
+    from saeinverse.invert.result import load_inversions
+
+    return {int(r.feature_id): r for r in load_inversions(folder)}
+
+
+def _load_explanations(folder: Path) -> Any:
+    from saeinverse.explain.stage import load_explanations
+
+    return {int(r.feature_id): r for r in load_explanations(folder)}
+
+
+@dataclass(frozen=True)
+class ArtifactSpec:
+    attribute: str
+    """``RunArtifacts`` attribute it fills."""
+    stage: str
+    """Folder it is looked for first (any other finished stage folder holding it is accepted)."""
+    filename: str
+    load: Callable[[Path], Any]
+
+
+ARTIFACTS: tuple[ArtifactSpec, ...] = (
+    ArtifactSpec(
+        "models", "models", "models.json", lambda folder: load_json(folder / "models.json")
+    ),
+    ArtifactSpec("stats", "collect", "feature_stats.json", _load_stats),
+    ArtifactSpec("feature_set", "filter", "feature_set.json", _load_feature_set),
+    ArtifactSpec("clusters", "cluster", "clusters.json", _load_clusters),
+    ArtifactSpec("analysis", "cluster", "cluster_analysis.json", _load_analysis),
+    ArtifactSpec("selection", "select", "selection.json", _load_selection),
+    ArtifactSpec("inversions", "invert", "inversions.json", _load_inversions),
+    ArtifactSpec("explanations", "explain", "explanations.jsonl", _load_explanations),
+)
+
+
+@dataclass
+class RunArtifacts:
+    """Everything a run directory holds that the report shows; None where a stage is absent."""
+
+    root: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    """The run's config.yaml as a plain dict."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    status: dict[str, str] = field(default_factory=dict)
+    """Stage folder name -> a key of ``STATUS_TEXT``."""
+    markers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    """Why parts of the report are missing, in words."""
+    models: dict[str, Any] | None = None
+    stats: Any = None
+    feature_set: Any = None
+    clusters: Any = None
+    analysis: Any = None
+    selection: Any = None
+    inversions: dict[int, Any] = field(default_factory=dict)
+    explanations: dict[int, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("output", {}).get("name") or self.root.name)
+
+    @property
+    def filtering(self) -> dict[str, Any]:
+        """The filter bands: config.yaml's data.filtering, else the ones saved with the FeatureSet."""
+        found = self.config.get("data", {}).get("filtering")
+        if not found and self.feature_set is not None:
+            found = self.feature_set.filtering
+        return dict(found or {})
+
+    @property
+    def selected_ids(self) -> list[int]:
+        """The features that get a card: the selection, else whatever was inverted or explained."""
+        if self.selection is not None:
+            return [int(f) for f in self.selection.feature_ids]
+        return sorted(set(self.inversions) | set(self.explanations))
+
+    def cluster_of(self, feature_id: int) -> int | None:
+        """The feature's cluster label (-1: noise), or None when it was not clustered."""
+        if self.clusters is None:
+            return None
+        hits = (self.clusters.feature_ids == feature_id).nonzero()[0]
+        return int(self.clusters.labels[hits[0]]) if len(hits) else None
+
+
+def load_run(run_dir: str | Path) -> RunArtifacts:
+    """Read every usable artifact of ``run_dir`` (see the module docstring for 'usable')."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise ArtifactError(f"run directory {root} does not exist")
+    run = RunArtifacts(root=root)
+    run.config = _read_config(root, run.notes)
+    meta_path = root / META_FILE
+    run.meta = load_json(meta_path) if meta_path.exists() else {}
+    pipeline = run.config.get("pipeline", {})
+    for stage in STAGES:
+        run.status[stage.name] = _status(root, stage, pipeline, run.markers)
+    _mark_stale(run)
+    for spec in ARTIFACTS:
+        if run.status.get(spec.stage) != "done":
+            continue
+        folder = _folder_with(run, spec)
+        if folder is None:
+            run.notes.append(f"{spec.filename} was not found in {spec.stage}/: left out.")
+            continue
+        try:
+            setattr(run, spec.attribute, spec.load(folder))
+        except (ArtifactError, OSError, KeyError, TypeError, ValueError) as err:
+            run.status[spec.stage] = "unreadable"
+            run.notes.append(f"{spec.filename} in {folder.name}/ could not be read: {err}")
+            logger.warning("report: %s in %s is unreadable: %s", spec.filename, folder, err)
+    for stage in STAGES:
+        state = run.status[stage.name]
+        if state not in ("done", "unreadable"):
+            run.notes.append(f"{stage.title} ({stage.name}/): {STATUS_TEXT[state]}.")
+    return run
+
+
+def _read_config(root: Path, notes: list[str]) -> dict[str, Any]:
+    path = root / CONFIG_FILE
+    if not path.exists():
+        notes.append(f"{CONFIG_FILE} is missing: stage toggles and filter bands are unknown.")
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        notes.append(f"{CONFIG_FILE} is unreadable: {err}")
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _status(
+    root: Path, stage: StageInfo, pipeline: dict[str, Any], markers: dict[str, dict[str, Any]]
+) -> str:
+    if stage.toggle is not None and pipeline.get(stage.toggle, True) is False:
+        return "off"
+    folder = root / stage.name
+    if not folder.is_dir():
+        return "missing"
+    try:
+        markers[stage.name] = load_json(folder / MARKER)
+    except ArtifactError:
+        return "unfinished"
+    return "done"
+
+
+def _mark_stale(run: RunArtifacts) -> None:
+    """A stage is stale when its marker names inputs (stage -> hash) and one of them is not a
+    usable stage carrying that hash (recomputed since, switched off, unfinished or stale)."""
+    for stage in STAGES:  # in pipeline order, so staleness flows downstream
+        inputs = (run.markers.get(stage.name) or {}).get("inputs")
+        if run.status[stage.name] != "done" or not isinstance(inputs, dict):
+            continue
+        for name, expected in inputs.items():
+            upstream = run.markers.get(name) or {}
+            if run.status.get(name) != "done" or upstream.get("hash") != expected:
+                run.status[stage.name] = "stale"
+                break
+
+
+def _folder_with(run: RunArtifacts, spec: ArtifactSpec) -> Path | None:
+    """The preferred stage folder when it holds the file, else any finished folder that does."""
+    names = [spec.stage] + [name for name, state in run.status.items() if state == "done"]
+    for name in names:
+        if (run.root / name / spec.filename).exists():
+            return run.root / name
+    return None

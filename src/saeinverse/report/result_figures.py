@@ -1,0 +1,146 @@
+"""Figures of the inversion and explanation results, drawn from the saved records."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+
+from saeinverse.report.figures import COLORS, _figure, plot_text
+
+
+def _finite(values: Sequence[Any]) -> list[float | None]:
+    """Floats with NaN / inf / missing turned into gaps."""
+    out: list[float | None] = []
+    for v in values:
+        out.append(float(v) if isinstance(v, int | float) and math.isfinite(v) else None)
+    return out
+
+
+def optimisation_curve(inversion: Any) -> go.Figure | None:
+    """One feature's optimisation: activation per step of the soft stage, then of refinement
+    (and the refined prompt's cross-entropy when it was traced), against the dataset maximum."""
+    trajectory = inversion.trajectory or {}
+    soft = _finite(trajectory.get("soft_activation", []))
+    objective = _finite(trajectory.get("soft_objective", []))
+    refine = _finite(trajectory.get("refine_activation", []))
+    cross_entropy = _finite(trajectory.get("refine_cross_entropy", []))
+    if not (soft or refine):
+        return None
+    fig = _figure(
+        f"Feature {inversion.feature_id}: optimisation",
+        height=320,
+        margin=dict(l=55, r=55, t=45, b=45),
+        xaxis_title="step (soft stage, then refinement)",
+        yaxis_title="activation",
+        legend=dict(orientation="h", y=-0.25),
+    )
+    if soft:
+        fig.add_trace(go.Scatter(y=soft, mode="lines", name="soft stage", line_color=COLORS[0]))
+    if objective and any(o is not None for o in objective):
+        fig.add_trace(
+            go.Scatter(y=objective, mode="lines", name="soft objective", visible="legendonly",
+                       line=dict(color=COLORS[0], dash="dot"))
+        )  # fmt: skip
+    if refine:
+        steps = list(range(len(soft), len(soft) + len(refine)))
+        fig.add_trace(
+            go.Scatter(x=steps, y=refine, mode="lines", name="refinement", line_color=COLORS[1])
+        )
+    if cross_entropy and any(c is not None for c in cross_entropy):
+        steps = list(range(len(soft), len(soft) + len(cross_entropy)))
+        fig.add_trace(
+            go.Scatter(x=steps, y=cross_entropy, mode="lines", name="cross-entropy (nats)",
+                       yaxis="y2", line=dict(color=COLORS[3], dash="dash"))
+        )  # fmt: skip
+        fig.update_layout(yaxis2=dict(title="cross-entropy", overlaying="y", side="right"))
+    if inversion.dataset_max:
+        fig.add_hline(
+            y=inversion.dataset_max, line=dict(color="#111827", dash="dot", width=1),
+            annotation_text="dataset max", annotation_position="top left",
+        )  # fmt: skip
+    return fig
+
+
+def activation_ratios(inversions: dict[int, Any], order: Sequence[int] | None = None):
+    """Per feature, the activation its prompts reach as a ratio to its dataset maximum."""
+    ids = [f for f in (order or sorted(inversions)) if f in inversions]
+    if not ids:
+        return None
+    records = [inversions[f] for f in ids]
+    with_max = all(r.dataset_max and r.dataset_max > 0 for r in records)
+    names = [f"f{f}" for f in ids]
+    fig = _figure(
+        "Activation reached per feature"
+        + (" ÷ its dataset max" if with_max else " (no dataset max: raw activations)"),
+        height=400,
+        barmode="group",
+        xaxis=dict(title="feature", type="category"),
+        yaxis_title="ratio to dataset max" if with_max else "activation",
+    )
+
+    def value(record: Any, activation: float | None) -> float | None:
+        if activation is None:
+            return None
+        return activation / record.dataset_max if with_max else activation
+
+    series = [
+        ("projected prompt", [r.projected_activation for r in records], COLORS[0]),
+        ("refined prompt", [r.refined_activation for r in records], COLORS[1]),
+    ]
+    fluent = [max((p.get("activation") or 0.0 for p in r.pareto), default=None) for r in records]
+    for name, raw, color in series:
+        fig.add_trace(
+            go.Bar(x=names, y=[value(r, a) for r, a in zip(records, raw, strict=True)], name=name,
+                   marker_color=color, customdata=raw,
+                   hovertemplate="%{x}: %{y:.3f}<br>activation %{customdata:.4g}<extra>%{fullData.name}</extra>")
+        )  # fmt: skip
+    if any(f is not None for f in fluent):
+        fig.add_trace(
+            go.Scatter(x=names, y=[value(r, a) for r, a in zip(records, fluent, strict=True)],
+                       mode="markers", name="best Pareto prompt",
+                       marker=dict(symbol="diamond", size=9, color=COLORS[2]))
+        )  # fmt: skip
+    fig.add_trace(
+        go.Scatter(x=names, y=[value(r, r.soft_activation) for r in records], mode="markers",
+                   name="soft prompt (not a real prompt)", visible="legendonly",
+                   marker=dict(symbol="x", size=9, color="#6b7280"))
+    )  # fmt: skip
+    if with_max:
+        fig.add_hline(y=1.0, line=dict(color="#111827", dash="dot", width=1),
+                      annotation_text="dataset max", annotation_position="top left")  # fmt: skip
+    return fig
+
+
+def explanation_scores(explanations: dict[int, Any], order: Sequence[int] | None = None):
+    """Detection and fuzzing balanced accuracy per feature, beside the shuffled baselines."""
+    ids = [f for f in (order or sorted(explanations)) if f in explanations]
+    records = [explanations[f] for f in ids]
+    if not any(r.detection is not None or r.fuzzing is not None for r in records):
+        return None
+    names = [f"f{f}" for f in ids]
+    fig = _figure(
+        "Explanation scores on held-out evidence (balanced accuracy; chance 0.5)",
+        height=380,
+        barmode="group",
+        xaxis=dict(title="feature", type="category"),
+        yaxis=dict(title="balanced accuracy", range=[0, 1.05]),
+    )
+    series = [
+        ("detection", "detection", COLORS[0], None),
+        ("detection, shuffled", "baseline_detection", COLORS[0], "/"),
+        ("fuzzing", "fuzzing", COLORS[1], None),
+        ("fuzzing, shuffled", "baseline_fuzzing", COLORS[1], "/"),
+    ]
+    for name, attribute, color, pattern in series:
+        fig.add_trace(
+            go.Bar(x=names, y=[getattr(r, attribute) for r in records], name=name,
+                   marker=dict(color=color, opacity=0.45 if pattern else 1.0,
+                               pattern=dict(shape=pattern or "")),
+                   text=[plot_text(r.explanation, 90) for r in records], textposition="none",
+                   hovertemplate="%{x}: %{y:.2f}<br>%{text}<extra>%{fullData.name}</extra>")
+        )  # fmt: skip
+    fig.add_hline(y=0.5, line=dict(color="#111827", dash="dot", width=1))
+    return fig
