@@ -27,12 +27,16 @@ def test_user_error_is_one_line_and_exit_2(capsys):
 def test_python_dash_m_entry_point():
     out = subprocess.run(
         [sys.executable, "-m", "saeinverse", "config", "show", "seed=5"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert yaml.safe_load(out.stdout)["seed"] == 5
 
 
 def test_unknown_force_stage_is_clear(capsys, tmp_path):
-    code = main(["run", "--force", "colect", "--run-dir", str(tmp_path), "output.dir=" + str(tmp_path)])
+    code = main(
+        ["run", "--force", "colect", "--run-dir", str(tmp_path), "output.dir=" + str(tmp_path)]
+    )
     assert code == 2
     assert "colect" in capsys.readouterr().err
