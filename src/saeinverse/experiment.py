@@ -28,10 +28,16 @@ def as_config(config: Config | Mapping[str, Any] | None) -> Config:
 
 def default_sae_path(config: Config) -> Path:
     """Where the default SAE for ``config.model`` and ``config.sae.train`` is cached."""
+    from saeinverse.models.loading import model_source
     from saeinverse.models.paths import default_sae_dir
 
+    name = config.model.name
+    if model_source(name) == "embedded":
+        from saeinverse.models.default import MODEL_NAME
+
+        name = MODEL_NAME  # one cache folder for every alias of the embedded default
     train = config.sae.train
-    return default_sae_dir(config.model.name, train.hook_name, train.d_sae, train.k)
+    return default_sae_dir(name, train.hook_name, train.d_sae, train.k)
 
 
 def train_default_sae(
