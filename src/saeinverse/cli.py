@@ -85,6 +85,14 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("config-keys")
+def _config_keys(args: argparse.Namespace) -> int:
+    from saeinverse.config_docs import config_reference
+
+    print(config_reference(), end="")
+    return 0
+
+
 @command("models")
 def _models(args: argparse.Namespace) -> int:
     from saeinverse.models.loading import available_models
@@ -121,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="show the resolved config")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     config_sub.add_parser("show", parents=[common], help="print the resolved config as YAML")
+    config_sub.add_parser("keys", help="print every config key with its default and meaning")
     sub.add_parser("models", parents=[common], help="list what is available offline")
     report = sub.add_parser("report", help="rebuild RUN_DIR's report.html from its saved artifacts")
     report.add_argument("run_dir")
@@ -134,14 +143,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["run"]
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
     for noisy in ("httpx", "urllib3", "huggingface_hub", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return COMMANDS[args.command](args)
+        name = "config-keys" if getattr(args, "config_command", None) == "keys" else args.command
+        return COMMANDS[name](args)
     except SaeInverseError as err:
         print(f"saeinverse: error: {err}", file=sys.stderr)
         return 2
