@@ -97,3 +97,35 @@ def test_report_stage_writes_a_self_contained_page(tiny_model, tiny_sae, small_c
     assert page.count("Plotly.newPlot") >= 1
     for feature_id in ctx.results["select"].feature_ids:
         assert f'id="feature-{feature_id}"' in page
+
+
+ALL_STAGES = {"models", "collect", "filter", "cluster", "select", "invert", "explain", "report"}
+OFF_EXPECTATIONS = {
+    # toggle switched off -> stages that must not be produced (it, and those with no input left)
+    "run_data_collection": {"collect", "filter", "cluster", "select", "invert", "explain"},
+    "run_filtering": {"filter"},
+    "run_clustering": {"cluster"},
+    "run_feature_selection": {"select", "invert", "explain"},
+    "run_prompt_optimization": {"invert"},
+    "run_explanations": {"explain"},
+    "run_visualization": {"report"},
+}
+
+
+@pytest.mark.parametrize("toggle", sorted(OFF_EXPECTATIONS))
+def test_each_toggle_off_in_turn(tiny_model, tiny_sae, small_config, tmp_path, toggle):
+    pipeline = {name: True for name in OFF_EXPECTATIONS} | {toggle: False}
+    config = update_config(small_config, {"pipeline": pipeline})
+    ctx = _run(config, (tiny_model, tiny_sae, None, None), tmp_path)
+    expected = ALL_STAGES - OFF_EXPECTATIONS[toggle]
+    assert set(ctx.results) == expected
+    produced = {p.parent.name for p in tmp_path.glob("*/" + MARKER)}
+    assert produced == expected
+    for name in OFF_EXPECTATIONS[toggle]:
+        assert not (tmp_path / name).exists(), name
+    if "select" in expected:
+        assert len(ctx.results["select"].feature_ids) == 2
+    if "explain" in expected:
+        assert [e.feature_id for e in ctx.results["explain"]] == ctx.results["select"].feature_ids
+    if "report" in expected:
+        assert (tmp_path / "report" / "report.html").stat().st_size > 10_000

@@ -20,6 +20,7 @@ _LAZY = {
     "select_features": "saeinverse.selection",
     "optimize_feature": "saeinverse.invert",
     "optimize_features": "saeinverse.invert",
+    "generate_explanations": "saeinverse.explain",
     "visualize_results": "saeinverse.report",
     "build_report": "saeinverse.report",
 }

@@ -49,6 +49,10 @@ class Context:
         return self.models()[1]
 
 
+class StageSkipped(Exception):
+    """Raised by a stage that cannot run with what earlier stages produced (it is skipped)."""
+
+
 @dataclass(frozen=True)
 class Stage:
     """One pipeline stage."""
@@ -169,12 +173,17 @@ def run_experiment(
             continue
         upstream = [ctx.hashes.get(name) for name in stage.inputs + stage.optional]
         stage_hash = digest(stage.name, stage.config_part(config), upstream, ctx.identity)
-        ctx.results[stage.name] = run.run_stage(
-            stage.name,
-            stage_hash,
-            lambda folder, s=stage: s.compute(ctx, folder),
-            lambda folder, s=stage: s.load(ctx, folder),
-        )
+        try:
+            ctx.results[stage.name] = run.run_stage(
+                stage.name,
+                stage_hash,
+                lambda folder, s=stage: s.compute(ctx, folder),
+                lambda folder, s=stage: s.load(ctx, folder),
+            )
+        except StageSkipped as why:
+            logger.warning("stage %s: skipped, %s", stage.name, why)
+            run.discard(stage.name)
+            continue
         ctx.hashes[stage.name] = stage_hash
     logger.info("run finished: %s", run.root)
     return ctx

@@ -117,6 +117,10 @@ class Run:
         self._update_meta(stage=name, seconds=seconds)
         return result
 
+    def discard(self, name: str) -> None:
+        """Remove stage ``name``'s folder (a stage that could not run)."""
+        shutil.rmtree(self.stage_dir(name), ignore_errors=True)
+
     def _update_meta(self, stage: str | None = None, seconds: float | None = None) -> None:
         path = self.root / META_FILE
         meta = load_json(path) if path.exists() else {"created": _now(), "stages": {}}

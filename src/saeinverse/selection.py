@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +114,8 @@ class Selection:
     features: list[SelectedFeature]
     score_name: str
     source: str
-    """'clusters' (chosen per cluster) or 'explicit' (clustering.selection.feature_ids)."""
+    """'clusters' (chosen per cluster), 'explicit' (clustering.selection.feature_ids) or
+    'ranked' (no clustering: the best features overall)."""
     messages: list[str] = field(default_factory=list)
 
     @property
@@ -203,6 +204,24 @@ def select_features(
         logger.warning("selection: %s", message)
     logger.info("selection: %d features by %s from %d groups", len(chosen), cfg.score, len(groups))
     return Selection(chosen, cfg.score, "clusters", messages)
+
+
+def select_unclustered(candidates: Any, stats: Any, selection_cfg: SelectionConfig) -> Selection:
+    """Without clustering: the top ``max_features`` of ``candidates`` (SAE ids) by the score.
+
+    Explicit ``feature_ids`` still win. Used when the pipeline's clustering is switched off.
+    """
+    cfg = selection_cfg
+    if cfg.feature_ids is not None:
+        return select_features(None, stats, cfg)
+    if cfg.score not in SCORES:
+        raise ConfigError(f"clustering.selection.score={cfg.score!r}; valid: {list(SCORES)}")
+    members = np.asarray(to_numpy(candidates, np.int64)).reshape(-1)
+    ranked = replace(cfg, features_per_cluster=cfg.max_features)
+    chosen = [replace(f, cluster=None) for f in _best_of_group(members, NOISE, stats, ranked)]
+    message = f"no clustering: the top {len(chosen)} of {len(members)} features by {cfg.score}"
+    logger.info("selection: %s", message)
+    return Selection(chosen, cfg.score, "ranked", [message])
 
 
 def _best_of_group(

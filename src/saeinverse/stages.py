@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from saeinverse.config import Config
-from saeinverse.pipeline import Context, Stage, register_stage
+from saeinverse.pipeline import Context, Stage, StageSkipped, register_stage
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def _cluster(ctx: Context, folder: Path) -> dict[str, Any]:
     from saeinverse.cluster import run_clustering
     from saeinverse.cluster_analysis import analyze_clusters
 
-    stats, kept = ctx.results["collect"], ctx.results["filter"].kept
+    stats, kept = ctx.results["collect"], candidate_features(ctx)
     result = run_clustering(
         stats.prompt_feature_dense(kept),
         kept,
@@ -101,11 +101,21 @@ def _load_cluster(ctx: Context, folder: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- select
 
 
-def _select(ctx: Context, folder: Path):
-    from saeinverse.selection import select_features
+def candidate_features(ctx: Context):
+    """Features that survived filtering, or every feature that fires when filtering is off."""
+    if "filter" in ctx.results:
+        return ctx.results["filter"].kept
+    return (ctx.results["collect"].firing_count > 0).nonzero().squeeze(1)
 
-    clusters = ctx.results.get("cluster", {}).get("clusters")
-    selection = select_features(clusters, ctx.results["collect"], ctx.config.clustering.selection)
+
+def _select(ctx: Context, folder: Path):
+    from saeinverse.selection import select_features, select_unclustered
+
+    stats, cfg = ctx.results["collect"], ctx.config.clustering.selection
+    if "cluster" in ctx.results:
+        selection = select_features(ctx.results["cluster"]["clusters"], stats, cfg)
+    else:
+        selection = select_unclustered(candidate_features(ctx), stats, cfg)
     selection.save(folder)
     return selection
 
@@ -126,11 +136,9 @@ def target_features(ctx: Context) -> list[int]:
     explicit = ctx.config.clustering.selection.feature_ids
     if explicit:
         return list(explicit)
-    from saeinverse.errors import ConfigError
-
-    raise ConfigError(
-        "inversion needs target features: turn on pipeline.run_feature_selection "
-        "(with collection) or give clustering.selection.feature_ids"
+    raise StageSkipped(
+        "no target features: turn on pipeline.run_feature_selection (with collection) "
+        "or give clustering.selection.feature_ids"
     )
 
 
@@ -169,6 +177,45 @@ def _load_invert(ctx: Context, folder: Path):
     return load_inversions(folder)
 
 
+# ----------------------------------------------------------------------------- explain
+
+
+def _explain_part(config: Config) -> Any:
+    return {
+        "explanation": config.explanation.to_dict(),
+        "seed": config.seed,
+        "explicit": config.clustering.selection.feature_ids,
+    }
+
+
+def _explain(ctx: Context, folder: Path):
+    from saeinverse.explain import generate_explanations, save_explanations
+
+    inversions = ctx.results.get("invert")
+    targets = inversions if inversions is not None else target_features(ctx)
+    _, _, lm, tokenizer = ctx.models()
+    results = generate_explanations(
+        ctx.model,
+        ctx.sae,
+        targets,
+        lm,
+        tokenizer,
+        ctx.config.explanation,
+        stats=ctx.results.get("collect"),
+        inversions=inversions,
+        seed=ctx.config.seed,
+        progress=True,
+    )
+    save_explanations(folder, results)
+    return results
+
+
+def _load_explain(ctx: Context, folder: Path):
+    from saeinverse.explain import load_explanations
+
+    return load_explanations(folder)
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -195,7 +242,13 @@ for _stage in (
         _load_filter,
     ),
     Stage(
-        "cluster", "run_clustering", ("collect", "filter"), _cluster_part, _cluster, _load_cluster
+        "cluster",
+        "run_clustering",
+        ("collect",),
+        _cluster_part,
+        _cluster,
+        _load_cluster,
+        optional=("filter",),
     ),
     Stage(
         "select",
@@ -204,7 +257,7 @@ for _stage in (
         lambda c: c.clustering.selection.to_dict(),
         _select,
         _load_select,
-        optional=("cluster",),
+        optional=("filter", "cluster"),
     ),
     Stage(
         "invert",
@@ -214,6 +267,15 @@ for _stage in (
         _invert,
         _load_invert,
         optional=("collect", "select"),
+    ),
+    Stage(
+        "explain",
+        "run_explanations",
+        ("models",),
+        _explain_part,
+        _explain,
+        _load_explain,
+        optional=("collect", "select", "invert"),
     ),
 ):
     register_stage(_stage)
