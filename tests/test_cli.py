@@ -40,3 +40,41 @@ def test_unknown_force_stage_is_clear(capsys, tmp_path):
     )
     assert code == 2
     assert "colect" in capsys.readouterr().err
+
+
+TINY_RUN = [
+    "model.name=tiny-char",
+    "sae.train.hook_name=blocks.0.hook_resid_post",
+    "sae.train.d_sae=64",
+    "sae.train.k=4",
+    "sae.train.training_tokens=4096",
+    "sae.train.context_size=32",
+    "sae.train.batch_size_tokens=256",
+    "data.n_prompts=30",
+    "data.max_length=24",
+    "data.filtering={sparsity_max: 0.9, entropy_threshold_low: 0.0}",
+    "clustering.hdbscan.min_cluster_size=3",
+    "clustering.selection.max_features=2",
+    "optimization.length=4",
+    "optimization.max_steps=8",
+    "optimization.refine_steps=2",
+]
+
+
+def test_run_trains_the_sae_on_first_use_then_resumes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SAEINVERSE_CACHE", str(tmp_path / "cache"))
+    run_dir = tmp_path / "run"
+    assert main(["run", "--run-dir", str(run_dir), *TINY_RUN]) == 0
+    saes = list((tmp_path / "cache" / "saes").glob("*/*/cfg.json"))
+    assert len(saes) == 1, "the default SAE is trained and cached on first use"
+    markers = {p: p.stat().st_mtime_ns for p in run_dir.glob("*/_SUCCESS.json")}
+    assert {p.parent.name for p in markers} >= {"collect", "invert", "explain", "report"}
+    capsys.readouterr()
+    assert main(["run", "--run-dir", str(run_dir), *TINY_RUN]) == 0
+    assert {p: p.stat().st_mtime_ns for p in run_dir.glob("*/_SUCCESS.json")} == markers
+    assert main(["run", "--run-dir", str(run_dir), "--force", "invert", *TINY_RUN]) == 0
+    changed = [p.parent.name for p in markers if p.stat().st_mtime_ns != markers[p]]
+    assert "invert" in changed and "collect" not in changed
+    (run_dir / "report" / "report.html").unlink()
+    assert main(["report", str(run_dir)]) == 0
+    assert (run_dir / "report" / "report.html").exists()

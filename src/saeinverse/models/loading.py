@@ -151,8 +151,21 @@ def _load_transformer_lens(
             raise _hub_failure(f"model {name!r}", offline, exc, _OFFLINE_HINT) from exc
 
 
+def _load_tiny(name: str, device: str, dtype: str, n_ctx: int | None) -> HookedTransformer:
+    """The tiny random model of `saeinverse.models.tiny` (tests, examples, smoke runs)."""
+    import torch
+
+    from saeinverse.models.tiny import tiny_model
+
+    overrides: dict[str, Any] = {"device": device, "dtype": getattr(torch, dtype)}
+    if n_ctx is not None:
+        overrides["n_ctx"] = min(int(n_ctx), 512)
+    return tiny_model(**overrides)
+
+
 MODEL_SOURCES: dict[str, ModelSource] = {
     "embedded": _load_embedded,
+    "tiny": _load_tiny,
     "local": _load_local_dir,
     "transformer_lens": _load_transformer_lens,
 }
@@ -163,6 +176,8 @@ def model_source(name: str) -> str:
     """Which entry of `MODEL_SOURCES` loads `name`."""
     if name.lower() in EMBEDDED_ALIASES:
         return "embedded"
+    if name == "tiny-char":
+        return "tiny"
     if Path(name).expanduser().is_dir():
         return "local"
     return "transformer_lens"
