@@ -296,6 +296,26 @@ class ExplanationConfig(Section):
     """Length limit of a generated explanation."""
     n_heldout: int = 10
     """Evidence sequences held out for scoring."""
+    scorer: Literal["tokens", "llm", "openai"] | None = None
+    """Who scores the explanations; null: the explainer's own backend."""
+    n_exemplars: int = 8
+    """Top exemplars shown to the explainer."""
+    n_decile_samples: int = 1
+    """Prompts shown to the explainer per activation decile."""
+    n_top_tokens: int = 8
+    """Top tokens by activation mass shown to the explainer."""
+    context_window: int | None = None
+    """Tokens either side of an evidence window's peak; null: data.context_window."""
+    score: bool = True
+    """Score explanations (detection, fuzzing) and their shuffled baseline."""
+    request_timeout: float = 30.0
+    """Seconds per HTTP request to the 'openai' endpoint."""
+    max_retries: int = 3
+    """Retries on 429 / 5xx, timeouts and dropped connections."""
+    retry_backoff: float = 0.5
+    """First retry delay in seconds, doubled each time."""
+    batch_size: int = 8
+    """Prompts per batch for the local explanation LM."""
 
 
 @dataclass

@@ -1,0 +1,120 @@
+"""Evidence: per-token activations, the held-out split, negatives and leak-free top tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saeinverse.collect import collect_activations
+from saeinverse.config import get_default_config
+from saeinverse.explain.evidence import TokenSequence
+from saeinverse.explain.sampling import build_evidence, forward_features
+from saeinverse.invert import score_prompts
+from tests.explain.planted import PLANTED_LETTERS, planted_model_and_sae, planted_stats
+
+
+@pytest.fixture(scope="module")
+def planted():
+    model, sae = planted_model_and_sae()
+    return model, sae, planted_stats(model, sae)
+
+
+def explain_prompts(evidence) -> set[int]:
+    return {s.prompt_index for s in evidence.explain.sequences() if s.prompt_index is not None}
+
+
+def heldout_prompts(evidence) -> set[int]:
+    return {s.prompt_index for s in evidence.heldout.positives + evidence.heldout.negatives}
+
+
+def test_sequences_carry_each_tokens_activation(planted):
+    model, sae, stats = planted
+    evidence = build_evidence(model, sae, [0, 1], stats, n_heldout=5, seed=0)
+    for ev in evidence:
+        letter = PLANTED_LETTERS[ev.feature_id]
+        sequences = ev.explain.sequences() + ev.heldout.positives + ev.heldout.negatives
+        assert len(ev.explain.exemplars) == 8 and len(ev.heldout.positives) == 5
+        for seq in sequences:
+            assert seq.firing == [t == letter for t in seq.tokens]
+            assert (
+                seq.tokens
+                == list(stats.prompts[seq.prompt_index])[seq.start - 1 :][: len(seq.tokens)]
+            )
+        peaks = {round(s.max_activation, 4) for s in ev.explain.exemplars}
+        assert peaks == {round(float(stats.max_activation[ev.feature_id]), 4)}
+
+
+def test_forward_matches_a_fresh_forward_per_prompt(tiny_model, tiny_topk_sae, tiny_stats):
+    rows = [tiny_stats.tokens[p, : int(tiny_stats.lengths[p])].tolist() for p in range(6)]
+    batched = forward_features(tiny_model, tiny_topk_sae, rows, [3, 7])
+    for row, acts in zip(rows, batched, strict=True):
+        for j, fid in enumerate([3, 7]):
+            for end in (3, len(row)):  # the last position of a prefix, start token included
+                fresh = score_prompts(tiny_model, tiny_topk_sae, [fid], [row[1:end]], "last")[0]
+                assert acts[end - 1, j].item() == pytest.approx(fresh, abs=1e-5)
+
+
+def test_heldout_is_disjoint_from_what_the_explainer_sees_and_follows_the_seed(planted):
+    model, sae, stats = planted
+    first = build_evidence(model, sae, [0, 1, 2], stats, n_heldout=6, seed=0)
+    again = build_evidence(model, sae, [0, 1, 2], stats, n_heldout=6, seed=0)
+    other = build_evidence(model, sae, [0, 1, 2], stats, n_heldout=6, seed=1)
+    for ev, ev2, ev3 in zip(first, again, other, strict=True):
+        assert explain_prompts(ev) and heldout_prompts(ev)
+        assert not explain_prompts(ev) & heldout_prompts(ev)
+        assert heldout_prompts(ev) == heldout_prompts(ev2)
+        assert heldout_prompts(ev) != heldout_prompts(ev3)
+        assert all(s.max_activation > 0 for s in ev.heldout.positives)
+        assert len(ev.heldout.negatives) == 6
+        assert all(not any(s.firing) for s in ev.heldout.negatives)
+
+
+def test_positives_span_the_deciles_and_never_take_more_than_half(tiny_model, tiny_sae, tiny_stats):
+    dense = tiny_stats.prompt_feature_dense(list(range(64)))
+    fid = int(((dense > 0).sum(0) - 40).abs().argmin())  # fires in about half the prompts
+    column = dense[:, fid]
+    firing = column[column > 0]
+    (ev,) = build_evidence(tiny_model, tiny_sae, [fid], tiny_stats, n_heldout=1000, seed=0)
+    assert len(ev.heldout.positives) == len(firing) // 2
+    (ev,) = build_evidence(
+        tiny_model, tiny_sae, [fid], tiny_stats, n_heldout=10, n_exemplars=0, n_decile_samples=2
+    )
+    assert {s.source for s in ev.explain.decile_samples} >= {"decile:0", "decile:9"}
+    peaks = torch.tensor([float(column[s.prompt_index]) for s in ev.heldout.positives])
+    assert peaks.min() < firing.quantile(0.2) and peaks.max() > firing.quantile(0.8)
+
+
+def test_top_tokens_leave_out_the_heldout_prompts(tiny_model, tiny_sae, tiny_stats):
+    fid = int(
+        torch.where(tiny_stats.firing_count > 0, tiny_stats.firing_count, 10**9).argmin()
+    )  # sparsest
+    (ev,) = build_evidence(tiny_model, tiny_sae, [fid], tiny_stats, n_heldout=5, n_top_tokens=100)
+    held = {s.prompt_index for s in ev.heldout.positives}
+    assert held
+    rest = [p for i, p in enumerate(tiny_stats.prompts) if i not in held]
+    reference = collect_activations(
+        tiny_model, tiny_sae, rest, get_default_config().data, progress=False
+    )
+    expected = {token: share for _, token, share in reference.top_tokens(fid, n=100)}
+    got = dict(ev.explain.top_tokens)
+    assert got.keys() == expected.keys()
+    for token, share in expected.items():
+        assert got[token] == pytest.approx(share, abs=1e-4)
+
+
+def test_weakly_firing_prompts_give_negatives_when_no_prompt_is_silent(
+    tiny_model, tiny_sae, tiny_stats
+):
+    dense = tiny_stats.prompt_feature_dense(list(range(64)))
+    fid = int((dense > 0).sum(0).argmax())  # the feature firing in the most prompts
+    (ev,) = build_evidence(tiny_model, tiny_sae, [fid], tiny_stats, n_heldout=4, context_window=2)
+    for seq in ev.heldout.negatives:
+        assert not any(seq.firing)
+    assert not explain_prompts(ev) & heldout_prompts(ev)
+
+
+def test_render_marks_runs_of_firing_tokens():
+    seq = TokenSequence(list("ab\ncd"), [0] * 5, [0.0, 1.0, 2.0, 0.0, 3.0], "exemplar")
+    assert seq.render() == "a«b\\n»c«d»"
+    assert seq.plain() == "ab\\ncd"
+    assert seq.render([True, False, False, False, False]) == "«a»b\\ncd"
