@@ -1,0 +1,31 @@
+"""What inversion takes from collection: each feature's dataset maximum and top exemplar.
+
+Both read a ``FeatureStats`` (see ``saeinverse.stats``) and return dicts keyed by feature id,
+the form ``optimize_features`` accepts as ``dataset_max`` and ``exemplar_tokens``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def dataset_maxima(stats, feature_ids: Sequence[int]) -> dict[int, float]:
+    """Each feature's maximum activation over the collection."""
+    return {int(f): float(stats.max_activation[int(f)]) for f in feature_ids}
+
+
+def exemplar_tails(stats, feature_ids: Sequence[int], length: int) -> dict[int, list[int]]:
+    """Each feature's top exemplar as the ``length`` tokens ending at its peak token.
+
+    The start token (and any masked leading position) is excluded, so the ids are a prompt as
+    inversion writes them; a feature without exemplars (dead) is left out.
+    """
+    tails: dict[int, list[int]] = {}
+    for f in feature_ids:
+        found = stats.top_exemplars(int(f), 1)
+        if not found:
+            continue
+        best = found[0]
+        lo = max(int(stats.first_position), best.position - length + 1)
+        tails[int(f)] = stats.tokens[best.prompt_index, lo : best.position + 1].tolist()
+    return tails

@@ -1,0 +1,302 @@
+"""What inversion maximises: a feature's activation on a prompt, read the way collection reads it.
+
+A prompt is ``[start token] + tokens``; the model runs from its embeddings up to the SAE's hook
+(``stop_at_layer``), the SAE encodes that activation, and row ``i`` of a batch reads its own
+feature ``feature_ids[i]`` at the position rule (``max`` over the prompt positions, or ``last``).
+The start position is never read (collection masks it too).
+
+Two numbers come out per row:
+
+- ``activation``: the real activation (``sae.encode``), what a prompt is reported with;
+- ``objective``: a differentiable score to maximise. A TopK or JumpReLU SAE passes no gradient
+  to a feature that does not fire, so the objective is built on the pre-activation and knows
+  what makes the feature fire: its **gate**, the margin to firing. TopK: the pre-activation
+  minus the k-th largest pre-activation of the other features at that position (the feature
+  fires exactly when this is > 0); JumpReLU: the pre-activation minus its threshold; ReLU: the
+  pre-activation itself. ``objective = pre + min(gate, 0)`` pushes twice as hard (and pushes
+  competitors down) while the feature is off, and is the activation itself once it fires.
+
+``key`` ranks hard prompts in the discrete search: the activation when the feature fires,
+otherwise the gate (≤ 0), so every firing prompt outranks every silent one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+Position = Literal["max", "last"]
+
+
+# ----------------------------------------------------------------------------- gates
+
+
+def _relu_gate(pre: Tensor, target_pre: Tensor, feature_ids: Tensor, sae) -> Tensor:
+    return target_pre
+
+
+def _jumprelu_gate(pre: Tensor, target_pre: Tensor, feature_ids: Tensor, sae) -> Tensor:
+    threshold = sae.threshold.to(pre.dtype)[feature_ids]  # [batch]
+    return torch.minimum(target_pre - threshold[:, None], target_pre)
+
+
+def _topk_gate(pre: Tensor, target_pre: Tensor, feature_ids: Tensor, sae) -> Tensor:
+    k = int(sae.cfg.k)
+    index = feature_ids[:, None, None].expand(-1, pre.shape[1], 1)
+    others = pre.scatter(-1, index, float("-inf"))
+    kth = others.topk(k, dim=-1).values[..., -1]  # [batch, pos]
+    return torch.minimum(target_pre - kth, target_pre)
+
+
+GATES: dict[str, Callable[[Tensor, Tensor, Tensor, object], Tensor]] = {
+    "relu": _relu_gate,
+    "jumprelu": _jumprelu_gate,
+    "topk": _topk_gate,
+}
+"""The margin to firing, per SAE activation kind: ``gate(pre, target_pre, feature_ids, sae)``."""
+
+
+def sae_kind(sae) -> str:
+    """Which gate an SAE needs: 'topk', 'jumprelu' or 'relu' (standard and anything else)."""
+    architecture = sae.cfg.architecture() if hasattr(sae.cfg, "architecture") else ""
+    if "topk" in str(architecture) and getattr(sae.cfg, "k", None):
+        return "topk"
+    if hasattr(sae, "threshold"):
+        return "jumprelu"
+    return "relu"
+
+
+# ----------------------------------------------------------------------------- model helpers
+
+
+def sae_hook_name(sae) -> str:
+    """The model hook an SAE reads (SAELens 6 keeps it in ``cfg.metadata``)."""
+    metadata = getattr(sae.cfg, "metadata", None)
+    name = getattr(metadata, "hook_name", None) or getattr(sae.cfg, "hook_name", None)
+    if not name:
+        raise ValueError("the SAE's config names no hook (cfg.metadata.hook_name)")
+    return str(name)
+
+
+def stop_layer(hook_name: str) -> int | None:
+    """``stop_at_layer`` that still computes ``hook_name`` (None: the full model is needed)."""
+    try:
+        from saeinverse.models.loading import stop_at_layer_for
+    except ImportError:  # pragma: no cover - fallback while the loading module is absent
+        match = re.match(r"blocks\.(\d+)\.", hook_name)
+        return int(match.group(1)) + 1 if match else None
+    return stop_at_layer_for(hook_name)
+
+
+def start_token_id(model) -> int | None:
+    """The token collection prepends (``to_tokens`` with BOS); None when the model prepends none."""
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None or not model.cfg.default_prepend_bos:
+        return None
+    bos = tokenizer.bos_token_id
+    return None if bos is None else int(bos)
+
+
+def allowed_token_mask(model) -> Tensor:
+    """Vocabulary ids a prompt may contain: every id but the tokenizer's special tokens."""
+    mask = torch.ones(model.cfg.d_vocab, dtype=torch.bool, device=model.W_E.device)
+    tokenizer = getattr(model, "tokenizer", None)
+    special = list(getattr(tokenizer, "all_special_ids", None) or []) if tokenizer else []
+    start = start_token_id(model)
+    if start is not None:
+        special.append(start)
+    special = [i for i in special if 0 <= i < model.cfg.d_vocab]
+    if special:
+        mask[torch.tensor(special, device=mask.device)] = False
+    return mask
+
+
+# ----------------------------------------------------------------------------- readout
+
+
+@dataclass
+class Readout:
+    """One forward's numbers per row (see the module docstring)."""
+
+    activation: Float[Tensor, " batch"]
+    objective: Float[Tensor, " batch"]
+    key: Float[Tensor, " batch"]
+    resid: Float[Tensor, "batch pos d_model"] | None = None
+
+
+class FeatureTarget:
+    """A model + SAE pair read at the SAE's hook with one position rule.
+
+    Everything stays on the model's device; the model and the SAE are never modified.
+    """
+
+    def __init__(self, model, sae, position: Position = "last"):
+        if position not in ("max", "last"):
+            from saeinverse.errors import ConfigError
+
+            raise ConfigError(f"optimization.position must be 'max' or 'last', got {position!r}")
+        self.model = model
+        self.sae = sae
+        self.position = position
+        self.hook_name = sae_hook_name(sae)
+        self.stop_at_layer = stop_layer(self.hook_name)
+        self.start_id = start_token_id(model)
+        self.kind = sae_kind(sae)
+        self.gate = GATES[self.kind]
+        self.device = model.W_E.device
+        self.d_sae = int(sae.cfg.d_sae)
+
+    # --- forwards -----------------------------------------------------------------------
+
+    def with_start(self, ids: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos1"]:
+        """Prepend the start token (when the model uses one)."""
+        if self.start_id is None:
+            return ids
+        start = torch.full((ids.shape[0], 1), self.start_id, dtype=ids.dtype, device=ids.device)
+        return torch.cat([start, ids], dim=1)
+
+    def hook_acts(
+        self,
+        ids: Int[Tensor, "batch pos"],
+        embeds: Float[Tensor, "batch pos d_model"] | None = None,
+    ) -> Float[Tensor, "batch pos1 d_in"]:
+        """Activations at the SAE's hook for ``start + ids``; ``embeds`` replaces the ids' embeddings.
+
+        The replacement goes through ``hook_embed``, so positional embeddings (where the model
+        has them) are added as for real tokens, and the start token keeps its own embedding.
+        """
+        tokens = self.with_start(ids.to(self.device))
+        hooks = []
+        if embeds is not None:
+            offset = tokens.shape[1] - embeds.shape[1]
+
+            def replace(act, hook):
+                return torch.cat([act[:, :offset], embeds.to(act.dtype)], dim=1)
+
+            hooks.append(("hook_embed", replace))
+        return self._run(tokens, hooks)
+
+    def prefix_cache(self, ids: Int[Tensor, "batch pos"]):
+        """Forward ``start + ids`` once, keeping each layer's keys and values and the hook acts.
+
+        Candidates that differ from ``ids`` only from position ``p`` on reuse this prefix
+        (``hook_acts_after_prefix``) and forward only their suffix.
+        """
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        tokens = self.with_start(ids.to(self.device))
+        cache = TransformerLensKeyValueCache.init_cache(
+            self.model.cfg, self.device, tokens.shape[0]
+        )
+        with torch.no_grad():
+            acts = self._run(tokens, past_kv_cache=cache, attention_mask=torch.ones_like(tokens))
+        return cache, acts
+
+    def hook_acts_after_prefix(
+        self,
+        prefix,
+        rows: Int[Tensor, " batch"],
+        prefix_len: int,
+        suffix: Int[Tensor, "batch suffix"],
+    ) -> Float[Tensor, "batch pos1 d_in"]:
+        """Hook activations of ``prefix[rows][:prefix_len] + suffix``, forwarding only the suffix.
+
+        ``prefix_len`` counts tokens with the start token; the result covers every position.
+        """
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+        from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+        cache, full = prefix
+        entries = [
+            TransformerLensKeyValueCacheEntry(
+                e.past_keys[rows, :prefix_len], e.past_values[rows, :prefix_len], frozen=True
+            )
+            for e in cache.entries
+        ]
+        ones = torch.ones(len(rows), prefix_len, dtype=torch.long, device=self.device)
+        shared = TransformerLensKeyValueCache(entries, ones, frozen=True)
+        suffix = suffix.to(self.device)
+        with torch.no_grad():
+            acts = self._run(suffix, past_kv_cache=shared, attention_mask=torch.ones_like(suffix))
+        return torch.cat([full[rows, :prefix_len], acts], dim=1)
+
+    def _run(self, tokens: Tensor, hooks=(), **kwargs) -> Tensor:
+        """Forward ``tokens`` up to the SAE's hook (with extra ``hooks``); the hook's activations."""
+        captured: dict[str, Tensor] = {}
+
+        def capture(act, hook):
+            captured["act"] = act
+            return act
+
+        self.model.run_with_hooks(
+            tokens,
+            fwd_hooks=[*hooks, (self.hook_name, capture)],
+            stop_at_layer=self.stop_at_layer,
+            return_type=None,
+            **kwargs,
+        )
+        return captured["act"]
+
+    def encode(
+        self, hook_acts: Float[Tensor, "batch pos d_in"]
+    ) -> tuple[Float[Tensor, "batch pos d_sae"], Float[Tensor, "batch pos d_sae"]]:
+        """(pre-activations, activations) from one ``sae.encode`` (the pre via its hook point)."""
+        captured: dict[str, Tensor] = {}
+
+        def keep(module, args, output):
+            captured["pre"] = output
+
+        handle = self.sae.hook_sae_acts_pre.register_forward_hook(keep)
+        try:
+            acts = self.sae.encode(hook_acts)
+        finally:
+            handle.remove()
+        pre = captured["pre"]
+        if getattr(self.sae.cfg, "rescale_acts_by_decoder_norm", False):
+            pre = pre * self.sae.W_dec.norm(dim=-1)
+        return pre, acts
+
+    # --- the numbers --------------------------------------------------------------------
+
+    def read(
+        self,
+        hook_acts: Float[Tensor, "batch pos1 d_in"],
+        feature_ids: Int[Tensor, " batch"],
+        selectivity_weight: float = 0.0,
+    ) -> Readout:
+        """Each row's own feature: activation, objective and key at the position rule."""
+        offset = 0 if self.start_id is None else 1
+        pre, acts = self.encode(hook_acts[:, offset:])
+        feature_ids = feature_ids.to(self.device)
+        index = feature_ids[:, None, None].expand(-1, pre.shape[1], 1)
+        target_pre = pre.gather(-1, index).squeeze(-1)  # [batch, pos]
+        target_act = acts.gather(-1, index).squeeze(-1)
+        gate = self.gate(pre, target_pre, feature_ids, self.sae)
+        objective = target_pre + gate.clamp(max=0.0)
+        if selectivity_weight:
+            others = acts.sum(-1) - target_act
+            objective = objective - selectivity_weight * others
+        key = torch.where(target_act > 0, target_act, gate.clamp(max=0.0))
+        if self.position == "last":
+            return Readout(target_act[:, -1], objective[:, -1], key[:, -1])
+        return Readout(target_act.amax(-1), objective.amax(-1), key.amax(-1))
+
+    def read_ids(
+        self,
+        ids: Int[Tensor, "batch pos"],
+        feature_ids: Int[Tensor, " batch"],
+        keep_resid: bool = False,
+    ) -> Readout:
+        """A real forward on token ids (no gradient): the numbers a prompt is reported with."""
+        with torch.no_grad():
+            hook_acts = self.hook_acts(ids)
+            readout = self.read(hook_acts, feature_ids)
+        if keep_resid:
+            readout.resid = hook_acts
+        return readout
