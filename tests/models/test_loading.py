@@ -192,6 +192,7 @@ def test_unreachable_hub_means_offline(monkeypatch):
 
 
 def test_explicit_env_decides_offline(monkeypatch):
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     assert paths.hub_should_be_offline() is False
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
