@@ -146,6 +146,8 @@ def run_arm(model, sae, chosen, stats, arm, args, ce_bound):
             "activation": act, "text": point["text"] if point else None,
             "cross_entropy": point["cross_entropy"] if point else None,
             "projected_ratio": r.projected_ratio, "sequences": r.forward_passes,
+            "refined_ratio": r.refined_ratio, "refined_cross_entropy": r.refined_cross_entropy,
+            "record": r.to_dict(),
         })  # fmt: skip
     ratios = [row["ratio"] for row in rows]
     q1, med, q3 = quartiles(ratios)
@@ -156,6 +158,8 @@ def run_arm(model, sae, chosen, stats, arm, args, ce_bound):
     )
     for row in rows:
         ce = "" if row["cross_entropy"] is None else f"CE {row['cross_entropy']:5.2f}"
+        if fluent:
+            ce += f"  (refined: ratio {row['refined_ratio']:.2f} CE {row['refined_cross_entropy']:.2f})"
         print(
             f"  {row['feature']:5d} {row['kind']:<5} max {row['dataset_max']:7.2f}  ratio {row['ratio']:5.2f}  {ce}  {row['text']!r}"
         )

@@ -8,7 +8,9 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_readme_holds_the_current_config_reference():
-    assert config_reference() in README.read_text(), "run: saeinverse config keys, paste into README"
+    assert config_reference() in README.read_text(), (
+        "run: saeinverse config keys, paste into README"
+    )
 
 
 def test_readme_opens_with_the_two_setup_commands():

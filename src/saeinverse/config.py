@@ -230,7 +230,7 @@ class SelectionConfig(Section):
     """Also choose from the noise points (as one extra group)."""
     feature_ids: list[int] | None = None
     """Explicit SAE feature ids; when given, clustering does not choose."""
-    max_features: int = 16
+    max_features: int = 8
     """Cap on the number of selected features."""
 
 
@@ -258,7 +258,7 @@ class ClusteringConfig(Section):
 class OptimizationConfig(Section):
     length: int = 12
     """Prompt tokens optimised (the start token is added in front)."""
-    max_steps: int = 200
+    max_steps: int = 150
     """Adam steps on the soft prompts."""
     lr: float = 0.05
     """Adam learning rate."""
@@ -272,12 +272,24 @@ class OptimizationConfig(Section):
     """Penalty weight on the distance to the nearest token embedding."""
     patience: int = 50
     """Steps without improvement before stopping early."""
-    refine_steps: int = 100
+    refine_steps: int = 40
     """Discrete refinement iterations (token swaps)."""
     refine_candidates: int = 64
     """Candidate swaps evaluated per refinement step."""
     fluency_weight: float = 0.0
-    """Weight of the model's own cross-entropy of the prompt during refinement."""
+    """Refinement score = activation ÷ dataset max − fluency_weight × the prompt's cross-entropy (nats)."""
+    project_in_loop: bool = True
+    """Forward the nearest tokens while optimising soft prompts and step the continuous copy (PEZ); false: free embeddings, projected once at the end."""
+    refine_top_k: int = 64
+    """Tokens per position ranked by the one-hot gradient, from which swaps are drawn."""
+    fluency_candidates: int = 8
+    """Candidates per feature and step scored exactly for cross-entropy when fluency_weight > 0."""
+    fluency_target: float | None = None
+    """With fluency on, penalise only cross-entropy above this many nats (e.g. real text's 90th percentile); null: all of it."""
+    pareto_size: int = 8
+    """About this many (activation, cross-entropy) prompts kept per feature."""
+    max_sequences: int | None = 4000
+    """Budget of sequences evaluated per feature (soft + refinement); null: only the step limits stop the search."""
 
 
 @dataclass

@@ -49,11 +49,12 @@ def test_shared_prefix_screening_finds_the_same_prompts(
 def test_fluency_hinge_trades_activation_for_lower_cross_entropy(tiny_model, tiny_sae):
     free = run(tiny_model, tiny_sae, "last", share=False, fluency_weight=1e-9, fluency_candidates=8)
     fluent = run(
-        tiny_model, tiny_sae, "last", share=False, fluency_weight=50.0, fluency_candidates=8
+        tiny_model, tiny_sae, "last", share=False, fluency_weight=1.0, fluency_candidates=8
     )
     free_ce = [t["cross_entropy"][-1] for t in free.trajectory]
     fluent_ce = [t["cross_entropy"][-1] for t in fluent.trajectory]
     assert sum(fluent_ce) < sum(free_ce)
+    assert all(a > 0 for a in fluent.activation)  # still firing, at a lower cross-entropy
     for front in fluent.pareto:
         assert front and all(p.activation > 0 for p in front)
 
@@ -71,3 +72,9 @@ def test_update_pareto_keeps_the_front_and_spreads_it():
     many = [ParetoPoint([i], float(i + 1), float(i)) for i in range(20)]
     spread = update_pareto([], many, size=4)
     assert len(spread) == 4 and spread[0].ids == [0] and spread[-1].ids == [19]
+
+
+def test_update_pareto_keeps_the_named_prompt_when_thinning():
+    many = [ParetoPoint([i], float(i + 1), float(i)) for i in range(20)]
+    thinned = update_pareto([], many, size=4, keep=[[7]])
+    assert [7] in [p.ids for p in thinned] and thinned[0].ids == [0] and thinned[-1].ids == [19]

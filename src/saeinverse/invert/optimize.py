@@ -30,16 +30,6 @@ from saeinverse.invert.soft import initial_ids, optimize_soft
 
 logger = logging.getLogger(__name__)
 
-EXTRA_SETTINGS: dict[str, Any] = {
-    "project_in_loop": True,
-    "refine_top_k": 64,
-    "fluency_candidates": 8,
-    "fluency_target": None,
-    "pareto_size": 8,
-    "max_sequences": None,
-}
-"""Settings read with these defaults when ``OptimizationConfig`` does not (yet) define them."""
-
 
 def resolve_settings(opt_cfg: Any) -> types.SimpleNamespace:
     """One flat view of the inversion settings from a section, a full config or a plain dict."""
@@ -47,9 +37,9 @@ def resolve_settings(opt_cfg: Any) -> types.SimpleNamespace:
         opt_cfg = OptimizationConfig()
     if isinstance(opt_cfg, Section) and not isinstance(opt_cfg, OptimizationConfig):
         opt_cfg = opt_cfg.optimization  # a full Config
-    values = {f.name: f.default for f in dataclasses.fields(OptimizationConfig)} | EXTRA_SETTINGS
+    values = {f.name: f.default for f in dataclasses.fields(OptimizationConfig)}
     if isinstance(opt_cfg, Section):
-        values |= {name: getattr(opt_cfg, name, values[name]) for name in values}
+        values |= {name: getattr(opt_cfg, name) for name in values}
     elif isinstance(opt_cfg, Mapping):
         unknown = sorted(set(opt_cfg) - set(values))
         if unknown:
@@ -233,7 +223,7 @@ def _checked_records(model, sae, target, vocab, ids, maxima, soft, refined, s) -
             owners.append(i)
     acts = score_prompts(model, sae, [ids[o] for o in owners], prompts, s.position, target=target)
     fluency = Fluency(target, vocab.allowed, 1)
-    ce = fluency.score(torch.tensor(prompts, device=target.device))[0].tolist()
+    ce = fluency.cross_entropy(torch.tensor(prompts, device=target.device)).tolist()
     checks = [0] * n
     for o in owners:
         checks[o] += 2  # one activation forward, one full forward for the cross-entropy
@@ -242,7 +232,7 @@ def _checked_records(model, sae, target, vocab, ids, maxima, soft, refined, s) -
     for i in range(n):
         count = 2 + len(refined.pareto[i])
         points = [ParetoPoint(prompts[j], acts[j], ce[j]) for j in range(cursor, cursor + count)]
-        front = update_pareto([], points, int(s.pareto_size))
+        front = update_pareto([], points, int(s.pareto_size), keep=[final[i]])
         passes = {
             "soft": soft.forward_passes[i],
             "refine": refined.forward_passes[i],

@@ -7,12 +7,15 @@ Each step, for every still-active row (one target feature each):
    promising swaps;
 2. ``candidates`` single swaps are drawn (positions in turn, tokens from the gradient's top-k;
    with fluency on, half of them from the model's own top next-token predictions at that
-   position instead), and every candidate of every row is evaluated exactly with one batched
-   forward stopped at the SAE's layer;
+   position instead), and every candidate of every row is evaluated exactly by batched forwards
+   stopped at the SAE's layer (when a step screens many, the current prompts' keys and values
+   are computed once and each candidate forwards only its suffix from the swapped position);
 3. without fluency, the candidate with the highest key (the real activation when the feature
    fires, the margin to firing otherwise) replaces the current prompt if it is better. With
-   fluency, the ``fluency_candidates`` best by key are scored by the model's own cross-entropy
-   (resuming the screening forward from the SAE's layer where the hook allows it), the score is
+   fluency, a shortlist of ``fluency_candidates`` per row is chosen by an estimated score (the
+   current cross-entropy changed by the swapped token's own term under the current prompt's
+   next-token expectations), scored exactly by the model's own cross-entropy (resuming the
+   screening forward from the SAE's layer where the hook allows it); the score is
    ``key / scale - fluency_weight * cross_entropy`` (``scale``: the feature's dataset maximum
    when known), or with ``fluency_target`` set ``key / scale - fluency_weight *
    max(cross_entropy - fluency_target, 0)``: as active as possible once as fluent as the target.
@@ -70,7 +73,7 @@ class RefineResult:
 
 
 class Fluency:
-    """The model's own cross-entropy of prompts, and its top next-token guesses per position."""
+    """The model's own cross-entropy of prompts, and its next-token expectations per position."""
 
     def __init__(self, target: FeatureTarget, allowed: Tensor, top_k: int):
         self.target = target
@@ -81,45 +84,73 @@ class Fluency:
         if match:
             self.resume_layer = int(match.group(1)) + (1 if match.group(2) == "post" else 0)
 
-    def score(
-        self,
-        ids: Int[Tensor, "batch pos"],
-        resid: Float[Tensor, "batch pos1 d_model"] | None = None,
-    ) -> tuple[Float[Tensor, " batch"], Int[Tensor, "batch pos k"]]:
-        """(mean next-token cross-entropy, top-k predicted tokens per prompt position)."""
-        model, start = self.target.model, self.target.start_id
+    def _chunks(self, ids: Tensor, resid: Tensor | None, size: int = 32):
+        """(tokens, log-probabilities of each next token) per chunk of prompts."""
         tokens = self.target.with_start(ids)
-        ces, tops = [], []
         with torch.no_grad():
-            for lo in range(0, ids.shape[0], 32):
-                chunk = tokens[lo : lo + 32]
+            for lo in range(0, ids.shape[0], size):
+                chunk = tokens[lo : lo + size]
                 if resid is not None and self.resume_layer is not None:
-                    logits = model(resid[lo : lo + 32], start_at_layer=self.resume_layer)
+                    logits = self.target.model(
+                        resid[lo : lo + size], start_at_layer=self.resume_layer
+                    )
                 else:
-                    logits = model(chunk, return_type="logits")
-                logprobs = logits[:, :-1].float().log_softmax(-1)
-                nll = -logprobs.gather(-1, chunk[:, 1:, None]).squeeze(-1)
-                ces.append(nll.mean(-1))
-                logprobs[..., ~self.allowed] = float("-inf")
-                top = logprobs.topk(self.top_k, dim=-1).indices
-                if start is None:  # the first prompt token has no prediction: reuse the second's
-                    top = torch.cat([top[:, :1], top], dim=1)
-                tops.append(top)
-        return torch.cat(ces), torch.cat(tops)
+                    logits = self.target.model(chunk, return_type="logits")
+                yield chunk, logits[:, :-1].float().log_softmax(-1)
+
+    def cross_entropy(
+        self, ids: Int[Tensor, "batch pos"], resid: Float[Tensor, "batch pos1 d"] | None = None
+    ) -> Float[Tensor, " batch"]:
+        """Mean next-token cross-entropy of each prompt (resumed from ``resid`` when possible)."""
+        out = [
+            -logprobs.gather(-1, chunk[:, 1:, None]).squeeze(-1).mean(-1)
+            for chunk, logprobs in self._chunks(ids, resid)
+        ]
+        return torch.cat(out)
+
+    def expectations(
+        self, ids: Int[Tensor, "batch pos"]
+    ) -> tuple[Float[Tensor, " batch"], Float[Tensor, "batch pos vocab"]]:
+        """(cross-entropy, log-probability of every token at every prompt position).
+
+        Without a start token the first position has no prediction; it gets zeros (no opinion).
+        """
+        ces, expected = [], []
+        for chunk, logprobs in self._chunks(ids, None, size=16):
+            ces.append(-logprobs.gather(-1, chunk[:, 1:, None]).squeeze(-1).mean(-1))
+            if self.target.start_id is None:
+                logprobs = torch.cat([torch.zeros_like(logprobs[:, :1]), logprobs], dim=1)
+            expected.append(logprobs)
+        return torch.cat(ces), torch.cat(expected)
+
+    def top_tokens(self, logprobs: Float[Tensor, "batch pos vocab"]) -> Int[Tensor, "batch pos k"]:
+        """The ``top_k`` allowed tokens the model expects at each position."""
+        masked = logprobs.masked_fill(~self.allowed, float("-inf"))
+        return masked.topk(self.top_k, dim=-1).indices
 
 
 def update_pareto(
-    points: list[ParetoPoint], new: Sequence[ParetoPoint], size: int
+    points: list[ParetoPoint],
+    new: Sequence[ParetoPoint],
+    size: int,
+    keep: Sequence[list[int]] = (),
 ) -> list[ParetoPoint]:
-    """Non-dominated points (higher activation, lower cross-entropy), at most ``size`` spread evenly."""
+    """Non-dominated points (higher activation, lower cross-entropy), about ``size`` of them.
+
+    A longer front is thinned evenly along its cross-entropy order, always keeping both ends
+    and any point whose ids are in ``keep`` (the refined prompt, say).
+    """
     pool = {tuple(p.ids): p for p in [*points, *new] if p.activation > 0}
     front: list[ParetoPoint] = []
     for point in sorted(pool.values(), key=lambda p: (p.cross_entropy, -p.activation)):
         if not front or point.activation > front[-1].activation:
             front.append(point)
     if len(front) > size:
-        keep = {round(i * (len(front) - 1) / (size - 1)) for i in range(size)}
-        front = [p for i, p in enumerate(front) if i in keep]
+        kept = {tuple(k) for k in keep}
+        chosen = {i for i, p in enumerate(front) if tuple(p.ids) in kept}
+        spread = max(2, size - len(chosen))
+        chosen |= {round(i * (len(front) - 1) / (spread - 1)) for i in range(spread)}
+        front = [p for i, p in enumerate(front) if i in chosen]
     return front
 
 
@@ -224,7 +255,7 @@ class _Rows:
     act: Tensor
     score: Tensor
     ce: Tensor | None
-    lm_top: Tensor | None
+    logprobs: Tensor | None
     passes: list[int]
     steps: list[int]
     since: list[int]
@@ -243,10 +274,10 @@ def _start(target, vocab, feature_ids, init_ids, fluency, penalty, scale, top_k,
     n_rows = init_ids.shape[0]
     first = target.read_ids(init_ids, feature_ids, keep_resid=fluency is not None)
     key, act = first.key.clone(), first.activation.clone()
-    ce = lm_top = None
+    ce = logprobs = None
     pareto: list[list[ParetoPoint]] = [[] for _ in range(n_rows)]
     if fluency is not None:
-        ce, lm_top = fluency.score(init_ids, first.resid)
+        ce, logprobs = fluency.expectations(init_ids)
         for row in range(n_rows):
             point = ParetoPoint(init_ids[row].tolist(), float(act[row]), float(ce[row]))
             pareto[row] = update_pareto([], [point], pareto_size)
@@ -256,7 +287,7 @@ def _start(target, vocab, feature_ids, init_ids, fluency, penalty, scale, top_k,
         act=act,
         score=key / scale - penalty(ce) if fluency is not None else key.clone(),
         ce=ce,
-        lm_top=lm_top,
+        logprobs=logprobs,
         passes=[1 if fluency is None else 2] * n_rows,
         steps=[0] * n_rows,
         since=[0] * n_rows,
@@ -299,7 +330,8 @@ def refine(
         target, vocab, feature_ids, init_ids, fluency, penalty, scale_t, top_k, pareto_size
     )
     n_fluent = min(fluency_candidates, candidates) if fluency is not None else 0
-    step_cost = 2 + candidates + n_fluent  # gradient, shared prefix, candidates, fluency
+    # gradient, shared prefix, candidates, fluency shortlist, expectations of an accepted prompt
+    step_cost = 2 + candidates + (n_fluent + 1 if fluency is not None else 0)
 
     for _ in range(steps):
         for row in range(n_rows):
@@ -313,7 +345,7 @@ def refine(
         grad_top = _swap_gradient(
             target, vocab, current, feature_ids[idx], selectivity_weight, top_k
         )
-        lm_top = state.lm_top[idx] if fluency is not None else None
+        lm_top = fluency.top_tokens(state.logprobs[idx]) if fluency is not None else None
         cands, positions = _draw_candidates(
             current, grad_top, lm_top, candidates, [generators[r] for r in rows]
         )
@@ -323,26 +355,31 @@ def refine(
         )
         if fluency is None:
             new_score, pick = c_key.max(dim=1)
-            new_ce = new_top = None
         else:
-            pick, new_score, new_ce, new_top = _fluent_choice(
-                fluency, cands, c_key, c_act, c_resid, scale_t[idx], penalty, n_fluent,
-                state.pareto, rows, pareto_size,
+            pick, new_score, new_ce = _fluent_choice(
+                fluency, state, rows, cands, positions, c_key, c_act, c_resid, scale_t[idx],
+                penalty, n_fluent, pareto_size,
             )  # fmt: skip
+        accepted = []
         for j, row in enumerate(rows):
-            state.passes[row] += step_cost - (0 if share else 1)
+            state.passes[row] += step_cost - (0 if share else 1) - (1 if fluency else 0)
             state.steps[row] += 1
             if _improves(float(new_score[j]), float(state.score[row])):
                 state.current[row] = cands[j, pick[j]]
                 state.score[row] = new_score[j]
                 state.key[row], state.act[row] = c_key[j, pick[j]], c_act[j, pick[j]]
                 if fluency is not None:
-                    state.ce[row], state.lm_top[row] = new_ce[j], new_top[j]
+                    state.ce[row] = new_ce[j]
+                accepted.append(row)
                 state.since[row] = 0
             else:
                 state.since[row] += 1
                 state.active[row] = state.since[row] < patience
             state.record(row)
+        if fluency is not None and accepted:
+            state.logprobs[accepted] = fluency.expectations(state.current[accepted])[1]
+            for row in accepted:
+                state.passes[row] += 1
         if progress is not None:
             progress.update(1)
 
@@ -368,32 +405,46 @@ class _Penalty:
 
 
 def _fluent_choice(
-    fluency, cands, c_key, c_act, c_resid, scale, penalty, n_fluent, pareto, rows, pareto_size
+    fluency,
+    state,
+    rows,
+    cands,
+    positions,
+    c_key,
+    c_act,
+    c_resid,
+    scale,
+    penalty,
+    n_fluent,
+    pareto_size,
 ):
-    """Score the best ``n_fluent`` candidates per row by cross-entropy; pick by the combined score."""
+    """Shortlist ``n_fluent`` candidates per row by an estimated score, score them exactly.
+
+    The estimate changes the current cross-entropy by the swapped token's own term under the
+    current prompt's expectations (later tokens' terms are left as they were); the shortlist's
+    cross-entropy is then computed exactly, and the best combined score is picked.
+    """
     batch, n, length = cands.shape
-    n_fluent = min(n_fluent, n)
-    top = c_key.topk(n_fluent, dim=1).indices  # [batch, n_fluent]
-    gather = torch.arange(batch, device=top.device)[:, None]
-    ids = cands[gather, top].reshape(batch * n_fluent, length)
-    resid = (
-        None
-        if c_resid is None
-        else c_resid[gather, top].reshape(batch * n_fluent, *c_resid.shape[2:])
-    )
-    ce, lm_top = fluency.score(ids, resid)
-    ce = ce.reshape(batch, n_fluent)
-    lm_top = lm_top.reshape(batch, n_fluent, *lm_top.shape[1:])
-    keys = c_key[gather, top]
-    combined = keys / scale[:, None] - penalty(ce)
-    best = combined.argmax(dim=1)
-    acts = c_act[gather, top]
+    idx = torch.tensor(rows, device=cands.device)
+    logprobs = state.logprobs[idx]  # [batch, pos, vocab]
+    r = torch.arange(batch, device=cands.device)[:, None]
+    pos = positions.to(cands.device)
+    old = state.current[idx].gather(1, pos)
+    new = cands[r, torch.arange(n, device=cands.device)[None, :], pos]
+    delta = (logprobs[r, pos, old] - logprobs[r, pos, new]) / length
+    estimate = c_key / scale[:, None] - penalty(state.ce[idx][:, None] + delta)
+    top = estimate.topk(min(n_fluent, n), dim=1).indices  # [batch, n_fluent]
+    ids = cands[r, top].reshape(-1, length)
+    resid = None if c_resid is None else c_resid[r, top].reshape(ids.shape[0], *c_resid.shape[2:])
+    ce = fluency.cross_entropy(ids, resid).reshape(top.shape)
+    combined = c_key[r, top] / scale[:, None] - penalty(ce)
+    acts = c_act[r, top]
     for j, row in enumerate(rows):
-        new = [
+        points = [
             ParetoPoint(cands[j, top[j, m]].tolist(), float(acts[j, m]), float(ce[j, m]))
-            for m in range(n_fluent)
+            for m in range(top.shape[1])
         ]
-        pareto[row] = update_pareto(pareto[row], new, pareto_size)
-    pick = top[torch.arange(batch), best]
-    r = torch.arange(batch)
-    return pick, combined[r, best], ce[r, best], lm_top[r, best]
+        state.pareto[row] = update_pareto(state.pareto[row], points, pareto_size)
+    best = combined.argmax(dim=1)
+    flat = torch.arange(batch, device=cands.device)
+    return top[flat, best], combined[flat, best], ce[flat, best]

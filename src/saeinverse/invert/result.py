@@ -67,8 +67,20 @@ class Inversion:
         return _ratio(self.refined_activation, self.dataset_max)
 
     def best_within(self, max_cross_entropy: float) -> dict[str, Any] | None:
-        """The Pareto prompt with the highest activation whose cross-entropy is ≤ the bound."""
-        fluent = [p for p in self.pareto if p["cross_entropy"] <= max_cross_entropy]
+        """The most active reported prompt (Pareto or refined) with cross-entropy ≤ the bound."""
+        refined = {
+            "tokens": self.refined_tokens,
+            "text": self.refined_text,
+            "activation": self.refined_activation,
+            "cross_entropy": self.refined_cross_entropy,
+        }
+        fluent = [
+            p
+            for p in [*self.pareto, refined]
+            if p["cross_entropy"] is not None
+            and p["cross_entropy"] <= max_cross_entropy
+            and p["activation"] > 0
+        ]
         return max(fluent, key=lambda p: p["activation"]) if fluent else None
 
     def to_dict(self) -> dict[str, Any]:
