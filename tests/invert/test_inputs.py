@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from saeinverse.collect import collect_activations
 from saeinverse.config import get_default_config
 from saeinverse.invert import dataset_maxima, exemplar_tails, score_prompt
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_exemplar_tail_rescores_to_the_collected_activation(tiny_model, tiny_topk_sae):

@@ -9,15 +9,6 @@ from saeinverse.invert.objective import FeatureTarget, allowed_token_mask, sae_k
 from saeinverse.invert.project import Vocabulary, nearest_tokens, score_prompt
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and unharmed by other processes on the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_ids(n: int, length: int = 8, seed: int = 0) -> torch.Tensor:
     return torch.randint(3, 100, (n, length), generator=torch.Generator().manual_seed(seed))
 

@@ -17,16 +17,6 @@ from saeinverse.invert import (
 from saeinverse.invert.objective import FeatureTarget
 from tests import builders
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and unharmed by other processes on the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 FAST = {
     "length": 6,
     "max_steps": 40,

@@ -11,14 +11,6 @@ from saeinverse.invert.project import Vocabulary
 from saeinverse.invert.refine import ParetoPoint, refine, update_pareto
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run(model, sae, position, share, **kwargs):
     target = FeatureTarget(model, sae, position)
     vocab = Vocabulary(model, allowed_token_mask(model))
