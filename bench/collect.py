@@ -32,13 +32,14 @@ D_SAE, K = 4608, 32
 
 def load_models():
     """The default model and the trained default SAE (or a random TopK SAE of the same shape)."""
+    from saeinverse.config import get_default_config
+    from saeinverse.experiment import default_sae_path
     from saeinverse.models.loading import load_model, load_sae
-    from saeinverse.models.paths import default_sae_dir
 
     model = load_model("smollm2-135m")
-    folder = default_sae_dir("smollm2-135m", HOOK, D_SAE, K)
+    folder = default_sae_path(get_default_config())
     if (folder / "sae_weights.safetensors").exists():
-        return model, load_sae(path=folder), f"trained default SAE ({folder})"
+        return model, load_sae(path=str(folder)), f"trained default SAE ({folder})"
     from sae_lens import TopKSAE, TopKSAEConfig
 
     cfg = TopKSAEConfig(d_in=model.cfg.d_model, d_sae=D_SAE, k=K, dtype="float32", device="cpu")
