@@ -142,12 +142,17 @@ def target_features(ctx: Context) -> list[int]:
     )
 
 
-def _invert_part(config: Config) -> Any:
-    return {
-        "optimization": config.optimization.to_dict(),
-        "seed": config.seed,
-        "explicit": config.clustering.selection.feature_ids,
-    }
+def _targeted_part(section: str) -> Any:
+    """A stage's hash slice: its own section, the seed and the explicit target ids."""
+
+    def part(config: Config) -> Any:
+        return {
+            section: config[section].to_dict(),
+            "seed": config.seed,
+            "explicit": config.clustering.selection.feature_ids,
+        }
+
+    return part
 
 
 def _invert(ctx: Context, folder: Path):
@@ -178,14 +183,6 @@ def _load_invert(ctx: Context, folder: Path):
 
 
 # ----------------------------------------------------------------------------- explain
-
-
-def _explain_part(config: Config) -> Any:
-    return {
-        "explanation": config.explanation.to_dict(),
-        "seed": config.seed,
-        "explicit": config.clustering.selection.feature_ids,
-    }
 
 
 def _explain(ctx: Context, folder: Path):
@@ -263,7 +260,7 @@ for _stage in (
         "invert",
         "run_prompt_optimization",
         ("models",),
-        _invert_part,
+        _targeted_part("optimization"),
         _invert,
         _load_invert,
         optional=("collect", "select"),
@@ -272,7 +269,7 @@ for _stage in (
         "explain",
         "run_explanations",
         ("models",),
-        _explain_part,
+        _targeted_part("explanation"),
         _explain,
         _load_explain,
         optional=("collect", "select", "invert"),

@@ -188,14 +188,9 @@ def load_default_model(
             cfg, tokenizer, move_to_device=False, default_padding_side="right"
         )
     state_dict = convert_llama_weights(hf_model, cfg)
-    model.load_and_process_state_dict(
-        state_dict,
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=False,
-        refactor_factored_attn_matrices=False,
-    )
+    from saeinverse.models.loading import load_unprocessed  # loading imports this module
+
+    load_unprocessed(model, state_dict)
     model = model.to(device, print_details=False).eval()
     _check_start_token(model)
     logger.info(

@@ -117,14 +117,21 @@ def _load_local_dir(name: str, device: str, dtype: str, n_ctx: int | None) -> Ho
                 "Hugging Face model folder (config.json, weights, tokenizer) of an architecture "
                 "TransformerLens supports."
             ) from exc
+    load_unprocessed(model, state_dict)
+    return model.to(device, print_details=False)
+
+
+def load_unprocessed(model: HookedTransformer, state_dict: dict[str, Any]) -> None:
+    """Load converted weights as they are: no LayerNorm folding, centring or refactoring, so the
+    activations match the Hugging Face model (and SAELens's `from_pretrained_no_processing`)."""
     model.load_and_process_state_dict(
         state_dict,
         fold_ln=False,
         center_writing_weights=False,
         center_unembed=False,
         fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
     )
-    return model.to(device, print_details=False)
 
 
 def _load_transformer_lens(
