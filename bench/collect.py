@@ -33,7 +33,7 @@ D_SAE, K = 4608, 32
 def load_models():
     """The default model and the trained default SAE (or a random TopK SAE of the same shape)."""
     from saeinverse.config import get_default_config
-    from saeinverse.experiment import default_sae_path
+    from saeinverse.models.from_config import default_sae_path
     from saeinverse.models.loading import load_model, load_sae
 
     model = load_model("smollm2-135m")
@@ -75,7 +75,7 @@ def bare_forward(model, batches, stop_at_layer: int) -> Clock:
 
 
 def forward_and_encode(model, sae, batches) -> Clock:
-    from saeinverse.collect import hook_activations
+    from saeinverse.collect.activations import hook_activations
 
     with Clock() as clock, torch.inference_mode():
         for tokens in batches:
@@ -84,7 +84,7 @@ def forward_and_encode(model, sae, batches) -> Clock:
 
 
 def collect(model, sae, prompts, cfg) -> Clock:
-    from saeinverse.collect import collect_activations
+    from saeinverse.collect.activations import collect_activations
 
     with Clock() as clock:
         collect_activations(model, sae, prompts, cfg, progress=False)
@@ -92,7 +92,7 @@ def collect(model, sae, prompts, cfg) -> Clock:
 
 
 def speed(n_prompts: int, repeats: int) -> None:
-    from saeinverse.collect import tokenize_prompts
+    from saeinverse.collect.activations import tokenize_prompts
     from saeinverse.data.sources import load_prompts
     from saeinverse.models.loading import stop_at_layer_for
 
@@ -153,7 +153,7 @@ def memory_child(n_prompts: int) -> None:
     """Runs in a subprocess: print JSON with the RSS before collection and the peak during it."""
     import psutil
 
-    from saeinverse.collect import collect_activations
+    from saeinverse.collect.activations import collect_activations
     from saeinverse.data.sources import load_prompts
 
     model, sae, _ = load_models()

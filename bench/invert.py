@@ -24,7 +24,7 @@ import torch
 def load(device: str, sae_path: str | None = None):
     """The default model, and the default SAE (or a random TopK SAE of its shape), on ``device``."""
     from saeinverse.config import get_default_config, update_config
-    from saeinverse.experiment import default_sae_path, load_subject_model
+    from saeinverse.models.from_config import default_sae_path, load_subject_model
 
     config = update_config(get_default_config(), {"hardware": {"device": device}})
     model = load_subject_model(config)

@@ -32,7 +32,7 @@ CODE_CHARS = set("()[]{}=_:;#.,'\"<>/\\*+-%@|&^~`!")
 
 def load_default(sae_path: str | None):
     from saeinverse.config import get_default_config
-    from saeinverse.experiment import default_sae_path, load_subject_model
+    from saeinverse.models.from_config import default_sae_path, load_subject_model
     from saeinverse.models.loading import load_sae
 
     config = get_default_config()
@@ -47,7 +47,7 @@ def load_default(sae_path: str | None):
 
 def collection(config, model, sae, cache_dir: Path):
     """The default run's feature statistics (cached in ``cache_dir``)."""
-    from saeinverse.collect_stage import collect_or_load
+    from saeinverse.api import collect_or_load
     from saeinverse.data.sources import load_prompts
 
     prompts = load_prompts(config.data, config.seed)

@@ -28,7 +28,7 @@ from saeinverse import (
     update_config,
     visualize_results,
 )
-from saeinverse.features import filter_features
+from saeinverse.filter import filter_features
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 MODEL = os.environ.get("SAEINVERSE_EXAMPLE_MODEL", "smollm2-135m")

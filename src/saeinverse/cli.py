@@ -45,7 +45,7 @@ STAGE_COMMANDS = {
 
 @command("run")
 def _run(args: argparse.Namespace) -> int:
-    from saeinverse.pipeline import run_experiment
+    from saeinverse.run.pipeline import run_experiment
 
     until = args.command if args.command in STAGE_COMMANDS else None
     ctx = run_experiment(_config(args), force=args.force, run_dir=args.run_dir, until=until)
@@ -61,7 +61,7 @@ for _name in STAGE_COMMANDS:
 
 @command("train-sae")
 def _train_sae(args: argparse.Namespace) -> int:
-    from saeinverse.experiment import train_default_sae
+    from saeinverse.models.from_config import train_default_sae
 
     config = _config(args)
     _, quality = train_default_sae(config, out_dir=args.out)

@@ -105,7 +105,7 @@ def random_prompts(n: int, seed: int = 0, length: int = 40) -> list[str]:
 @pytest.fixture(scope="package")
 def tiny_stats(tiny_model, tiny_sae):
     """Collection statistics of the tiny model and SAE over 80 random prompts."""
-    from saeinverse.collect import collect_activations
+    from saeinverse.collect.activations import collect_activations
     from saeinverse.config import get_default_config
 
     return collect_activations(

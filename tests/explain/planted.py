@@ -37,7 +37,7 @@ def planted_model_and_sae(letters=PLANTED_LETTERS):
 
 
 def planted_stats(model, sae, n_prompts: int = 80):
-    from saeinverse.collect import collect_activations
+    from saeinverse.collect.activations import collect_activations
     from saeinverse.config import get_default_config
 
     prompts = random_prompts(n_prompts, seed=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saeinverse.collect import collect_activations
+from saeinverse.collect.activations import collect_activations
 from saeinverse.config import get_default_config
 from saeinverse.explain.evidence import TokenSequence
 from saeinverse.explain.sampling import build_evidence, forward_features

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from saeinverse.collect import collect_activations
+from saeinverse.collect.activations import collect_activations
 from saeinverse.config import get_default_config
 from saeinverse.invert import dataset_maxima, exemplar_tails, score_prompt
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from saeinverse.config import get_default_config, update_config
-from saeinverse.runs import Run, digest
+from saeinverse.run.rundir import Run, digest
 
 FAST_INVERSION = {
     "length": 6,
@@ -64,14 +64,14 @@ def build_tiny_run(
 
     Defaults: ``tiny_config()``, ``tiny_prompts()`` and ``FAST_INVERSION``.
     """
-    from saeinverse.cluster import run_clustering
-    from saeinverse.cluster_analysis import analyze_clusters
-    from saeinverse.collect import collect_activations
+    from saeinverse.cluster.analysis import analyze_clusters
+    from saeinverse.cluster.clustering import run_clustering
+    from saeinverse.collect.activations import collect_activations
     from saeinverse.explain import generate_explanations, save_explanations
-    from saeinverse.features import filter_features
+    from saeinverse.filter import filter_features
     from saeinverse.invert import dataset_maxima, optimize_features, save_inversions
     from saeinverse.io import save_json
-    from saeinverse.selection import select_features
+    from saeinverse.select import select_features
 
     config = config or tiny_config()
     run = Run.create(config, root=root)

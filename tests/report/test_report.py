@@ -13,7 +13,7 @@ import yaml
 from saeinverse.errors import ArtifactError
 from saeinverse.report import REPORT_DIR, REPORT_FILE, build_report, load_run, visualize_results
 from saeinverse.report import html as report_html
-from saeinverse.runs import MARKER
+from saeinverse.run.rundir import MARKER
 from tests.report.conftest import NASTY, build_tiny_run
 
 

@@ -248,7 +248,7 @@ def load_chat_lm(llm_name: str, device: str = "cpu"):
         from saeinverse.models.default import load_default_hf
 
         return load_default_hf(device=device)
-    from saeinverse.experiment import load_hf_lm
+    from saeinverse.models.from_config import load_hf_lm
 
     lm, tokenizer = load_hf_lm(llm_name)
     return lm.to(device).eval(), tokenizer

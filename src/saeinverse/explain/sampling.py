@@ -35,8 +35,8 @@ from saeinverse.explain.evidence import (
 )
 
 if TYPE_CHECKING:
+    from saeinverse.collect.stats import FeatureStats
     from saeinverse.invert import Inversion
-    from saeinverse.stats import FeatureStats
 
 N_DECILES = 10
 NEGATIVE_SPARE = 2
@@ -112,7 +112,7 @@ def forward_features(
 
     Rows are right-padded in batches of similar length; the model runs only up to the SAE's hook.
     """
-    from saeinverse.collect import hook_activations
+    from saeinverse.collect.activations import hook_activations
     from saeinverse.invert.objective import sae_hook_name
 
     hook = sae_hook_name(sae)

@@ -27,8 +27,8 @@ from saeinverse.explain.settings import resolve_settings
 from saeinverse.io import atomic_open
 
 if TYPE_CHECKING:
+    from saeinverse.collect.stats import FeatureStats
     from saeinverse.invert import Inversion
-    from saeinverse.stats import FeatureStats
 
 logger = logging.getLogger(__name__)
 

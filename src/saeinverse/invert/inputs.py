@@ -1,6 +1,6 @@
 """What inversion takes from collection: each feature's dataset maximum and top exemplar.
 
-Both read a ``FeatureStats`` (see ``saeinverse.stats``) and return dicts keyed by feature id,
+Both read a ``FeatureStats`` (see ``saeinverse.collect.stats``) and return dicts keyed by feature id,
 the form ``optimize_features`` accepts as ``dataset_max`` and ``exemplar_tokens``.
 """
 

@@ -64,31 +64,31 @@ STATUS_TEXT = {
 
 
 def _load_stats(folder: Path) -> Any:
-    from saeinverse.stats import FeatureStats
+    from saeinverse.collect.stats import FeatureStats
 
     return FeatureStats.load(folder)
 
 
 def _load_feature_set(folder: Path) -> Any:
-    from saeinverse.features import FeatureSet
+    from saeinverse.filter import FeatureSet
 
     return FeatureSet.load(folder)
 
 
 def _load_clusters(folder: Path) -> Any:
-    from saeinverse.cluster import ClusterResult
+    from saeinverse.cluster.clustering import ClusterResult
 
     return ClusterResult.load(folder)
 
 
 def _load_analysis(folder: Path) -> Any:
-    from saeinverse.cluster_analysis import ClusterAnalysis
+    from saeinverse.cluster.analysis import ClusterAnalysis
 
     return ClusterAnalysis.load(folder)
 
 
 def _load_selection(folder: Path) -> Any:
-    from saeinverse.selection import Selection
+    from saeinverse.select import Selection
 
     return Selection.load(folder)
 

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from saeinverse import get_default_config, update_config
-from saeinverse.cluster import NOISE, ClusterResult, run_clustering
-from saeinverse.cluster_analysis import analyze_clusters
+from saeinverse.cluster.analysis import analyze_clusters
+from saeinverse.cluster.clustering import NOISE, ClusterResult, run_clustering
 from saeinverse.errors import ConfigError
-from saeinverse.selection import SELECTION_FILE, Selection, select_features, selectivity
+from saeinverse.select import SELECTION_FILE, Selection, select_features, selectivity
 
 
 class FakeStats:
@@ -153,7 +153,7 @@ def test_selection_round_trips(tmp_path):
 def real_stats(n_groups=4, per_group=15, n_prompts=80, seed=0):
     """A real FeatureStats from StatsAccumulator: group g fires on prompts p with p % 4 == g,
     at the token 10 + g; two features stay dead."""
-    from saeinverse.collect import StatsAccumulator
+    from saeinverse.collect.activations import StatsAccumulator
 
     rng = np.random.default_rng(seed)
     d_sae, n_pos = n_groups * per_group + 2, 6
@@ -208,8 +208,8 @@ def test_with_real_feature_stats_cluster_analyse_select():
 @pytest.mark.parametrize("vectors", ["activation", "decoder", "cooccurrence"])
 def test_end_to_end_on_the_tiny_model(tiny_model, tiny_sae, vectors):
     """Real collection and filtering on a random model and SAE, then cluster, analyse, select."""
-    from saeinverse.collect import collect_activations
-    from saeinverse.features import filter_features
+    from saeinverse.collect.activations import collect_activations
+    from saeinverse.filter import filter_features
 
     config = update_config(
         get_default_config(),

@@ -14,9 +14,14 @@ from typing import Any
 
 from saeinverse.config import Config
 from saeinverse.errors import ConfigError
-from saeinverse.experiment import as_config, load_experiment_models, sae_identity
 from saeinverse.io import load_json, save_json
-from saeinverse.runs import Run, digest
+from saeinverse.models.from_config import (
+    as_config,
+    load_experiment_models,
+    sae_identity,
+    weights_fingerprint,
+)
+from saeinverse.run.rundir import Run, digest
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +82,10 @@ def models_identity(ctx: Context) -> Any:
     """
     config = ctx.config
     if ctx.loaded is not None:
-        from saeinverse.collect_stage import _weights_fingerprint
-
         model, sae = ctx.loaded[0], ctx.loaded[1]
         return {
-            "model": [model.cfg.model_name, _weights_fingerprint(model)],
-            "sae": [sae.cfg.metadata.hook_name, _weights_fingerprint(sae)],
+            "model": [model.cfg.model_name, weights_fingerprint(model)],
+            "sae": [sae.cfg.metadata.hook_name, weights_fingerprint(sae)],
         }
     if (
         not (config.sae.release or config.sae.path)
@@ -149,7 +152,7 @@ def run_experiment(
     loaded ``(model, sae, lm, tokenizer)`` instead of loading them from the config (they are
     otherwise loaded only when a stage has to compute); ``until`` stops after that stage.
     """
-    import saeinverse.stages  # noqa: F401  (registers the stages)
+    import saeinverse.run.stages  # noqa: F401  (registers the stages)
 
     config = as_config(config)
     _seed_everything(config.seed)

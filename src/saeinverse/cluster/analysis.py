@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from saeinverse.cluster import NOISE, ClusterResult, to_numpy
+from saeinverse.cluster.clustering import NOISE, ClusterResult
+from saeinverse.collect.stats import prompt_max_columns, to_numpy
 from saeinverse.errors import DataError
 from saeinverse.io import load_json, save_json
-from saeinverse.selection import prompt_max_columns
 
 logger = logging.getLogger(__name__)
 

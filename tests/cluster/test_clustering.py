@@ -6,15 +6,15 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from saeinverse import get_default_config, update_config
-from saeinverse.cluster import (
+from saeinverse.cluster.analysis import ANALYSIS_FILE, ClusterAnalysis, analyze_clusters, cohesion
+from saeinverse.cluster.clusterers import CLUSTERERS, NOISE, nearest_neighbors, search_eps
+from saeinverse.cluster.clustering import (
     CLUSTER_ARRAYS_FILE,
     CLUSTERS_FILE,
     ClusterResult,
     feature_vectors,
     run_clustering,
 )
-from saeinverse.cluster_analysis import ANALYSIS_FILE, ClusterAnalysis, analyze_clusters, cohesion
-from saeinverse.clusterers import CLUSTERERS, NOISE, nearest_neighbors, search_eps
 from saeinverse.errors import ConfigError, DataError
 
 N_GROUPS, PER_GROUP, N_PROMPTS = 4, 15, 200
@@ -142,7 +142,7 @@ def test_too_few_features_give_a_usable_result(n, method, caplog):
     """Below the method's minimum group: one cluster; UMAP needs n >= n_components + 2 (else PCA);
     kmeans lowers n_clusters (8) to n; HDBSCAN leaves fewer than 2 × 5 features as noise."""
     matrix, _ = planted()
-    with caplog.at_level(logging.WARNING, logger="saeinverse.cluster"):
+    with caplog.at_level(logging.WARNING, logger="saeinverse.cluster.clustering"):
         result = run_clustering(matrix[:, :n], IDS[:n], clustering_cfg(method=method), seed=0)
     assert result.labels.shape == (n,)
     assert result.embedding_2d.shape == (n, 2)
@@ -159,7 +159,7 @@ def test_everything_noise_and_single_cluster_are_reported(caplog):
     diffuse = rng.random((N_PROMPTS, 20)).astype(np.float32)  # one blob of 20 similar features
     # HDBSCAN never returns the root as a cluster: 20 < 2 × 15 features leave only noise.
     cfg = clustering_cfg(hdbscan={"min_cluster_size": 15})
-    with caplog.at_level(logging.WARNING, logger="saeinverse.cluster"):
+    with caplog.at_level(logging.WARNING, logger="saeinverse.cluster.clustering"):
         noise = run_clustering(diffuse, np.arange(20), cfg, seed=0)
     assert (noise.labels == NOISE).all() and noise.noise_fraction == 1.0
     assert noise.n_clusters == 0 and noise.silhouette is None

@@ -22,7 +22,7 @@ Reads top-down as the stage runs:
 2. ``reduce``: UMAP (``clustering.umap``, ``random_state=seed``) to ``n_components`` dims for
    clustering, plus a separate 2-D embedding that is always kept for the map. With
    ``umap.n_components: 0`` no reduction happens and the clusterer works on the cosine vectors.
-3. ``CLUSTERERS`` (``saeinverse.clusterers``): a registry name → function (HDBSCAN, DBSCAN,
+3. ``CLUSTERERS`` (``saeinverse.cluster.clusterers``): a registry name → function (HDBSCAN, DBSCAN,
    KMeans). Clustering happens in the UMAP space with the euclidean metric, or directly on the
    vectors with ``umap.metric`` when ``umap.n_components`` is 0.
 4. ``run_clustering``: all of the above, plus the number of clusters, the noise fraction, the
@@ -41,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from saeinverse.clusterers import CLUSTERERS, MIN_GROUP, NOISE, nearest_neighbors
+from saeinverse.cluster.clusterers import CLUSTERERS, MIN_GROUP, NOISE, nearest_neighbors
+from saeinverse.collect.stats import to_numpy
 from saeinverse.config import ClusteringConfig, UMAPConfig
 from saeinverse.errors import ConfigError, DataError
 from saeinverse.io import load_json, load_tensors, save_json, save_tensors
@@ -61,20 +62,6 @@ _SCALAR_FIELDS = (
 )  # fmt: skip
 
 # ----------------------------------------------------------------------------- feature vectors
-
-
-def to_numpy(values: Any, dtype: Any = np.float32) -> np.ndarray:
-    """A numpy array from a torch tensor (dense or sparse), a scipy sparse matrix or array-like."""
-    if hasattr(values, "detach"):  # a torch tensor: torch is already imported
-        import torch
-
-        values = values.detach().cpu()
-        values = values if values.layout == torch.strided else values.to_dense()
-        values = values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
-        values = values.numpy()
-    if hasattr(values, "toarray"):
-        values = values.toarray()
-    return np.asarray(values, dtype=dtype)
 
 
 def _dense(matrix: Any) -> np.ndarray:

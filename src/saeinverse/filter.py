@@ -1,6 +1,6 @@
 """Stage 2: keep the features worth clustering; record why every other feature was dropped.
 
-Rules, applied to a `FeatureStats` with `data.filtering` (definitions: `saeinverse.stats`):
+Rules, applied to a `FeatureStats` with `data.filtering` (definitions: `saeinverse.collect.stats`):
 
 - ``dead``: never fires (firing_count == 0). Dropped; no other rule is checked.
 - ``dense``: density > sparsity_max. Dropped.
@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saeinverse.collect.stats import FeatureStats
 from saeinverse.errors import ArtifactError
 from saeinverse.io import load_json, save_json
-from saeinverse.stats import FeatureStats
 
 logger = logging.getLogger(__name__)
 

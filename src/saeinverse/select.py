@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from saeinverse.cluster import NOISE, ClusterResult, to_numpy
+from saeinverse.cluster.clustering import NOISE, ClusterResult
+from saeinverse.collect.stats import d_sae_of, prompt_max_columns, to_numpy
 from saeinverse.config import SelectionConfig
 from saeinverse.errors import ConfigError
 from saeinverse.io import load_json, save_json
@@ -40,20 +41,6 @@ SELECTIVITY_TOP_FRACTION = 0.05
 """Share of prompts that count as a feature's 'top prompts' for selectivity."""
 SELECTIVITY_EPS = 1e-3
 """Relative epsilon of selectivity: caps it at 1 / SELECTIVITY_EPS = 1000."""
-
-
-# ----------------------------------------------------------------------------- stats access
-
-
-def d_sae_of(stats: Any) -> int:
-    """The number of SAE features the statistics cover."""
-    return int(getattr(stats, "d_sae", len(stats.max_activation)))
-
-
-def prompt_max_columns(stats: Any, feature_ids: Any) -> np.ndarray:
-    """The per-prompt max activations of ``feature_ids``: [n_prompts, len(feature_ids)] float64."""
-    ids = np.asarray(feature_ids, dtype=np.int64).reshape(-1)
-    return to_numpy(stats.prompt_feature_dense(ids.tolist()), np.float64)
 
 
 # ----------------------------------------------------------------------------- scores

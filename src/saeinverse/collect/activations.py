@@ -3,7 +3,7 @@
 `collect_activations` tokenizes the prompts with the model (its start token included), runs
 batches of similar length under `torch.inference_mode()`, captures only the SAE's hook, encodes
 with the SAE and folds each batch into a `StatsAccumulator`. Padding is always masked, position 0
-too when `data.exclude_bos`. Statistics and their definitions: `saeinverse.stats`.
+too when `data.exclude_bos`. Statistics and their definitions: `saeinverse.collect.stats`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from saeinverse.errors import DataError
-from saeinverse.stats import (
+from saeinverse.collect.stats import (
     _TOKEN_MASS_FLUSH,
     FeatureStats,
     coalesce,
@@ -26,6 +25,7 @@ from saeinverse.stats import (
     merge_topk,
     topk_table,
 )
+from saeinverse.errors import DataError
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -113,7 +113,7 @@ def collect_activations(
     seed: int = 0,
     progress: bool = True,
 ) -> FeatureStats:
-    """Per-feature statistics of `sae` over `prompts` (see `saeinverse.stats` for definitions).
+    """Per-feature statistics of `sae` over `prompts` (see `saeinverse.collect.stats` for definitions).
 
     Reads `max_length`, `batch_size`, `exclude_bos`, `top_k_exemplars`, `context_window`,
     `histogram_bins` and `filtering.positional_window` from `data_cfg`. Collection is

@@ -163,3 +163,17 @@ def load_hf_lm(name: str):
             f"(or the weights in the Hugging Face cache); give a local path instead ({err})"
         ) from err
     return lm, tokenizer
+
+
+def weights_fingerprint(module: Any, samples: int = 256) -> list[Any]:
+    """Name, shape and the sum of a strided sample of each parameter: cheap, and changes with
+    retraining."""
+    import torch
+
+    rows = []
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            flat = param.detach().reshape(-1)
+            step = max(1, flat.numel() // samples)
+            rows.append([name, list(param.shape), round(float(flat[::step].double().sum()), 6)])
+    return rows

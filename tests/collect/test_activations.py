@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from saeinverse.collect import collect_activations, hook_activations, tokenize_prompts
+from saeinverse.collect.activations import collect_activations, hook_activations, tokenize_prompts
+from saeinverse.collect.stats import FeatureIdError, FeatureStats, log_histogram_edges
 from saeinverse.config import get_default_config, update_config
 from saeinverse.errors import ArtifactError, DataError
-from saeinverse.stats import FeatureIdError, FeatureStats, log_histogram_edges
 
 PROMPTS = [
     "The cat sat on the mat.",

@@ -1,6 +1,6 @@
 """The pipeline's stages, in order: each reads earlier results, writes its folder, and loads back.
 
-Importing this module registers them with ``saeinverse.pipeline``. Each stage's hash covers the
+Importing this module registers them with ``saeinverse.run.pipeline``. Each stage's hash covers the
 config slice named here plus the hashes of the stages it reads.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from saeinverse.config import Config
-from saeinverse.pipeline import Context, Stage, StageSkipped, register_stage
+from saeinverse.run.pipeline import Context, Stage, StageSkipped, register_stage
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def _collect_part(config: Config) -> Any:
 
 
 def _collect(ctx: Context, folder: Path):
-    from saeinverse.collect import collect_activations
+    from saeinverse.collect.activations import collect_activations
     from saeinverse.data.sources import load_prompts
 
     prompts = load_prompts(ctx.config.data, seed=ctx.config.seed)
@@ -41,7 +41,7 @@ def _collect(ctx: Context, folder: Path):
 
 
 def _load_collect(ctx: Context, folder: Path):
-    from saeinverse.stats import FeatureStats
+    from saeinverse.collect.stats import FeatureStats
 
     return FeatureStats.load(folder)
 
@@ -50,7 +50,7 @@ def _load_collect(ctx: Context, folder: Path):
 
 
 def _filter(ctx: Context, folder: Path):
-    from saeinverse.features import filter_features
+    from saeinverse.filter import filter_features
 
     feature_set = filter_features(ctx.results["collect"], ctx.config.data.filtering)
     feature_set.save(folder)
@@ -58,7 +58,7 @@ def _filter(ctx: Context, folder: Path):
 
 
 def _load_filter(ctx: Context, folder: Path):
-    from saeinverse.features import FeatureSet
+    from saeinverse.filter import FeatureSet
 
     return FeatureSet.load(folder)
 
@@ -74,8 +74,8 @@ def _cluster_part(config: Config) -> Any:
 
 
 def _cluster(ctx: Context, folder: Path) -> dict[str, Any]:
-    from saeinverse.cluster import run_clustering
-    from saeinverse.cluster_analysis import analyze_clusters
+    from saeinverse.cluster.analysis import analyze_clusters
+    from saeinverse.cluster.clustering import run_clustering
 
     stats, kept = ctx.results["collect"], candidate_features(ctx)
     result = run_clustering(
@@ -92,8 +92,8 @@ def _cluster(ctx: Context, folder: Path) -> dict[str, Any]:
 
 
 def _load_cluster(ctx: Context, folder: Path) -> dict[str, Any]:
-    from saeinverse.cluster import ClusterResult
-    from saeinverse.cluster_analysis import ClusterAnalysis
+    from saeinverse.cluster.analysis import ClusterAnalysis
+    from saeinverse.cluster.clustering import ClusterResult
 
     return {"clusters": ClusterResult.load(folder), "analysis": ClusterAnalysis.load(folder)}
 
@@ -109,7 +109,7 @@ def candidate_features(ctx: Context):
 
 
 def _select(ctx: Context, folder: Path):
-    from saeinverse.selection import select_features, select_unclustered
+    from saeinverse.select import select_features, select_unclustered
 
     stats, cfg = ctx.results["collect"], ctx.config.clustering.selection
     if "cluster" in ctx.results:
@@ -121,7 +121,7 @@ def _select(ctx: Context, folder: Path):
 
 
 def _load_select(ctx: Context, folder: Path):
-    from saeinverse.selection import Selection
+    from saeinverse.select import Selection
 
     return Selection.load(folder)
 

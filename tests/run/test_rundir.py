@@ -3,7 +3,7 @@ import pytest
 from saeinverse import get_default_config
 from saeinverse.errors import ArtifactError
 from saeinverse.io import load_json, save_json
-from saeinverse.runs import MARKER, Run, digest
+from saeinverse.run.rundir import MARKER, Run, digest
 
 
 def _stage(run, name, stage_hash, calls, fail=False):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saeinverse import collect_stage
-from saeinverse.collect import StatsAccumulator
-from saeinverse.collect_stage import collect_and_filter_data
+from saeinverse import api as collect_stage
+from saeinverse.api import collect_and_filter_data
+from saeinverse.collect.activations import StatsAccumulator
+from saeinverse.collect.stats import FeatureStats
 from saeinverse.config import get_default_config, update_config
-from saeinverse.features import FeatureSet, filter_features
-from saeinverse.stats import FeatureStats
+from saeinverse.filter import FeatureSet, filter_features
 
 N_PROMPTS, LENGTH, D_SAE, D_VOCAB = 10, 11, 8, 100
 SINGLE_TOKEN = 50

@@ -3,8 +3,8 @@
 import pytest
 
 from saeinverse import get_default_config, update_config
-from saeinverse.pipeline import run_experiment
-from saeinverse.runs import MARKER
+from saeinverse.run.pipeline import run_experiment
+from saeinverse.run.rundir import MARKER
 
 SMALL = {
     "data": {

@@ -17,14 +17,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import Tensor
 
-from saeinverse.collect import collect_activations
+from saeinverse.collect.activations import collect_activations
+from saeinverse.collect.stats import FeatureStats, read_stats_meta
 from saeinverse.data.sources import load_prompts
 from saeinverse.errors import ArtifactError
-from saeinverse.features import filter_features
-from saeinverse.stats import FeatureStats, read_stats_meta
+from saeinverse.filter import filter_features
+from saeinverse.models.from_config import weights_fingerprint
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -101,19 +101,7 @@ def collection_key(
     digest = hashlib.sha256()
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(json.dumps(list(prompts)).encode())
-    digest.update(json.dumps([model.cfg.model_name, _weights_fingerprint(model)]).encode())
+    digest.update(json.dumps([model.cfg.model_name, weights_fingerprint(model)]).encode())
     sae_cfg = {k: v for k, v in sae.cfg.to_dict().items() if k != "device"}
-    digest.update(json.dumps([sae_cfg, _weights_fingerprint(sae)], default=str).encode())
+    digest.update(json.dumps([sae_cfg, weights_fingerprint(sae)], default=str).encode())
     return digest.hexdigest()[:16]
-
-
-def _weights_fingerprint(module: torch.nn.Module, samples: int = 256) -> list[Any]:
-    """Name, shape and the sum of a strided sample of each parameter: cheap, and changes with
-    retraining."""
-    rows = []
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            flat = param.detach().reshape(-1)
-            step = max(1, flat.numel() // samples)
-            rows.append([name, list(param.shape), round(float(flat[::step].double().sum()), 6)])
-    return rows
