@@ -189,16 +189,16 @@ def test_merge_equals_one_pass(tiny_model, tiny_topk_sae):
 
 def test_collection_stops_at_the_sae_layer(tiny_model, tiny_sae, monkeypatch):
     calls = []
-    original = tiny_model.run_with_cache
+    original = tiny_model.run_with_hooks
 
     def spy(*args, **kwargs):
         calls.append(kwargs)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(tiny_model, "run_with_cache", spy)
+    monkeypatch.setattr(tiny_model, "run_with_hooks", spy)
     collect_activations(tiny_model, tiny_sae, PROMPTS[:2], data_cfg(), progress=False)
     assert calls and all(c["stop_at_layer"] == 1 for c in calls)
-    assert all(c["names_filter"] == "blocks.0.hook_resid_post" for c in calls)
+    assert all(c["fwd_hooks"][-1][0] == "blocks.0.hook_resid_post" for c in calls)
 
 
 def test_exemplar_context_and_save_load(tiny_model, tiny_sae, tmp_path):

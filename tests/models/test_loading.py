@@ -66,16 +66,6 @@ def test_mlp_sae_matches_d_mlp(tiny_model):
         loading.check_compatible(tiny_model, builders.tiny_sae("blocks.1.mlp.hook_post"))
 
 
-def test_hook_layer():
-    assert loading.hook_layer("blocks.9.hook_resid_post") == 9
-    assert loading.hook_layer("blocks.12.attn.hook_z") == 12
-    assert loading.hook_layer("hook_embed") == -1
-    assert loading.stop_at_layer_for("blocks.9.hook_resid_post") == 10
-    assert loading.stop_at_layer_for("ln_final.hook_normalized") is None
-    with pytest.raises(ValueError, match="not inside"):
-        loading.hook_layer("ln_final.hook_normalized")
-
-
 # --- SAEs from disk -----------------------------------------------------------------------------
 
 

@@ -26,6 +26,12 @@ from saeinverse.collect.stats import (
     topk_table,
 )
 from saeinverse.errors import DataError
+from saeinverse.models.hooks import (
+    encode,
+    first_readable_position,
+    hook_activations,
+    sae_hook_name,
+)
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -92,18 +98,6 @@ def tokenize_prompts(
     return TokenizedPrompts(kept, tokens, lengths)
 
 
-def hook_activations(
-    model: HookedTransformer, tokens: Tensor, hook_name: str
-) -> Tensor:  # Float[Tensor, "batch pos d_in"] (hook_z: "batch pos heads d_head")
-    """The activation at `hook_name`, running the model only up to the block that holds it."""
-    from saeinverse.models.loading import stop_at_layer_for
-
-    _, cache = model.run_with_cache(
-        tokens, names_filter=hook_name, stop_at_layer=stop_at_layer_for(hook_name)
-    )
-    return cache[hook_name]
-
-
 def collect_activations(
     model: HookedTransformer,
     sae: SAE,
@@ -122,8 +116,8 @@ def collect_activations(
     from tqdm.auto import tqdm
 
     del seed
-    hook_name = sae.cfg.metadata.hook_name
-    first = 1 if data_cfg["exclude_bos"] else 0
+    hook_name = sae_hook_name(sae)
+    first = first_readable_position(bool(data_cfg["exclude_bos"]))
     if first and not model.cfg.default_prepend_bos:
         logger.warning("the model prepends no start token: exclude_bos masks each first word")
     batch = tokenize_prompts(model, list(prompts), int(data_cfg["max_length"]), first)
@@ -135,17 +129,13 @@ def collect_activations(
         top_k=int(data_cfg["top_k_exemplars"]),
         histogram_bins=int(data_cfg["histogram_bins"]),
     )
-    device = next(sae.parameters()).device
-    dtype = next(sae.parameters()).dtype
     bar = tqdm(total=len(batch.prompts), unit="prompt", desc="collect", disable=not progress)
     with torch.inference_mode(), bar:
         for index in batch.batches(int(data_cfg["batch_size"])):
             tokens = batch.batch_tokens(index)
             acts = hook_activations(model, tokens.to(model.cfg.device), hook_name)
-            if acts.ndim == 4 and not getattr(sae, "hook_z_reshaping_mode", False):
-                acts = acts.flatten(2)  # hook_z heads, for an SAE that does not reshape itself
             with _sparse_topk(sae):
-                feature_acts = sae.encode(acts.to(device=device, dtype=dtype))
+                feature_acts = encode(sae, acts)
             acc.add(feature_acts, tokens, batch.lengths[index], index)
             bar.update(len(index))
     stats = acc.finish(

@@ -112,8 +112,7 @@ def forward_features(
 
     Rows are right-padded in batches of similar length; the model runs only up to the SAE's hook.
     """
-    from saeinverse.collect.activations import hook_activations
-    from saeinverse.invert.objective import sae_hook_name
+    from saeinverse.models.hooks import encode, hook_activations, sae_hook_name
 
     hook = sae_hook_name(sae)
     param = next(sae.parameters())
@@ -129,7 +128,7 @@ def forward_features(
             for j, i in enumerate(chunk):
                 tokens[j, : lengths[i]] = torch.as_tensor(list(rows[i]), dtype=torch.long)
             acts = hook_activations(model, tokens.to(model.cfg.device), hook)
-            feats = sae.encode(acts.to(device=param.device, dtype=param.dtype))[..., columns]
+            feats = encode(sae, acts)[..., columns]
             for j, i in enumerate(chunk):
                 out[i] = feats[j, : lengths[i]].float().cpu()
     return out  # type: ignore[return-value]
@@ -210,7 +209,7 @@ def _fill(explain, heldout, plan, seq, n_heldout: int, n_top_tokens: int, seed: 
 
 def _first_position(model, stats: FeatureStats) -> int:
     """First position shown: never the start token."""
-    from saeinverse.invert.objective import start_token_id
+    from saeinverse.models.hooks import start_token_id
 
     return max(int(stats.first_position), int(start_token_id(model) is not None))
 
@@ -231,7 +230,7 @@ def _prompt_activations(model, sae, stats, fids, plans) -> dict[int, Tensor]:
 
 
 def _refined_sequences(model, sae, stats, fids, inversions) -> dict[int, list[TokenSequence]]:
-    from saeinverse.invert.objective import start_token_id
+    from saeinverse.models.hooks import start_token_id
 
     start = start_token_id(model)
     wanted = [(f, inversions[f]) for f in fids if f in inversions and inversions[f].refined_tokens]

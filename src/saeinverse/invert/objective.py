@@ -15,6 +15,9 @@ Two numbers come out per row:
   fires exactly when this is > 0); JumpReLU: the pre-activation minus its threshold; ReLU: the
   pre-activation itself. ``objective = pre + min(gate, 0)`` pushes twice as hard (and pushes
   competitors down) while the feature is off, and is the activation itself once it fires.
+  Gated: the feature fires when its gate pre-activation is > 0 and its magnitude
+  pre-activation is > 0, so the margin is the smaller of the two. Which rule applies is decided
+  by the SAE's SAELens class (``models.hooks.sae_kind``).
 
 ``key`` ranks hard prompts in the discrete search: the activation when the feature fires,
 otherwise the gate (≤ 0), so every firing prompt outranks every silent one.
@@ -22,7 +25,6 @@ otherwise the gate (≤ 0), so every firing prompt outranks every silent one.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -31,76 +33,56 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from saeinverse.models.hooks import (
+    Encoded,
+    encode_with_pre,
+    hook_activations,
+    sae_hook_name,
+    sae_kind,
+    start_token_id,
+)
+
 Position = Literal["max", "last"]
 
 
 # ----------------------------------------------------------------------------- gates
 
 
-def _relu_gate(pre: Tensor, target_pre: Tensor, feature_ids: Tensor, sae) -> Tensor:
+def _gather(values: Tensor, feature_ids: Tensor) -> Tensor:
+    """``values[row, pos, feature_ids[row]]``: [batch, pos]."""
+    index = feature_ids[:, None, None].expand(-1, values.shape[1], 1)
+    return values.gather(-1, index).squeeze(-1)
+
+
+def _relu_gate(enc: Encoded, target_pre: Tensor, feature_ids: Tensor, sae) -> Tensor:
     return target_pre
 
 
-def _jumprelu_gate(pre: Tensor, target_pre: Tensor, feature_ids: Tensor, sae) -> Tensor:
-    threshold = sae.threshold.to(pre.dtype)[feature_ids]  # [batch]
+def _jumprelu_gate(enc: Encoded, target_pre: Tensor, feature_ids: Tensor, sae) -> Tensor:
+    threshold = sae.threshold.to(target_pre.dtype)[feature_ids]  # [batch]
     return torch.minimum(target_pre - threshold[:, None], target_pre)
 
 
-def _topk_gate(pre: Tensor, target_pre: Tensor, feature_ids: Tensor, sae) -> Tensor:
+def _topk_gate(enc: Encoded, target_pre: Tensor, feature_ids: Tensor, sae) -> Tensor:
     k = int(sae.cfg.k)
-    index = feature_ids[:, None, None].expand(-1, pre.shape[1], 1)
-    others = pre.scatter(-1, index, float("-inf"))
+    index = feature_ids[:, None, None].expand(-1, enc.pre.shape[1], 1)
+    others = enc.pre.scatter(-1, index, float("-inf"))
     kth = others.topk(k, dim=-1).values[..., -1]  # [batch, pos]
     return torch.minimum(target_pre - kth, target_pre)
 
 
-GATES: dict[str, Callable[[Tensor, Tensor, Tensor, object], Tensor]] = {
+def _gated_gate(enc: Encoded, target_pre: Tensor, feature_ids: Tensor, sae) -> Tensor:
+    return torch.minimum(_gather(enc.gate_pre, feature_ids), target_pre)
+
+
+GATES: dict[str, Callable[[Encoded, Tensor, Tensor, object], Tensor]] = {
     "relu": _relu_gate,
     "jumprelu": _jumprelu_gate,
     "topk": _topk_gate,
+    "gated": _gated_gate,
 }
-"""The margin to firing, per SAE activation kind: ``gate(pre, target_pre, feature_ids, sae)``."""
-
-
-def sae_kind(sae) -> str:
-    """Which gate an SAE needs: 'topk', 'jumprelu' or 'relu' (standard and anything else)."""
-    architecture = sae.cfg.architecture() if hasattr(sae.cfg, "architecture") else ""
-    if "topk" in str(architecture) and getattr(sae.cfg, "k", None):
-        return "topk"
-    if hasattr(sae, "threshold"):
-        return "jumprelu"
-    return "relu"
-
-
-# ----------------------------------------------------------------------------- model helpers
-
-
-def sae_hook_name(sae) -> str:
-    """The model hook an SAE reads (SAELens 6 keeps it in ``cfg.metadata``)."""
-    metadata = getattr(sae.cfg, "metadata", None)
-    name = getattr(metadata, "hook_name", None) or getattr(sae.cfg, "hook_name", None)
-    if not name:
-        raise ValueError("the SAE's config names no hook (cfg.metadata.hook_name)")
-    return str(name)
-
-
-def stop_layer(hook_name: str) -> int | None:
-    """``stop_at_layer`` that still computes ``hook_name`` (None: the full model is needed)."""
-    try:
-        from saeinverse.models.loading import stop_at_layer_for
-    except ImportError:  # pragma: no cover - fallback while the loading module is absent
-        match = re.match(r"blocks\.(\d+)\.", hook_name)
-        return int(match.group(1)) + 1 if match else None
-    return stop_at_layer_for(hook_name)
-
-
-def start_token_id(model) -> int | None:
-    """The token collection prepends (``to_tokens`` with BOS); None when the model prepends none."""
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None or not model.cfg.default_prepend_bos:
-        return None
-    bos = tokenizer.bos_token_id
-    return None if bos is None else int(bos)
+"""The margin to firing per SAE kind (> 0 exactly when the feature fires, for a positive
+pre-activation): ``gate(encoded, target_pre, feature_ids, sae)``."""
 
 
 def allowed_token_mask(model) -> Tensor:
@@ -145,7 +127,6 @@ class FeatureTarget:
         self.sae = sae
         self.position = position
         self.hook_name = sae_hook_name(sae)
-        self.stop_at_layer = stop_layer(self.hook_name)
         self.start_id = start_token_id(model)
         self.kind = sae_kind(sae)
         self.gate = GATES[self.kind]
@@ -228,39 +209,7 @@ class FeatureTarget:
 
     def _run(self, tokens: Tensor, hooks=(), **kwargs) -> Tensor:
         """Forward ``tokens`` up to the SAE's hook (with extra ``hooks``); the hook's activations."""
-        captured: dict[str, Tensor] = {}
-
-        def capture(act, hook):
-            captured["act"] = act
-            return act
-
-        self.model.run_with_hooks(
-            tokens,
-            fwd_hooks=[*hooks, (self.hook_name, capture)],
-            stop_at_layer=self.stop_at_layer,
-            return_type=None,
-            **kwargs,
-        )
-        return captured["act"]
-
-    def encode(
-        self, hook_acts: Float[Tensor, "batch pos d_in"]
-    ) -> tuple[Float[Tensor, "batch pos d_sae"], Float[Tensor, "batch pos d_sae"]]:
-        """(pre-activations, activations) from one ``sae.encode`` (the pre via its hook point)."""
-        captured: dict[str, Tensor] = {}
-
-        def keep(module, args, output):
-            captured["pre"] = output
-
-        handle = self.sae.hook_sae_acts_pre.register_forward_hook(keep)
-        try:
-            acts = self.sae.encode(hook_acts)
-        finally:
-            handle.remove()
-        pre = captured["pre"]
-        if getattr(self.sae.cfg, "rescale_acts_by_decoder_norm", False):
-            pre = pre * self.sae.W_dec.norm(dim=-1)
-        return pre, acts
+        return hook_activations(self.model, tokens, self.hook_name, hooks, **kwargs)
 
     # --- the numbers --------------------------------------------------------------------
 
@@ -272,12 +221,12 @@ class FeatureTarget:
     ) -> Readout:
         """Each row's own feature: activation, objective and key at the position rule."""
         offset = 0 if self.start_id is None else 1
-        pre, acts = self.encode(hook_acts[:, offset:])
+        enc = encode_with_pre(self.sae, hook_acts[:, offset:])
+        acts = enc.acts
         feature_ids = feature_ids.to(self.device)
-        index = feature_ids[:, None, None].expand(-1, pre.shape[1], 1)
-        target_pre = pre.gather(-1, index).squeeze(-1)  # [batch, pos]
-        target_act = acts.gather(-1, index).squeeze(-1)
-        gate = self.gate(pre, target_pre, feature_ids, self.sae)
+        target_pre = _gather(enc.pre, feature_ids)  # [batch, pos]
+        target_act = _gather(acts, feature_ids)
+        gate = self.gate(enc, target_pre, feature_ids, self.sae)
         objective = target_pre + gate.clamp(max=0.0)
         if selectivity_weight:
             others = acts.sum(-1) - target_act

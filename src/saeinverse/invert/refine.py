@@ -28,7 +28,6 @@ A row stops after ``patience`` steps without improvement or when its next step w
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,6 +38,7 @@ from torch import Tensor
 from saeinverse.invert.objective import FeatureTarget
 from saeinverse.invert.project import Vocabulary
 from saeinverse.invert.soft import _improves
+from saeinverse.models.hooks import resume_layer_for
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +79,7 @@ class Fluency:
         self.target = target
         self.allowed = allowed
         self.top_k = top_k
-        match = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(pre|post)", target.hook_name)
-        self.resume_layer = None
-        if match:
-            self.resume_layer = int(match.group(1)) + (1 if match.group(2) == "post" else 0)
+        self.resume_layer = resume_layer_for(target.hook_name)
 
     def _chunks(self, ids: Tensor, resid: Tensor | None, size: int = 32):
         """(tokens, log-probabilities of each next token) per chunk of prompts."""

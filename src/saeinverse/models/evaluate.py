@@ -18,6 +18,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from saeinverse.errors import DataError
+from saeinverse.models.hooks import hook_activations
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -127,20 +128,6 @@ def tokenize_for_eval(
     ).bool()
     mask[:, 0] = False
     return tokens, mask
-
-
-def hook_activations(
-    model: HookedTransformer, tokens: Int[Tensor, "batch pos"], hook_name: str
-) -> Float[Tensor, "batch pos d_in"]:
-    """The activations at `hook_name`, running the model only as far as that hook's layer."""
-    from sae_lens.util import extract_stop_at_layer_from_tlens_hook_name
-
-    _, cache = model.run_with_cache(
-        tokens,
-        names_filter=[hook_name],
-        stop_at_layer=extract_stop_at_layer_from_tlens_hook_name(hook_name),
-    )
-    return cache[hook_name]
 
 
 def reconstruct(sae: SAE[Any], acts: Tensor) -> tuple[Tensor, Tensor]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from saeinverse.errors import CompatibilityError, ConfigError, ModelLoadError
 from saeinverse.models import default as default_model
+from saeinverse.models.hooks import hook_width
 from saeinverse.models.paths import (
     gguf_path,
     hub_mode,
@@ -314,47 +315,6 @@ def load_sae(
 
 
 # --- compatibility ------------------------------------------------------------------------------
-
-_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
-
-
-def hook_layer(hook_name: str) -> int:
-    """The block index of a hook (`blocks.N.…` -> N); -1 for embedding hooks before block 0.
-
-    Raises ValueError for hooks after the last block (`ln_final.…`, `unembed.…`), which need
-    the full forward.
-    """
-    match = _BLOCK_HOOK.match(hook_name)
-    if match:
-        return int(match.group(1))
-    if hook_name.startswith("hook_"):  # hook_embed, hook_pos_embed, hook_tokens
-        return -1
-    raise ValueError(f"Hook {hook_name!r} is not inside a transformer block.")
-
-
-def stop_at_layer_for(hook_name: str) -> int | None:
-    """The `stop_at_layer` that still runs `hook_name` (None: the whole forward)."""
-    try:
-        return hook_layer(hook_name) + 1
-    except ValueError:
-        return None
-
-
-def hook_width(model: HookedTransformer, hook_name: str) -> int:
-    """The width of one position's activation at `hook_name` (heads × d_head for `hook_z`)."""
-    import torch
-
-    tokens = torch.zeros((1, 2), dtype=torch.long, device=model.cfg.device)
-    with torch.inference_mode():
-        _, cache = model.run_with_cache(
-            tokens, names_filter=hook_name, stop_at_layer=stop_at_layer_for(hook_name)
-        )
-    if hook_name not in cache:
-        raise CompatibilityError(
-            f"Hook {hook_name!r} exists in model {model.cfg.model_name!r} but does not fire with "
-            "its current config (e.g. hook_attn_in needs cfg.use_attn_in)."
-        )
-    return int(cache[hook_name].shape[2:].numel())
 
 
 def _hook_summary(model: HookedTransformer, hook_name: str) -> str:

@@ -92,22 +92,40 @@ def tiny_sae(
     k: int | None = None,
     seed: int = 0,
     model_name: str = TINY_MODEL_NAME,
+    architecture: str | None = None,
 ) -> SAE:
-    """A random SAELens SAE (StandardSAE, or TopKSAE when `k` is given), frozen, in eval mode.
+    """A random SAELens SAE, frozen, in eval mode.
 
-    Weights come from a forked RNG seeded with `seed`, so the global RNG is untouched.
+    ``architecture``: 'standard' (the default), 'topk' (the default when ``k`` is given),
+    'jumprelu' (random thresholds in [0, 0.2)) or 'gated'. A ``hook_z`` hook name gets an SAE
+    that reshapes the heads itself. Weights come from a forked RNG seeded with ``seed``, so the
+    global RNG is untouched.
     """
     import torch
-    from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+    from sae_lens import saes
 
-    if k is None:
-        cfg = StandardSAEConfig(d_in=d_in, d_sae=d_sae, dtype="float32", device="cpu")
-    else:
-        cfg = TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, dtype="float32", device="cpu")
+    architecture = architecture or ("topk" if k is not None else "standard")
+    classes = {
+        "standard": (saes.StandardSAEConfig, saes.StandardSAE),
+        "topk": (saes.TopKSAEConfig, saes.TopKSAE),
+        "jumprelu": (saes.JumpReLUSAEConfig, saes.JumpReLUSAE),
+        "gated": (saes.GatedSAEConfig, saes.GatedSAE),
+    }
+    if architecture not in classes:
+        raise ValueError(f"architecture {architecture!r}; valid: {', '.join(classes)}")
+    config_class, sae_class = classes[architecture]
+    extra: dict[str, Any] = {"k": k or 4} if architecture == "topk" else {}
+    if hook_name.endswith("hook_z"):
+        extra["reshape_activations"] = "hook_z"
+    cfg = config_class(d_in=d_in, d_sae=d_sae, dtype="float32", device="cpu", **extra)
     cfg.metadata.hook_name = hook_name
     cfg.metadata.model_name = model_name
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        sae = TopKSAE(cfg) if k is not None else StandardSAE(cfg)
+        sae = sae_class(cfg)
+        if architecture == "jumprelu":
+            sae.threshold.data = torch.rand(d_sae) * 0.2
+        if architecture == "gated":
+            torch.nn.init.normal_(sae.b_mag, std=0.1)
     sae.requires_grad_(False)
     return sae.eval()

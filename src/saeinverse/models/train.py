@@ -40,9 +40,9 @@ from saeinverse.models.evaluate import (
     QUALITY_FILENAME,
     SAEQuality,
     evaluate_sae,
-    hook_activations,
     tokenize_for_eval,
 )
+from saeinverse.models.hooks import hook_activations
 
 if TYPE_CHECKING:
     from sae_lens import SAE, LanguageModelSAERunnerConfig, TopKTrainingSAE
