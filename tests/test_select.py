@@ -134,9 +134,11 @@ def test_explicit_ids_are_taken_with_real_scores():
 
 
 def test_out_of_range_ids_are_a_clear_error():
-    cfg = selection_cfg(feature_ids=[3, 20, -1, 99]).selection
-    with pytest.raises(ConfigError, match=r"\[-1, 20, 99\] are outside the SAE's range \[0, 20\)"):
+    cfg = selection_cfg(feature_ids=[3, 20, 99]).selection
+    with pytest.raises(ConfigError, match=r"\[20, 99\] are outside the SAE's range \[0, 20\)"):
         select_features(CLUSTERED, constructed_stats(), cfg)
+    with pytest.raises(ConfigError, match="feature_ids must be ≥ 0, got -1"):
+        selection_cfg(feature_ids=[3, -1])
 
 
 def test_selection_round_trips(tmp_path):

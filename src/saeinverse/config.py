@@ -17,7 +17,7 @@ import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -59,6 +59,9 @@ class Section(Mapping):
         """A stable hash of this section's values (used for stage markers)."""
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+S = TypeVar("S", bound="Section")
 
 
 def _plain(value: Any) -> Any:
@@ -362,6 +365,148 @@ class Config(Section):
     """Where runs are written."""
 
 
+# ----------------------------------------------------------------------------- ranges
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A numeric range a config value must lie in (None: unbounded on that side)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    """True: the value must be > low (else >= low)."""
+
+    def holds(self, value: Any) -> bool:
+        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+            return True  # types are checked elsewhere; None means "not set" where allowed
+        if value != value:  # NaN
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in [{self.low:g}, {self.high:g}]"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '≥'} {self.low:g}"
+        return f"≤ {self.high:g}"
+
+
+def at_least(low: float) -> Bound:
+    return Bound(low=low)
+
+
+def above(low: float) -> Bound:
+    return Bound(low=low, low_open=True)
+
+
+def between(low: float, high: float) -> Bound:
+    return Bound(low=low, high=high)
+
+
+RANGES: dict[str, Bound] = {
+    "seed": at_least(0),
+    "hardware.threads": at_least(1),
+    "model.n_ctx": at_least(2),
+    "sae.train.d_sae": at_least(1),
+    "sae.train.k": at_least(1),
+    "sae.train.training_tokens": at_least(1),
+    "sae.train.context_size": at_least(2),
+    "sae.train.batch_size_tokens": at_least(1),
+    "sae.train.lr": above(0),
+    "data.n_prompts": at_least(1),
+    "data.max_length": at_least(2),
+    "data.batch_size": at_least(1),
+    "data.top_k_exemplars": at_least(1),
+    "data.context_window": at_least(0),
+    "data.histogram_bins": at_least(1),
+    "data.filtering.sparsity_min": between(0, 1),
+    "data.filtering.sparsity_max": between(0, 1),
+    "data.filtering.entropy_threshold_low": between(0, 1),
+    "data.filtering.entropy_threshold_high": between(0, 1),
+    "data.filtering.min_token_entropy": at_least(0),
+    "data.filtering.max_positional_share": between(0, 1),
+    "data.filtering.positional_window": at_least(1),
+    "clustering.umap.n_components": at_least(0),
+    "clustering.umap.n_neighbors": at_least(2),
+    "clustering.umap.min_dist": at_least(0),
+    "clustering.hdbscan.min_cluster_size": at_least(2),
+    "clustering.hdbscan.min_samples": at_least(1),
+    "clustering.dbscan.eps": above(0),
+    "clustering.dbscan.min_samples": at_least(1),
+    "clustering.kmeans.n_clusters": at_least(1),
+    "clustering.selection.features_per_cluster": at_least(1),
+    "clustering.selection.feature_ids": at_least(0),
+    "clustering.selection.max_features": at_least(1),
+    "optimization.length": at_least(1),
+    "optimization.max_steps": at_least(0),
+    "optimization.lr": above(0),
+    "optimization.selectivity_weight": at_least(0),
+    "optimization.embedding_distance_weight": at_least(0),
+    "optimization.patience": at_least(1),
+    "optimization.refine_steps": at_least(0),
+    "optimization.refine_candidates": at_least(1),
+    "optimization.fluency_weight": at_least(0),
+    "optimization.refine_top_k": at_least(1),
+    "optimization.fluency_candidates": at_least(1),
+    "optimization.fluency_target": at_least(0),
+    "optimization.pareto_size": at_least(1),
+    "optimization.max_sequences": at_least(1),
+    "explanation.max_new_tokens": at_least(1),
+    "explanation.n_heldout": at_least(1),
+    "explanation.n_exemplars": at_least(1),
+    "explanation.n_decile_samples": at_least(0),
+    "explanation.n_top_tokens": at_least(1),
+    "explanation.context_window": at_least(0),
+    "explanation.request_timeout": above(0),
+    "explanation.max_retries": at_least(0),
+    "explanation.retry_backoff": at_least(0),
+    "explanation.batch_size": at_least(1),
+}
+"""Every range check of the config, by dotted key (a list value: each item). Checked by
+``update_config``, so a config that exists is a config whose values are in range."""
+
+ORDERED: list[tuple[str, str]] = [
+    ("data.filtering.sparsity_min", "data.filtering.sparsity_max"),
+    ("data.filtering.entropy_threshold_low", "data.filtering.entropy_threshold_high"),
+]
+"""Pairs of keys whose first value must not exceed the second."""
+
+
+def check_ranges(config: Section) -> None:
+    """Raise ``ConfigError`` for the first value of ``config`` outside its range."""
+    prefix = getattr(config, "_section_path", "")
+    values = _flatten(config, prefix)
+    for key, bound in RANGES.items():
+        if key not in values:
+            continue
+        value = values[key]
+        items = value if isinstance(value, list | tuple) else [value]
+        for item in items:
+            if not bound.holds(item):
+                raise ConfigError(f"config key {key} must be {bound.describe()}, got {item!r}")
+    for low_key, high_key in ORDERED:
+        if low_key in values and high_key in values and values[low_key] > values[high_key]:
+            raise ConfigError(
+                f"config key {low_key} ({values[low_key]!r}) must not exceed "
+                f"{high_key} ({values[high_key]!r})"
+            )
+
+
+def _flatten(section: Section, prefix: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name in section._field_names():
+        value = getattr(section, name)
+        key = f"{prefix}.{name}" if prefix else name
+        if isinstance(value, Section):
+            flat |= _flatten(value, key)
+        else:
+            flat[key] = value
+    return flat
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -379,7 +524,60 @@ def update_config(config: Config | Section, overrides: Mapping[str, Any]) -> Con
     if not isinstance(overrides, Mapping):
         raise ConfigError(f"overrides must be a nested dict, got {type(overrides).__name__}")
     merged = _merge(config, overrides, config._path().replace("<root>", ""))
-    return _mark_paths(merged, getattr(config, "_section_path", ""))
+    merged = _mark_paths(merged, getattr(config, "_section_path", ""))
+    check_ranges(merged)
+    return merged
+
+
+def section_path(section_type: type[Section]) -> str:
+    """The dotted key of the section of that type in the config tree (e.g. 'optimization')."""
+
+    def find(section: Section, prefix: str) -> str | None:
+        for name in section._field_names():
+            child = getattr(section, name)
+            if isinstance(child, Section):
+                key = f"{prefix}.{name}" if prefix else name
+                if type(child) is section_type:
+                    return key
+                found = find(child, key)
+                if found:
+                    return found
+        return None
+
+    path = find(Config(), "")
+    if path is None:
+        raise TypeError(f"{section_type.__name__} is not a section of the config tree")
+    return path
+
+
+def as_section(value: Any, section_type: type[S]) -> S:
+    """A validated ``section_type`` from what a notebook passes to a stage function.
+
+    ``value`` may be that section, the whole config, a (partial) dict of the section's keys, or
+    None (the defaults). Dict keys and values are checked as ``update_config`` checks them.
+    """
+    if isinstance(value, section_type):
+        return value
+    if isinstance(value, Config):
+        return _get(value, section_path(section_type))
+    default = _mark_paths(section_type(), section_path(section_type))
+    if value is None:
+        return default
+    if isinstance(value, Section):
+        value = value.to_dict()
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"{section_path(section_type)} must be a config section or a dict, "
+            f"got {type(value).__name__}"
+        )
+    return update_config(default, value)
+
+
+def _get(config: Section, path: str) -> Any:
+    node: Any = config
+    for part in path.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:

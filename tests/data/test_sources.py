@@ -11,7 +11,7 @@ import pytest
 
 from saeinverse.config import get_default_config, update_config
 from saeinverse.data.sources import load_prompts, reservoir_sample
-from saeinverse.errors import DataError
+from saeinverse.errors import ConfigError, DataError
 
 TEXTS = [f"prompt number {i}" for i in range(40)]
 
@@ -85,7 +85,7 @@ def test_empty_sources_are_errors(tmp_path):
             load_prompts(data_cfg(source=str(tmp_path / name)))
     with pytest.raises(DataError, match="does not exist"):
         load_prompts(data_cfg(source=str(tmp_path / "missing.jsonl")))
-    with pytest.raises(DataError, match="at least 1"):
+    with pytest.raises(ConfigError, match="data.n_prompts must be ≥ 1, got 0"):
         load_prompts(data_cfg(source=str(tmp_path / "empty.txt"), n_prompts=0))
 
 
