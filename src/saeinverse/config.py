@@ -334,6 +334,24 @@ class ExplanationConfig(Section):
 
 
 @dataclass
+class ScaleConfig(Section):
+    engine: Literal["local", "ray"] = "local"
+    """Who runs collection, inversion and explanation: this process, or Ray workers (extra 'ray')."""
+    address: str | None = None
+    """Ray cluster to join: null starts a local Ray; 'auto' or 'ray://host:10001' joins one."""
+    workers: int = 2
+    """Ray actors, each loading the model and SAE once."""
+    gpus_per_worker: float = 0.0
+    """GPUs reserved per worker (1 on a GPU cluster; 0: CPU workers)."""
+    threads_per_worker: int = 1
+    """torch CPU threads (and Ray CPUs reserved) per worker."""
+    shard_prompts: int = 256
+    """Prompts per collection unit (a shard: saved as it finishes, redone alone if lost)."""
+    feature_batch: int = 8
+    """Features per inversion / explanation unit."""
+
+
+@dataclass
 class OutputConfig(Section):
     dir: str = "runs"
     """Folder holding run directories."""
@@ -363,6 +381,8 @@ class Config(Section):
     """Explanations and their scores."""
     output: OutputConfig = field(default_factory=OutputConfig)
     """Where runs are written."""
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    """Where the work runs: this process or Ray workers."""
 
 
 # ----------------------------------------------------------------------------- ranges
@@ -464,6 +484,11 @@ RANGES: dict[str, Bound] = {
     "explanation.max_retries": at_least(0),
     "explanation.retry_backoff": at_least(0),
     "explanation.batch_size": at_least(1),
+    "scale.workers": at_least(1),
+    "scale.gpus_per_worker": at_least(0),
+    "scale.threads_per_worker": at_least(1),
+    "scale.shard_prompts": at_least(1),
+    "scale.feature_batch": at_least(1),
 }
 """Every range check of the config, by dotted key (a list value: each item). Checked by
 ``update_config``, so a config that exists is a config whose values are in range."""
