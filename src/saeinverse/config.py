@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -54,11 +52,6 @@ class Section(Mapping):
             name: value.to_dict() if isinstance(value, Section) else _plain(value)
             for name, value in ((n, getattr(self, n)) for n in self._field_names())
         }
-
-    def hash(self) -> str:
-        """A stable hash of this section's values (used for stage markers)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 S = TypeVar("S", bound="Section")
