@@ -7,7 +7,7 @@ import torch
 
 from saeinverse import api as collect_stage
 from saeinverse.api import collect_and_filter_data
-from saeinverse.collect.activations import StatsAccumulator
+from saeinverse.collect.accumulator import StatsAccumulator
 from saeinverse.collect.stats import FeatureStats
 from saeinverse.config import get_default_config, update_config
 from saeinverse.filter import FeatureSet, filter_features

@@ -155,7 +155,7 @@ def test_selection_round_trips(tmp_path):
 def real_stats(n_groups=4, per_group=15, n_prompts=80, seed=0):
     """A real FeatureStats from StatsAccumulator: group g fires on prompts p with p % 4 == g,
     at the token 10 + g; two features stay dead."""
-    from saeinverse.collect.activations import StatsAccumulator
+    from saeinverse.collect.accumulator import StatsAccumulator
 
     rng = np.random.default_rng(seed)
     d_sae, n_pos = n_groups * per_group + 2, 6

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from saeinverse.cluster.clustering import NOISE, ClusterResult
-from saeinverse.collect.stats import d_sae_of, prompt_max_columns, to_numpy
+from saeinverse.collect.arrays import d_sae_of, prompt_max_columns, to_numpy
 from saeinverse.config import SelectionConfig
 from saeinverse.errors import ConfigError
 from saeinverse.io import load_json, save_json

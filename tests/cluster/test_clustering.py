@@ -12,9 +12,9 @@ from saeinverse.cluster.clustering import (
     CLUSTER_ARRAYS_FILE,
     CLUSTERS_FILE,
     ClusterResult,
-    feature_vectors,
     run_clustering,
 )
+from saeinverse.cluster.vectors import feature_vectors
 from saeinverse.errors import ConfigError, DataError
 
 N_GROUPS, PER_GROUP, N_PROMPTS = 4, 15, 200

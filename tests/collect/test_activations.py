@@ -253,3 +253,59 @@ def test_hook_z_sae_with_or_without_its_own_reshaping(tiny_model):
     assert int(a.firing_count.sum()) > 0
     assert torch.equal(a.firing_count, b.firing_count)
     torch.testing.assert_close(a.activation_sum, b.activation_sum)
+
+
+def _silenced(sae, rows: slice | None = None):
+    """A copy of `sae` whose features in `rows` (all: None) can never fire (encoder bias -1e4)."""
+    import copy
+
+    silent = copy.deepcopy(sae)
+    with torch.no_grad():
+        silent.b_enc[rows if rows is not None else slice(None)] = -1e4
+    return silent
+
+
+@pytest.mark.parametrize("sae_name", ["tiny_sae", "tiny_topk_sae"])
+def test_a_dead_sae_collects_all_zero_statistics(request, tiny_model, sae_name, tmp_path):
+    """Regression (issue 14.5): a batch where no feature fires crashed in index_add_."""
+    dead = _silenced(request.getfixturevalue(sae_name))
+    cfg = data_cfg(batch_size=2)
+    stats = collect_activations(tiny_model, dead, PROMPTS, cfg, progress=False)
+    lengths = [min(tiny_model.to_tokens(p).shape[1], cfg.max_length) for p in PROMPTS]
+    assert stats.n_tokens == sum(lengths) - len(PROMPTS)
+    assert int(stats.firing_count.sum()) == 0 and float(stats.max_activation.max()) == 0.0
+    assert stats.prompt_entropy.dtype == torch.float64
+    assert float(stats.prompt_entropy.abs().sum()) == 0.0
+    assert float(stats.token_entropy.abs().sum()) == 0.0
+    assert stats.top_exemplars(0) == [] and stats.prompt_feature_index.shape == (2, 0)
+    stats.save(tmp_path / "dead")
+    assert int(FeatureStats.load(tmp_path / "dead").firing_count.sum()) == 0
+
+
+def test_silent_batches_among_firing_ones_match_the_dense_reference(tiny_model, tiny_sae):
+    """Half the features dead and one prompt per batch: some batches have no firing entry."""
+    sae = _silenced(tiny_sae, slice(0, 32))
+    prompts = [*PROMPTS, "!", "?"]
+    cfg = data_cfg(batch_size=1, max_length=24, top_k_exemplars=5, context_window=3)
+    stats = collect_activations(tiny_model, sae, prompts, cfg, progress=False)
+    assert int(stats.firing_count[:32].sum()) == 0 and int(stats.firing_count[32:].sum()) > 0
+    assert_matches_reference(stats, dense_reference(tiny_model, sae, prompts, cfg), 64)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_sae_weights_fail_with_one_clear_line(tiny_model, tiny_sae, bad):
+    """A NaN / inf SAE is an error naming the features, never a silently all-dead result."""
+    import copy
+
+    from saeinverse.collect.accumulator import NonFiniteActivationError
+    from saeinverse.errors import SaeInverseError
+
+    broken = copy.deepcopy(tiny_sae)
+    with torch.no_grad():
+        broken.W_enc[:, 7] = bad
+        broken.b_enc[7] = bad
+    with pytest.raises(NonFiniteActivationError) as info:
+        collect_activations(tiny_model, broken, PROMPTS[:3], data_cfg(), progress=False)
+    message = str(info.value)
+    assert isinstance(info.value, SaeInverseError) and "\n" not in message
+    assert "1 feature(s) (ids 7)" in message and "prompt(s) 0, 1, 2" in message

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from saeinverse.cluster.clustering import NOISE, ClusterResult
-from saeinverse.collect.stats import prompt_max_columns, to_numpy
+from saeinverse.collect.arrays import prompt_max_columns, to_numpy
 from saeinverse.errors import DataError
 from saeinverse.io import load_json, save_json
 

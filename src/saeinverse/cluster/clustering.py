@@ -2,7 +2,7 @@
 
 Reads top-down as the stage runs:
 
-1. ``feature_vectors``: one vector per kept feature, in cosine geometry (every kind is
+1. ``feature_vectors`` (``saeinverse.cluster.vectors``): one vector per kept feature, in cosine geometry (every kind is
    L2-normalised, so cosine distance = squared euclidean distance / 2 and lies in [0, 2]).
 
    ============== =========================== ================================================
@@ -19,7 +19,7 @@ Reads top-down as the stage runs:
    A feature that fires on no prompt has an all-zero activation / co-occurrence row (left at
    zero; it usually ends up as noise). Co-occurrence holds n_features² floats (3000 features:
    36 MB).
-2. ``reduce``: UMAP (``clustering.umap``, ``random_state=seed``) to ``n_components`` dims for
+2. ``reduce`` (``saeinverse.cluster.reduce``): UMAP (``clustering.umap``, ``random_state=seed``) to ``n_components`` dims for
    clustering, plus a separate 2-D embedding that is always kept for the map. With
    ``umap.n_components: 0`` no reduction happens and the clusterer works on the cosine vectors.
 3. ``CLUSTERERS`` (``saeinverse.cluster.clusterers``): a registry name → function (HDBSCAN, DBSCAN,
@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,9 +40,10 @@ from typing import Any
 import numpy as np
 
 from saeinverse.cluster.clusterers import CLUSTERERS, MIN_GROUP, NOISE, nearest_neighbors
-from saeinverse.collect.stats import to_numpy
+from saeinverse.cluster.reduce import EXACT_KNN_MAX, n_neighbors_for, reduce
+from saeinverse.cluster.vectors import feature_vectors
 from saeinverse.config import ClusteringConfig, UMAPConfig
-from saeinverse.errors import ConfigError, DataError
+from saeinverse.errors import ConfigError
 from saeinverse.io import load_json, load_tensors, save_json, save_tensors
 
 logger = logging.getLogger(__name__)
@@ -54,140 +53,10 @@ CLUSTERS_FILE = "clusters.json"
 CLUSTER_ARRAYS_FILE = "clusters.safetensors"
 """Vectors, clustering-space embedding and 2-D map of a ClusterResult."""
 
-VECTOR_METRIC = "cosine"
-"""Every vector kind lives in cosine geometry."""
 _SCALAR_FIELDS = (
     "n_clusters", "noise_fraction", "silhouette", "silhouette_cosine", "method", "vectors_kind",
     "metric", "params", "timings", "messages",
 )  # fmt: skip
-
-# ----------------------------------------------------------------------------- feature vectors
-
-
-def _dense(matrix: Any) -> np.ndarray:
-    """The prompts × features matrix as a float32 [n_prompts, n_features] numpy array."""
-    array = to_numpy(matrix)
-    if array.ndim != 2:
-        raise DataError(f"expected a [n_prompts, n_features] matrix, got shape {array.shape}")
-    return array
-
-
-def _normalise_rows(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-
-
-def _activation_vectors(matrix: np.ndarray, feature_ids: np.ndarray, sae: Any) -> np.ndarray:
-    return _normalise_rows(matrix.T)
-
-
-def _decoder_vectors(matrix: np.ndarray | None, feature_ids: np.ndarray, sae: Any) -> np.ndarray:
-    if sae is None:
-        raise ConfigError("clustering.vectors='decoder' needs the SAE: pass sae=... (or its W_dec)")
-    w_dec = to_numpy(getattr(sae, "W_dec", sae))
-    if len(feature_ids) and feature_ids.max() >= w_dec.shape[0]:
-        raise DataError(f"feature id {feature_ids.max()} is outside W_dec's {w_dec.shape[0]} rows")
-    return _normalise_rows(w_dec[feature_ids])
-
-
-def _cooccurrence_vectors(matrix: np.ndarray, feature_ids: np.ndarray, sae: Any) -> np.ndarray:
-    fires = (matrix > 0).astype(np.float32)
-    both = fires.T @ fires  # [n_features, n_features] prompts where both fire
-    counts = np.diag(both)
-    either = counts[:, None] + counts[None, :] - both
-    jaccard = np.divide(both, either, out=np.zeros_like(both), where=either > 0)
-    return _normalise_rows(jaccard)
-
-
-VECTOR_BUILDERS: dict[str, Callable[[np.ndarray | None, np.ndarray, Any], np.ndarray]] = {
-    "activation": _activation_vectors,
-    "decoder": _decoder_vectors,
-    "cooccurrence": _cooccurrence_vectors,
-}
-"""Vector kind → builder(matrix [n_prompts, n_features], feature_ids, sae) → [n_features, dim]."""
-
-
-def feature_vectors(
-    kind: str, matrix: Any, feature_ids: Any, sae: Any = None
-) -> tuple[np.ndarray, str]:
-    """One L2-normalised vector per kept feature and the metric to compare them ('cosine').
-
-    ``matrix`` is the prompts × features per-prompt max matrix [n_prompts, n_features] whose
-    columns follow ``feature_ids`` (SAE ids of the kept features); ``sae`` (or its W_dec
-    [d_sae, d_model]) is only needed for 'decoder'. Shapes are in the module docstring.
-    """
-    if kind not in VECTOR_BUILDERS:
-        raise ConfigError(f"clustering.vectors={kind!r} is unknown; valid: {list(VECTOR_BUILDERS)}")
-    ids = np.asarray(feature_ids, dtype=np.int64).reshape(-1)
-    if kind != "decoder":
-        if matrix is None:
-            raise DataError(f"clustering.vectors={kind!r} needs the prompts × features matrix")
-        matrix = _dense(matrix)
-        if matrix.shape[1] != len(ids):
-            raise DataError(
-                f"the prompts × features matrix has {matrix.shape[1]} columns "
-                f"but {len(ids)} feature ids were given"
-            )
-    return VECTOR_BUILDERS[kind](matrix, ids, sae), VECTOR_METRIC
-
-
-# ----------------------------------------------------------------------------- reduction
-
-
-EXACT_KNN_MAX = 20_000
-"""Up to this many features the UMAP neighbour graph is computed exactly here (vectorised);
-above it UMAP's own approximate search (NN-descent) runs."""
-
-
-def reduce(
-    vectors: np.ndarray,
-    umap_cfg: UMAPConfig,
-    n_components: int,
-    seed: int = 0,
-    knn: tuple[np.ndarray, np.ndarray] | None = None,
-) -> np.ndarray:
-    """UMAP of ``vectors`` [n, dim] to [n, n_components] with ``random_state=seed``.
-
-    ``knn`` (from ``nearest_neighbors``) skips UMAP's own neighbour search, which for fewer than
-    4096 points loops over every pair in Python (30 s of 37 s for 3000 features). Too few points
-    for UMAP's spectral layout (n < n_components + 2, or n < 4) fall back to PCA (zero-padded to
-    ``n_components``), with a logged message.
-    """
-    n = len(vectors)
-    if n < max(n_components + 2, 4):
-        logger.info("%d features are too few for UMAP to %d dims: using PCA", n, n_components)
-        return _pca(vectors, n_components)
-    import umap
-
-    n_neighbors = _n_neighbors(umap_cfg, n)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(n_jobs value|knn_search_index).*")
-        warnings.filterwarnings("ignore", message=".*(disconnected|Graph is not fully).*")
-        reducer = umap.UMAP(
-            n_components=n_components,
-            n_neighbors=n_neighbors,
-            min_dist=umap_cfg.min_dist,
-            metric=umap_cfg.metric,
-            random_state=seed,
-            precomputed_knn=(*knn, None) if knn is not None else (None, None, None),
-        )
-        return reducer.fit_transform(vectors).astype(np.float32)
-
-
-def _n_neighbors(umap_cfg: UMAPConfig, n: int) -> int:
-    return max(2, min(umap_cfg.n_neighbors, n - 1))
-
-
-def _pca(vectors: np.ndarray, n_components: int) -> np.ndarray:
-    out = np.zeros((len(vectors), n_components), dtype=np.float32)
-    if len(vectors) < 2:
-        return out
-    centred = vectors - vectors.mean(axis=0)
-    u, s, _ = np.linalg.svd(centred, full_matrices=False)
-    k = min(n_components, len(s))
-    out[:, :k] = u[:, :k] * s[:k]
-    return out
-
 
 # ----------------------------------------------------------------------------- result
 
@@ -356,7 +225,7 @@ def _embed(vectors: np.ndarray, umap_cfg: UMAPConfig, seed: int):
     n, n_components = len(vectors), umap_cfg.n_components
     knn = None
     if 4 <= n <= EXACT_KNN_MAX:  # one neighbour graph for both embeddings
-        knn = nearest_neighbors(vectors, _n_neighbors(umap_cfg, n), umap_cfg.metric)
+        knn = nearest_neighbors(vectors, n_neighbors_for(umap_cfg, n), umap_cfg.metric)
     embedding_2d = reduce(vectors, umap_cfg, 2, seed, knn) if n else np.zeros((0, 2), np.float32)
     if n_components <= 0:
         return embedding_2d, vectors, umap_cfg.metric

@@ -1,8 +1,8 @@
 """Per-feature statistics of SAE activations: the `FeatureStats` result, exact and mergeable.
 
-`StatsAccumulator` folds one batch of feature activations at a time into fixed-size per-feature
-tensors (plus the sparse per-prompt and per-token tables); no `[tokens × d_sae]` tensor outlives
-its batch. `FeatureStats.merge` combines results collected over disjoint prompt ranges exactly
+`saeinverse.collect.accumulator.StatsAccumulator` folds one batch of feature activations at a
+time into fixed-size per-feature tensors (plus the sparse per-prompt and per-token tables); no
+`[tokens × d_sae]` tensor outlives its batch. `FeatureStats.merge` combines results collected over disjoint prompt ranges exactly
 (counts, sums, maxima, histograms, top-k exemplars, token mass, per-prompt matrix), so collection
 shards by prompts (DESIGN §12).
 
@@ -38,10 +38,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from saeinverse.collect.tables import coalesce, merge_topk
 from saeinverse.errors import ArtifactError, SaeInverseError
 from saeinverse.io import load_json, load_tensors, save_json, save_tensors
 
@@ -54,8 +54,6 @@ HISTOGRAM_MAX = 1e4
 STATS_TENSORS = "feature_stats.safetensors"
 STATS_META = "feature_stats.json"
 STATS_VERSION = 1
-_TOKEN_MASS_FLUSH = 1 << 20
-"""Pending (feature, token) entries buffered before they are coalesced."""
 
 
 class FeatureIdError(SaeInverseError, IndexError):
@@ -398,82 +396,3 @@ def _pad_cols(tensor: Tensor, width: int) -> Tensor:
         return tensor
     pad = tensor.new_zeros(tensor.shape[0], width - tensor.shape[1])
     return torch.cat([tensor, pad], dim=1)
-
-
-def coalesce(keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-    """Sum `values` of equal `keys`: (sorted unique keys, sums)."""
-    unique, inverse = torch.unique(keys, sorted=True, return_inverse=True)
-    sums = torch.zeros(len(unique), dtype=values.dtype).index_add_(0, inverse, values)
-    return unique, sums
-
-
-_NO_KEY = torch.iinfo(torch.int64).max
-
-
-def merge_topk(
-    a: tuple[Tensor, Tensor, Tensor], b: tuple[Tensor, Tensor, Tensor]
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Row-wise top-k of two (activation, prompt, position) tables [d_sae, k] (width of `a`).
-
-    Order: activation descending, then prompt, then position ascending; empty slots
-    (prompt -1, activation -inf) last.
-    """
-    k = a[0].shape[1]
-    values = torch.cat([a[0], b[0]], dim=1)
-    prompts = torch.cat([a[1], b[1]], dim=1)
-    positions = torch.cat([a[2], b[2]], dim=1)
-    stride = int(positions.max()) + 1 if positions.numel() else 1
-    keys = torch.where(prompts >= 0, prompts * stride + positions, _NO_KEY)
-    order = keys.argsort(dim=1, stable=True)
-    order = order.gather(1, values.gather(1, order).argsort(dim=1, descending=True, stable=True))
-    order = order[:, :k]
-    return values.gather(1, order), prompts.gather(1, order), positions.gather(1, order)
-
-
-def topk_table(
-    features: Tensor, values: Tensor, prompts: Tensor, positions: Tensor, d_sae: int, k: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-feature top-k of sparse entries, as (activation, prompt, position) tables [d_sae, k]."""
-    stride = int(positions.max()) + 1 if positions.numel() else 1
-    order = (prompts * stride + positions).argsort(stable=True)
-    order = order[values[order].argsort(descending=True, stable=True)]
-    order = order[features[order].argsort(stable=True)]
-    feats = features[order]
-    counts = torch.bincount(feats, minlength=d_sae)
-    starts = counts.cumsum(0) - counts
-    rank = torch.arange(len(feats)) - starts[feats]
-    keep = rank < k
-    table_v = torch.full((d_sae, k), -math.inf, dtype=values.dtype)
-    table_p = torch.full((d_sae, k), -1, dtype=torch.long)
-    table_pos = torch.zeros((d_sae, k), dtype=torch.long)
-    rows, cols, chosen = feats[keep], rank[keep], order[keep]
-    table_v[rows, cols] = values[chosen]
-    table_p[rows, cols] = prompts[chosen]
-    table_pos[rows, cols] = positions[chosen]
-    return table_v, table_p, table_pos
-
-
-# ----------------------------------------------------------------------------- access
-
-
-def to_numpy(values: Any, dtype: Any = np.float32) -> np.ndarray:
-    """A numpy array from a torch tensor (dense or sparse), a scipy sparse matrix or array-like."""
-    if hasattr(values, "detach"):
-        values = values.detach().cpu()
-        values = values if values.layout == torch.strided else values.to_dense()
-        values = values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
-        values = values.numpy()
-    if hasattr(values, "toarray"):
-        values = values.toarray()
-    return np.asarray(values, dtype=dtype)
-
-
-def d_sae_of(stats: Any) -> int:
-    """The number of SAE features the statistics cover."""
-    return int(getattr(stats, "d_sae", len(stats.max_activation)))
-
-
-def prompt_max_columns(stats: Any, feature_ids: Any) -> np.ndarray:
-    """The per-prompt max activations of ``feature_ids``: [n_prompts, len(feature_ids)] float64."""
-    ids = np.asarray(feature_ids, dtype=np.int64).reshape(-1)
-    return to_numpy(stats.prompt_feature_dense(ids.tolist()), np.float64)
