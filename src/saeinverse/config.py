@@ -272,8 +272,8 @@ class OptimizationConfig(Section):
     """Discrete refinement iterations (token swaps)."""
     refine_candidates: int = 64
     """Candidate swaps evaluated per refinement step."""
-    fluency_weight: float = 0.0
-    """Refinement score = activation ÷ dataset max − fluency_weight × the prompt's cross-entropy (nats)."""
+    fluency_weight: float = 1.0
+    """A fluent row's score = activation ÷ reference max − fluency_weight × max(cross-entropy − fluency_target, 0); 0: no fluent rows, an unconstrained search only."""
     project_in_loop: bool = True
     """Forward the nearest tokens while optimising soft prompts and step the continuous copy (PEZ); false: free embeddings, projected once at the end."""
     refine_top_k: int = 64
@@ -281,11 +281,19 @@ class OptimizationConfig(Section):
     fluency_candidates: int = 8
     """Candidates per feature and step scored exactly for cross-entropy when fluency_weight > 0."""
     fluency_target: float | None = None
-    """With fluency on, penalise only cross-entropy above this many nats (e.g. real text's 90th percentile); null: all of it."""
+    """The fluent rows' hinge in nats (cross-entropy above it is penalised); null: the real-text bound (fluency_quantile)."""
+    fluency_quantile: float = 0.5
+    """The headline bound: this quantile of real windows' cross-entropy (0.5 the median, 0.9 the 90th percentile)."""
+    fluency_windows: int = 300
+    """Random real text windows of the prompt's length the bound is measured on."""
+    fluent_share: float = 0.5
+    """Share of each feature's refinement budget spent by its fluent row (the rest: its unconstrained row)."""
     pareto_size: int = 8
-    """About this many (activation, cross-entropy) prompts kept per feature."""
+    """About this many (activation, cross-entropy) prompts kept per feature on its front."""
     max_sequences: int | None = 4000
-    """Budget of sequences evaluated per feature (soft + refinement); null: only the step limits stop the search."""
+    """Budget of sequences evaluated per feature, the whole search (soft + every refinement row); null: only the step limits stop it."""
+    reference_tokens: int | None = None
+    """Tokens of the bundled corpus's train split the reference maximum is taken over (null: the whole split); ratios divide by it."""
 
 
 @dataclass
@@ -472,6 +480,10 @@ RANGES: dict[str, Bound] = {
     "explanation.n_exemplars": at_least(1),
     "explanation.n_decile_samples": at_least(0),
     "explanation.n_top_tokens": at_least(1),
+    "optimization.fluency_quantile": between(0, 1),
+    "optimization.fluency_windows": at_least(300),
+    "optimization.fluent_share": between(0, 1),
+    "optimization.reference_tokens": at_least(1),
     "explanation.context_window": at_least(0),
     "explanation.request_timeout": above(0),
     "explanation.max_retries": at_least(0),

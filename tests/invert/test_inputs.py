@@ -24,3 +24,24 @@ def test_exemplar_tail_rescores_to_the_collected_activation(tiny_model, tiny_top
         assert 0 not in tails[f]  # the start token is not part of a prompt
         fresh = score_prompt(tiny_model, tiny_topk_sae, f, tails[f], "last")
         assert fresh == pytest.approx(maxima[f], rel=1e-4, abs=1e-5)
+
+
+def test_exemplar_init_never_starts_from_a_held_out_prompt(tiny_model, tiny_topk_sae):
+    """The explain stage holds prompts out for scoring; inversion must not start from them."""
+    prompts = ["import os", "x = f(y)", "the cat sat", "def g(): pass", "Hello, world!"] * 2
+    stats = collect_activations(
+        tiny_model, tiny_topk_sae, prompts, get_default_config().data, progress=False
+    )
+    features = [int(f) for f in (stats.firing_count > 2).nonzero().squeeze(-1)[:6]]
+    top = {f: stats.top_exemplars(f, 1)[0].prompt_index for f in features}
+    tails = exemplar_tails(
+        stats, features, length=6, exclude_prompts={f: {top[f]} for f in features}
+    )
+    for f in features:
+        allowed = [e for e in stats.top_exemplars(f) if e.prompt_index != top[f]]
+        best = allowed[0]
+        lo = max(stats.first_position, best.position - 5)
+        assert tails[f] == stats.tokens[best.prompt_index, lo : best.position + 1].tolist()
+    # every exemplar held out: no start prompt at all (the feature is left out)
+    everything = set(range(len(prompts)))
+    assert exemplar_tails(stats, features[:1], 6, exclude_prompts=everything) == {}

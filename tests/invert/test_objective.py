@@ -7,6 +7,7 @@ import torch
 
 from saeinverse.invert.objective import FeatureTarget, allowed_token_mask, sae_kind
 from saeinverse.invert.project import Vocabulary, nearest_tokens, score_prompt
+from tests import builders
 
 
 def random_ids(n: int, length: int = 8, seed: int = 0) -> torch.Tensor:
@@ -33,15 +34,60 @@ def test_activation_equals_run_with_cache(tiny_model, tiny_topk_sae, position):
     torch.testing.assert_close(readout.activation, expected)
 
 
-def test_topk_gate_is_positive_exactly_when_the_feature_fires(tiny_model, tiny_topk_sae):
-    target = FeatureTarget(tiny_model, tiny_topk_sae, "last")
-    ids = random_ids(40, seed=1)
-    features = torch.arange(40) % 64
-    readout = target.read_ids(ids, features)
+def test_raw_topk_gate_is_positive_exactly_when_the_feature_fires(tiny_model):
+    """The gate itself, against the SAE's own firing, for every feature at once.
+
+    A negative encoder bias leaves fewer than k positive pre-activations at some positions, so
+    some features are in the top k with a pre-activation ≤ 0: TopK's ReLU keeps them silent,
+    and their gate must be ≤ 0 too.
+    """
+    sae = builders.tiny_sae(k=4, seed=3)
+    with torch.no_grad():
+        sae.b_enc.sub_(2.5)
+    target = FeatureTarget(tiny_model, sae, "last")
+    ids = random_ids(8, seed=1)
+    n_features = int(sae.cfg.d_sae)
+    rows = ids.repeat_interleave(n_features, 0)
+    features = torch.arange(n_features).repeat(len(ids))
+    readout = target.read_ids(rows, features, keep_resid=True)
     fires = readout.activation > 0
+    assert torch.equal(readout.gate > 0, fires)
     assert fires.any() and (~fires).any()
+    # the awkward case occurs: a feature in the top k whose pre-activation is ≤ 0
+    pre = (readout.resid[:, -1] - sae.b_dec) @ sae.W_enc + sae.b_enc  # [rows, d_sae]
+    own = pre[torch.arange(len(rows)), features]
+    in_top_k = (pre > own[:, None]).sum(-1) < sae.cfg.k
+    awkward = in_top_k & (own <= 0)
+    assert awkward.any()
+    assert torch.all(readout.gate[awkward] <= 0) and torch.all(readout.activation[awkward] == 0)
     assert torch.all(readout.key[fires] == readout.activation[fires])
     assert torch.all(readout.key[~fires] <= 0)
+
+
+@pytest.mark.parametrize("exclude_bos", [True, False])
+@pytest.mark.parametrize("prepend_bos", [True, False])
+def test_inversion_reads_exactly_the_positions_collection_counts(prepend_bos, exclude_bos):
+    """One rule (``models.hooks.first_readable_position``) for collection and inversion.
+
+    Without a start token and with exclude_bos, the first prompt token is masked by collection
+    and never read by inversion; with exclude_bos=False the start position is read by both.
+    """
+    from saeinverse.collect.activations import collect_activations
+    from saeinverse.config import get_default_config, update_config
+
+    model = builders.tiny_model(default_prepend_bos=prepend_bos)
+    sae = builders.tiny_sae()
+    prompts = ["xq = f(y)", "the cat sat", "def g(): pass", "Hello, world!"]
+    data = update_config(get_default_config(), {"data": {"exclude_bos": exclude_bos}}).data
+    stats = collect_activations(model, sae, prompts, data, progress=False)
+    target = FeatureTarget(model, sae, "max", exclude_bos=exclude_bos)
+    start = 1 if prepend_bos else 0
+    features = torch.arange(int(sae.cfg.d_sae))
+    for p in range(len(prompts)):
+        ids = stats.tokens[p, start : int(stats.lengths[p])]
+        acts = target.read_ids(ids.repeat(len(features), 1), features).activation
+        expected = stats.prompt_feature_dense()[p]
+        torch.testing.assert_close(acts, expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("sae_name", ["tiny_sae", "tiny_topk_sae"])

@@ -1,35 +1,42 @@
-"""Discrete refinement: prefix sharing changes nothing but the cost; the Pareto front is a front."""
+"""Discrete refinement: prefix sharing changes nothing but the cost; the fluency hinge works as
+documented; the front is a front."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from saeinverse.invert import refine as refine_module
+from saeinverse.config import OptimizationConfig, as_section
+from saeinverse.invert.front import ParetoPoint, update_pareto
 from saeinverse.invert.objective import FeatureTarget, allowed_token_mask
 from saeinverse.invert.project import Vocabulary
-from saeinverse.invert.refine import ParetoPoint, refine, update_pareto
+from saeinverse.invert.refine import Population, refine
 
 
-def run(model, sae, position, share, **kwargs):
+def run(model, sae, position, share, hinge=(None, None, None), **settings):
     target = FeatureTarget(model, sae, position)
     vocab = Vocabulary(model, allowed_token_mask(model))
-    init = torch.randint(3, 100, (3, 7), generator=torch.Generator().manual_seed(0))
-    generators = [torch.Generator().manual_seed(i) for i in range(3)]
-    features = torch.tensor([4, 8, 15])
-    return refine(
-        target, vocab, features, init, generators,
-        steps=6, candidates=24, top_k=16, share_prefix=share, **kwargs,
+    pop = Population(
+        feature_ids=torch.tensor([4, 8, 15]),
+        init_ids=torch.randint(3, 100, (3, 7), generator=torch.Generator().manual_seed(0)),
+        generators=[torch.Generator().manual_seed(i) for i in range(3)],
+        scale=[1.0, 1.0, 1.0],
+        hinge=list(hinge),
+        budget=[None, None, None],
+    )
+    s = as_section(
+        {"refine_steps": 6, "refine_candidates": 24, "refine_top_k": 16, "fluency_candidates": 8,
+         "patience": 50, "position": position, **settings},
+        OptimizationConfig,
     )  # fmt: skip
+    return refine(target, vocab, pop, s, share_prefix=share)
 
 
 @pytest.mark.parametrize("position", ["last", "max"])
-def test_shared_prefix_screening_finds_the_same_prompts(
-    tiny_model, tiny_topk_sae, position, monkeypatch
-):
-    monkeypatch.setattr(refine_module, "PREFIX_MIN_CANDIDATES", 1)
-    shared = run(tiny_model, tiny_topk_sae, position, share=True)
-    full = run(tiny_model, tiny_topk_sae, position, share=False)
+@pytest.mark.parametrize("hinge", [(None, None, None), (None, 4.0, 0.0)])
+def test_shared_prefix_screening_finds_the_same_prompts(tiny_model, tiny_topk_sae, position, hinge):
+    shared = run(tiny_model, tiny_topk_sae, position, True, hinge)
+    full = run(tiny_model, tiny_topk_sae, position, False, hinge)
     assert torch.equal(shared.ids, full.ids)
     assert shared.activation == pytest.approx(full.activation, rel=1e-5, abs=1e-6)
     # one extra forward per step for the shared prefix, and it is counted
@@ -38,17 +45,29 @@ def test_shared_prefix_screening_finds_the_same_prompts(
     ] == shared.steps
 
 
-def test_fluency_hinge_trades_activation_for_lower_cross_entropy(tiny_model, tiny_sae):
-    free = run(tiny_model, tiny_sae, "last", share=False, fluency_weight=1e-9, fluency_candidates=8)
-    fluent = run(
-        tiny_model, tiny_sae, "last", share=False, fluency_weight=1.0, fluency_candidates=8
-    )
+def test_fluency_hinge_penalises_only_cross_entropy_above_it(tiny_model, tiny_sae):
+    # A hinge above every cross-entropy: the score is the activation alone, which never falls.
+    free = run(tiny_model, tiny_sae, "last", False, (50.0, 50.0, 50.0), refine_steps=10)
+    for t in free.trajectory:
+        assert t["activation"] == sorted(t["activation"])
+    # A hinge at 0 penalises every nat: prompts end more fluent, and some activation is traded.
+    strict = run(tiny_model, tiny_sae, "last", False, (0.0, 0.0, 0.0), refine_steps=10)
     free_ce = [t["cross_entropy"][-1] for t in free.trajectory]
-    fluent_ce = [t["cross_entropy"][-1] for t in fluent.trajectory]
-    assert sum(fluent_ce) < sum(free_ce)
-    assert all(a > 0 for a in fluent.activation)  # still firing, at a lower cross-entropy
-    for front in fluent.pareto:
+    strict_ce = [t["cross_entropy"][-1] for t in strict.trajectory]
+    assert sum(strict_ce) < sum(free_ce)
+    # Between the two: a hinge at the strict run's level stops pushing once it is reached.
+    for t, front in zip(strict.trajectory, strict.front, strict=True):
+        assert t["cross_entropy"][-1] <= t["cross_entropy"][0]
         assert front and all(p.activation > 0 for p in front)
+
+
+def test_unconstrained_rows_score_no_cross_entropy(tiny_model, tiny_sae):
+    out = run(tiny_model, tiny_sae, "last", True, (None, 4.0, None))
+    assert out.trajectory[0]["cross_entropy"] == [] and out.trajectory[2]["cross_entropy"] == []
+    assert len(out.trajectory[1]["cross_entropy"]) == out.steps[1] + 1
+    assert out.front[0] == [] and out.front[1]
+    # the fluent row pays for its shortlist (8) and expectations on top of the screening
+    assert out.forward_passes[1] > out.forward_passes[0]
 
 
 def test_update_pareto_keeps_the_front_and_spreads_it():

@@ -2,8 +2,11 @@
 
 A prompt is ``[start token] + tokens``; the model runs from its embeddings up to the SAE's hook
 (``stop_at_layer``), the SAE encodes that activation, and row ``i`` of a batch reads its own
-feature ``feature_ids[i]`` at the position rule (``max`` over the prompt positions, or ``last``).
-The start position is never read (collection masks it too).
+feature ``feature_ids[i]`` at the position rule (``max`` over the readable positions, or
+``last``). The readable positions are exactly those collection counts: from
+``models.hooks.first_readable_position(exclude_bos)`` on, in the coordinates of the tokens the
+model runs (start token included). So with ``exclude_bos`` and no start token the first prompt
+token is never read, and with ``exclude_bos=False`` the start position is read as collection reads it.
 
 Two numbers come out per row:
 
@@ -33,9 +36,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from saeinverse.errors import ConfigError
 from saeinverse.models.hooks import (
     Encoded,
     encode_with_pre,
+    first_readable_position,
     hook_activations,
     sae_hook_name,
     sae_kind,
@@ -109,6 +114,8 @@ class Readout:
     activation: Float[Tensor, " batch"]
     objective: Float[Tensor, " batch"]
     key: Float[Tensor, " batch"]
+    gate: Float[Tensor, " batch"]
+    """The raw margin to firing (``GATES``), > 0 exactly when the feature fires."""
     resid: Float[Tensor, "batch pos d_model"] | None = None
 
 
@@ -118,16 +125,16 @@ class FeatureTarget:
     Everything stays on the model's device; the model and the SAE are never modified.
     """
 
-    def __init__(self, model, sae, position: Position = "last"):
-        if position not in ("max", "last"):
-            from saeinverse.errors import ConfigError
-
-            raise ConfigError(f"optimization.position must be 'max' or 'last', got {position!r}")
+    def __init__(self, model, sae, position: Position = "last", exclude_bos: bool = True):
         self.model = model
         self.sae = sae
         self.position = position
         self.hook_name = sae_hook_name(sae)
         self.start_id = start_token_id(model)
+        self.start_offset = 0 if self.start_id is None else 1
+        """Tokens put in front of a prompt (the start token, when the model has one)."""
+        self.first_read = first_readable_position(exclude_bos)
+        """The first position read, in the coordinates of ``start + ids`` (as collection counts)."""
         self.kind = sae_kind(sae)
         self.gate = GATES[self.kind]
         self.device = model.W_E.device
@@ -220,8 +227,12 @@ class FeatureTarget:
         selectivity_weight: float = 0.0,
     ) -> Readout:
         """Each row's own feature: activation, objective and key at the position rule."""
-        offset = 0 if self.start_id is None else 1
-        enc = encode_with_pre(self.sae, hook_acts[:, offset:])
+        if hook_acts.shape[1] <= self.first_read:
+            raise ConfigError(
+                f"a prompt of {hook_acts.shape[1] - self.start_offset} token(s) has no readable "
+                f"position (collection reads from position {self.first_read}); raise optimization.length"
+            )
+        enc = encode_with_pre(self.sae, hook_acts[:, self.first_read :])
         acts = enc.acts
         feature_ids = feature_ids.to(self.device)
         target_pre = _gather(enc.pre, feature_ids)  # [batch, pos]
@@ -233,8 +244,8 @@ class FeatureTarget:
             objective = objective - selectivity_weight * others
         key = torch.where(target_act > 0, target_act, gate.clamp(max=0.0))
         if self.position == "last":
-            return Readout(target_act[:, -1], objective[:, -1], key[:, -1])
-        return Readout(target_act.amax(-1), objective.amax(-1), key.amax(-1))
+            return Readout(target_act[:, -1], objective[:, -1], key[:, -1], gate[:, -1])
+        return Readout(target_act.amax(-1), objective.amax(-1), key.amax(-1), gate.amax(-1))
 
     def read_ids(
         self,

@@ -1,72 +1,54 @@
-"""The inversion stage: soft prompts → projection → discrete refinement → checked ``Inversion``s.
+"""The inversion stage: soft prompts → projection → a population of refinement rows → checked records.
 
 ``optimize_features`` inverts a batch of features together (each row its own feature), which is
 what makes inversion affordable: one forward of 16 prompts costs far less than 16 forwards of
-one. Its unit of work is a pure function of (model, SAE, feature ids, settings, seed), so
-batches of features can be fanned out to other workers and their records concatenated.
-Randomness is per feature (seeded by ``seed`` and the feature id), so a feature gets the same
-start whether it is inverted alone or in a batch.
+one. Per feature, the search is:
+
+1. a soft prompt (``soft.optimize_soft``, PEZ-style), whose best projected prompt starts
+2. two refinement rows run in the same batch (``refine.refine``): an **unconstrained** row
+   (activation only) and, with ``fluency_weight > 0``, a **fluent** row (activation with a
+   cross-entropy hinge at ``fluency_target``, by default the real-text bound);
+3. a check: every prompt either row accepted or put on its front, and the projected prompt, is
+   re-scored by a fresh forward (activation, and the model's own cross-entropy); the **front** is
+   their Pareto set, the **headline** the most active of them at or below the bound, and the
+   **unconstrained best** the most active of all.
+
+**Budget.** ``max_sequences`` bounds the whole search of a feature: the soft stage
+(``max_steps`` + 1 sequences) and every refinement row (the rest, split by ``fluent_share``). A
+config whose soft stage and one refinement step per row do not fit is refused with a
+``ConfigError`` (the check's re-scoring forwards are counted apart, as ``check``).
+
+**Independence.** Every random draw comes from a generator seeded by (``seed``, feature id,
+stream), every stopping rule is per row, and the prefix sharing does not depend on the batch: a
+feature gets the same inversion whether it is inverted alone or with others (up to the last bits
+of batched matrix products), so batches can be fanned out to workers and concatenated.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
-import types
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from saeinverse.config import OptimizationConfig, Section
+from saeinverse.config import OptimizationConfig, as_section
 from saeinverse.errors import ConfigError
+from saeinverse.invert.fluency import Fluency, FluencyBound, default_bound
+from saeinverse.invert.front import ParetoPoint, spread, update_pareto
 from saeinverse.invert.objective import FeatureTarget, allowed_token_mask
 from saeinverse.invert.project import Vocabulary, score_prompts
-from saeinverse.invert.refine import Fluency, ParetoPoint, refine, update_pareto
+from saeinverse.invert.refine import Population, refine, start_cost, step_cost
 from saeinverse.invert.result import Inversion
 from saeinverse.invert.soft import initial_ids, optimize_soft
 
 logger = logging.getLogger(__name__)
 
-
-def resolve_settings(opt_cfg: Any) -> types.SimpleNamespace:
-    """One flat view of the inversion settings from a section, a full config or a plain dict."""
-    if opt_cfg is None:
-        opt_cfg = OptimizationConfig()
-    if isinstance(opt_cfg, Section) and not isinstance(opt_cfg, OptimizationConfig):
-        opt_cfg = opt_cfg.optimization  # a full Config
-    values = {f.name: f.default for f in dataclasses.fields(OptimizationConfig)}
-    if isinstance(opt_cfg, Section):
-        values |= {name: getattr(opt_cfg, name) for name in values}
-    elif isinstance(opt_cfg, Mapping):
-        unknown = sorted(set(opt_cfg) - set(values))
-        if unknown:
-            raise ConfigError(
-                f"unknown optimization key(s) {unknown}; valid keys: {', '.join(values)}"
-            )
-        values |= dict(opt_cfg)
-    else:
-        raise ConfigError(
-            f"opt_cfg must be config.optimization or a dict, got {type(opt_cfg).__name__}"
-        )
-    settings = types.SimpleNamespace(**values)
-    _validate(settings)
-    return settings
-
-
-def _validate(s: types.SimpleNamespace) -> None:
-    for name in ("length", "refine_candidates", "refine_top_k", "patience"):
-        if int(getattr(s, name)) < 1:
-            raise ConfigError(f"optimization.{name} must be ≥ 1, got {getattr(s, name)!r}")
-    for name in ("max_steps", "refine_steps"):
-        if int(getattr(s, name)) < 0:
-            raise ConfigError(f"optimization.{name} must be ≥ 0, got {getattr(s, name)!r}")
-    if s.position not in ("max", "last"):
-        raise ConfigError(f"optimization.position must be 'max' or 'last', got {s.position!r}")
-    if s.init not in ("random", "exemplar"):
-        raise ConfigError(f"optimization.init must be 'random' or 'exemplar', got {s.init!r}")
+SOFT, UNCONSTRAINED, FLUENT = 0, 1, 2
+"""Random streams per feature: the soft start, the unconstrained row, the fluent row."""
 
 
 def _check_feature_ids(feature_ids: Sequence[int], d_sae: int) -> list[int]:
@@ -79,26 +61,74 @@ def _check_feature_ids(feature_ids: Sequence[int], d_sae: int) -> list[int]:
     return ids
 
 
-def _per_feature(values: Any, feature_ids: list[int], what: str) -> list[Any]:
-    """A per-feature list from a dict keyed by feature id, a tensor / list indexed by id, or None."""
+def _per_feature(values: Any, feature_ids: list[int], aligned: bool = False) -> list[Any]:
+    """A per-feature list from a dict keyed by feature id, a tensor / list indexed by id, or None.
+
+    ``aligned``: a list as long as ``feature_ids`` is taken as aligned with it.
+    """
     if values is None:
         return [None] * len(feature_ids)
     if isinstance(values, Mapping):
         return [values.get(f) for f in feature_ids]
     if isinstance(values, torch.Tensor):
         values = values.tolist()
-    if what == "exemplar_tokens" and len(values) == len(feature_ids):
+    if aligned and len(values) == len(feature_ids):
         return list(values)
     return [values[f] for f in feature_ids]
 
 
-def _generator(seed: int, feature_id: int) -> torch.Generator:
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(feature_id)) % (2**63))
+def generator(seed: int, feature_id: int, stream: int) -> torch.Generator:
+    """The random stream ``stream`` of one feature (see ``SOFT``, ``UNCONSTRAINED``, ``FLUENT``)."""
+    value = ((int(seed) * 1_000_003 + int(feature_id)) * 8 + int(stream)) % (2**63)
+    return torch.Generator().manual_seed(value)
 
 
 def _decode(model, ids: list[int]) -> str:
     tokenizer = getattr(model, "tokenizer", None)
     return tokenizer.decode(ids) if tokenizer is not None else " ".join(map(str, ids))
+
+
+# ----------------------------------------------------------------------------- the budget
+
+
+@dataclass
+class BudgetPlan:
+    """How one feature's ``max_sequences`` is spent: soft steps, and each refinement row's share."""
+
+    soft_steps: int
+    rows: list[tuple[int, int | None]]
+    """(stream, budget) per refinement row: ``UNCONSTRAINED`` / ``FLUENT`` and its sequences."""
+
+
+def plan_budget(s: OptimizationConfig, share_prefix: bool = True) -> BudgetPlan:
+    """Split ``max_sequences`` between the soft stage and the refinement rows, or refuse it."""
+    fluent = s.fluency_weight > 0
+    shares = [(UNCONSTRAINED, 1.0 - s.fluent_share if fluent else 1.0)]
+    if fluent:
+        shares.append((FLUENT, s.fluent_share))
+    shares = [(stream, share) for stream, share in shares if share > 0]
+    if s.max_sequences is None:
+        return BudgetPlan(s.max_steps, [(stream, None) for stream, _ in shares])
+    soft = s.max_steps + 1
+    rest = s.max_sequences - soft
+    n_fluent = min(s.fluency_candidates, s.refine_candidates)
+    rows = []
+    for stream, share in shares:
+        need = start_cost(stream == FLUENT)
+        if s.refine_steps > 0:
+            need += step_cost(s.refine_candidates, n_fluent, stream == FLUENT, share_prefix)
+        budget = int(rest * share)
+        if budget < need:
+            kind = "fluent" if stream == FLUENT else "unconstrained"
+            raise ConfigError(
+                f"optimization.max_sequences={s.max_sequences} cannot hold the search: the soft "
+                f"stage takes max_steps + 1 = {soft} sequences and the {kind} row's share "
+                f"({share:g} of the rest = {budget}) is under one refinement step ({need}); "
+                f"raise max_sequences to at least {soft + int(need / share) + 1} or lower "
+                "max_steps / refine_candidates"
+            )
+        rows.append((stream, budget))
+    return BudgetPlan(s.max_steps, rows)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -112,76 +142,85 @@ def optimize_features(
     *,
     seed: int = 0,
     dataset_max: Mapping[int, float] | Sequence[float] | torch.Tensor | None = None,
+    reference_max: Mapping[int, float] | Sequence[float] | torch.Tensor | None = None,
+    reference_tokens: int | None = None,
     exemplar_tokens: Mapping[int, Sequence[int]] | Sequence[Sequence[int]] | None = None,
+    fluency_bound: FluencyBound | None = None,
+    exclude_bos: bool = True,
     progress: bool = True,
 ) -> list[Inversion]:
     """Invert every feature in ``feature_ids`` in one batch; one ``Inversion`` per feature, in order.
 
-    ``opt_cfg`` is ``config.optimization`` (or a dict of its keys). ``dataset_max`` is indexed by
-    feature id (dict, or a tensor / list over all features); ``exemplar_tokens`` gives each
-    feature's top exemplar tokens ending at its peak (dict by id, or a list aligned with
-    ``feature_ids``) and is required by ``init='exemplar'``. Runs on the model's device.
+    ``opt_cfg`` is ``config.optimization``, the whole config, a dict of its keys, or None.
+    ``dataset_max`` (the run's collection maximum) and ``reference_max`` (the maximum over
+    ``reference_tokens`` corpus tokens, what ratios divide by) are indexed by feature id (dict,
+    or a tensor / list over all features); ``exemplar_tokens`` gives each feature's top exemplar
+    tokens ending at its peak (dict by id, or a list aligned with ``feature_ids``) and is
+    required by ``init='exemplar'``. ``fluency_bound`` is the real-text bound (measured from the
+    default corpus when not given); ``exclude_bos`` must be collection's ``data.exclude_bos``.
     """
-    s = resolve_settings(opt_cfg)
+    s = as_section(opt_cfg, OptimizationConfig)
     ids = _check_feature_ids(feature_ids, int(sae.cfg.d_sae))
     if not ids:
         return []
-    maxima = _per_feature(dataset_max, ids, "dataset_max")
-    exemplars = (
-        _per_feature(exemplar_tokens, ids, "exemplar_tokens") if s.init == "exemplar" else None
-    )
-    if exemplars is not None and any(not e for e in exemplars):
+    plan = plan_budget(s)
+    maxima = _per_feature(dataset_max, ids)
+    references = _per_feature(reference_max, ids)
+    exemplars = None
+    if s.init == "exemplar":
+        if exemplar_tokens is None:
+            raise ConfigError(
+                "optimization.init='exemplar' needs exemplar tokens (exemplar_tokens); none given"
+            )
+        exemplars = _per_feature(exemplar_tokens, ids, aligned=True)
         missing = [f for f, e in zip(ids, exemplars, strict=True) if not e]
-        raise ConfigError(
-            f"optimization.init='exemplar' needs exemplar tokens; none for features {missing}"
-        )
+        if missing:
+            logger.warning("no usable exemplar for features %s: they start at random", missing)
 
     start = time.perf_counter()
-    target = FeatureTarget(model, sae, s.position)
+    target = FeatureTarget(model, sae, s.position, exclude_bos)
     vocab = Vocabulary(model, allowed_token_mask(model))
+    bound = fluency_bound or default_bound(target, s, seed)
     fids = torch.tensor(ids, device=target.device)
-    generators = [_generator(seed, f) for f in ids]
-    refine_bound = int(s.refine_steps)
-    if s.max_sequences is not None:  # the budget ends the search first
-        refine_bound = min(refine_bound, int(s.max_sequences) // (1 + int(s.refine_candidates)))
     bar = tqdm(
-        total=int(s.max_steps) + refine_bound,
+        total=plan.soft_steps + s.refine_steps,
         unit="step",
         desc=f"invert {len(ids)} features",
         disable=not progress,
         leave=False,
     )
     try:
-        init = initial_ids(vocab, int(s.length), generators, exemplars)
-        soft = optimize_soft(
-            target, vocab, fids, init,
-            max_steps=int(s.max_steps), lr=float(s.lr), patience=int(s.patience),
-            project=bool(s.project_in_loop), selectivity_weight=float(s.selectivity_weight),
-            embedding_distance_weight=float(s.embedding_distance_weight), progress=bar,
-        )  # fmt: skip
+        init = initial_ids(vocab, s.length, [generator(seed, f, SOFT) for f in ids], exemplars)
+        soft = optimize_soft(target, vocab, fids, init, s, max_steps=plan.soft_steps, progress=bar)
         scale = [
-            m if m and m > 0 else max(1.0, a)
-            for m, a in zip(maxima, soft.soft_activation, strict=True)
+            r if r else m if m else max(1.0, a)
+            for r, m, a in zip(references, maxima, soft.soft_activation, strict=True)
         ]
-        budget = None if s.max_sequences is None else int(s.max_sequences)
-        refined = refine(
-            target, vocab, fids, soft.best_ids, generators,
-            steps=int(s.refine_steps), candidates=int(s.refine_candidates), top_k=int(s.refine_top_k),
-            patience=int(s.patience), selectivity_weight=float(s.selectivity_weight),
-            fluency_weight=float(s.fluency_weight), fluency_candidates=int(s.fluency_candidates),
-            fluency_target=None if s.fluency_target is None else float(s.fluency_target),
-            scale=scale, max_sequences=None if budget is None else [budget - p for p in soft.forward_passes],
-            pareto_size=int(s.pareto_size), progress=bar,
-        )  # fmt: skip
+        owners = [i for i in range(len(ids)) for _ in plan.rows]
+        streams = [stream for _ in ids for stream, _ in plan.rows]
+        hinge = s.fluency_target if s.fluency_target is not None else bound.cross_entropy
+        pop = Population(
+            feature_ids=fids[owners],
+            init_ids=soft.best_ids[owners],
+            generators=[generator(seed, ids[o], st) for o, st in zip(owners, streams, strict=True)],
+            scale=[float(scale[o]) for o in owners],
+            hinge=[hinge if st == FLUENT else None for st in streams],
+            budget=[budget for _ in ids for _, budget in plan.rows],
+        )
+        refined = refine(target, vocab, pop, s, progress=bar)
     finally:
         bar.close()
-    records = _checked_records(model, sae, target, vocab, ids, maxima, soft, refined, s)
+    records = _checked_records(model, target, ids, maxima, references, soft, refined, owners,
+                               streams, s, bound, reference_tokens)  # fmt: skip
     seconds = (time.perf_counter() - start) / len(ids)
     for record in records:
         record.seconds = seconds
     logger.info(
-        "inverted %d features in %.1f s: refined activation median %.3g",
-        len(ids), seconds * len(ids), float(torch.tensor([r.refined_activation for r in records]).median()),
+        "inverted %d features in %.1f s: unconstrained median %.3g, headline within %.2f nats "
+        "for %d of %d",
+        len(ids), seconds * len(ids),
+        float(torch.tensor([r.refined_activation for r in records]).median()),
+        bound.cross_entropy, sum(r.headline is not None for r in records), len(records),
     )  # fmt: skip
     return records
 
@@ -194,15 +233,22 @@ def optimize_feature(
     *,
     seed: int = 0,
     dataset_max: float | None = None,
+    reference_max: float | None = None,
+    reference_tokens: int | None = None,
     exemplar_tokens: Sequence[int] | None = None,
+    fluency_bound: FluencyBound | None = None,
+    exclude_bos: bool = True,
     progress: bool = False,
 ) -> Inversion:
     """Invert one feature (``optimize_features`` with a batch of one)."""
+    f = int(feature_id)
     (record,) = optimize_features(
-        model, sae, [feature_id], opt_cfg, seed=seed,
-        dataset_max=None if dataset_max is None else {int(feature_id): float(dataset_max)},
+        model, sae, [f], opt_cfg, seed=seed,
+        dataset_max=None if dataset_max is None else {f: float(dataset_max)},
+        reference_max=None if reference_max is None else {f: float(reference_max)},
+        reference_tokens=reference_tokens,
         exemplar_tokens=None if exemplar_tokens is None else [list(exemplar_tokens)],
-        progress=progress,
+        fluency_bound=fluency_bound, exclude_bos=exclude_bos, progress=progress,
     )  # fmt: skip
     return record
 
@@ -210,65 +256,85 @@ def optimize_feature(
 # ----------------------------------------------------------------------------- the check
 
 
-def _checked_records(model, sae, target, vocab, ids, maxima, soft, refined, s) -> list[Inversion]:
-    """Re-score every reported hard prompt with a fresh forward and build the records."""
+def _candidates(i, soft, refined, owners, streams, size) -> list[list[int]]:
+    """The prompts of feature ``i`` worth re-scoring: projected, accepted and front prompts."""
+    prompts = [soft.best_ids[i].tolist()]
+    for row, owner in enumerate(owners):
+        if owner != i:
+            continue
+        accepted = [ids for ids, _ in refined.accepted[row]]
+        prompts += spread(accepted, size) + [p.ids for p in refined.front[row]]
+        prompts.append(refined.ids[row].tolist())
+    unique: dict[tuple[int, ...], list[int]] = {}
+    for p in prompts:
+        unique.setdefault(tuple(p), p)
+    return list(unique.values())
+
+
+def _checked_records(
+    model, target, ids, maxima, references, soft, refined, owners, streams, s, bound, ref_tokens
+) -> list[Inversion]:
+    """Re-score every candidate prompt with fresh forwards and build the records."""
     n = len(ids)
-    projected = [soft.best_ids[i].tolist() for i in range(n)]
-    final = [refined.ids[i].tolist() for i in range(n)]
-    prompts: list[list[int]] = []
-    owners: list[int] = []
+    per_feature = [_candidates(i, soft, refined, owners, streams, s.pareto_size) for i in range(n)]
+    flat = [p for prompts in per_feature for p in prompts]
+    features = [ids[i] for i, prompts in enumerate(per_feature) for _ in prompts]
+    acts = score_prompts(model, None, features, flat, s.position, target=target)
+    ce = Fluency(target).cross_entropy(torch.tensor(flat, device=target.device)).tolist()
+    records, cursor = [], 0
     for i in range(n):
-        for p in [projected[i], final[i], *[pt.ids for pt in refined.pareto[i]]]:
-            prompts.append(p)
-            owners.append(i)
-    acts = score_prompts(model, sae, [ids[o] for o in owners], prompts, s.position, target=target)
-    fluency = Fluency(target, vocab.allowed, 1)
-    ce = fluency.cross_entropy(torch.tensor(prompts, device=target.device)).tolist()
-    checks = [0] * n
-    for o in owners:
-        checks[o] += 2  # one activation forward, one full forward for the cross-entropy
-    records = []
-    cursor = 0
-    for i in range(n):
-        count = 2 + len(refined.pareto[i])
-        points = [ParetoPoint(prompts[j], acts[j], ce[j]) for j in range(cursor, cursor + count)]
-        front = update_pareto([], points, int(s.pareto_size), keep=[final[i]])
+        count = len(per_feature[i])
+        points = [ParetoPoint(flat[j], acts[j], ce[j]) for j in range(cursor, cursor + count)]
+        cursor += count
+        best = max(points, key=lambda p: p.activation)
+        within = [p for p in points if p.cross_entropy <= bound.cross_entropy and p.activation > 0]
+        headline = max(within, key=lambda p: p.activation) if within else None
+        keep = [best.ids] + ([headline.ids] if headline else [])
+        front = update_pareto([], points, s.pareto_size, keep=keep)
+        rows = [r for r, o in enumerate(owners) if o == i]
         passes = {
             "soft": soft.forward_passes[i],
-            "refine": refined.forward_passes[i],
-            "check": checks[i],
+            "refine": sum(refined.forward_passes[r] for r in rows),
+            "check": 2 * count,  # one activation forward, one full forward per prompt
         }
+        trajectory = {
+            "soft_objective": soft.trajectory[i]["objective"],
+            "soft_activation": soft.trajectory[i]["activation"],
+        }
+        for r in rows:
+            name = "fluent" if streams[r] == FLUENT else "refine"
+            trajectory[f"{name}_activation"] = refined.trajectory[r]["activation"]
+            trajectory[f"{name}_cross_entropy"] = refined.trajectory[r]["cross_entropy"]
         records.append(
             Inversion(
                 feature_id=ids[i],
                 soft_activation=float(soft.soft_activation[i]),
-                projected_tokens=projected[i],
-                projected_text=_decode(model, projected[i]),
+                projected_tokens=points[0].ids,
+                projected_text=_decode(model, points[0].ids),
                 projected_activation=points[0].activation,
-                refined_tokens=final[i],
-                refined_text=_decode(model, final[i]),
-                refined_activation=points[1].activation,
-                refined_cross_entropy=points[1].cross_entropy,
+                refined_tokens=best.ids,
+                refined_text=_decode(model, best.ids),
+                refined_activation=best.activation,
+                refined_cross_entropy=best.cross_entropy,
                 dataset_max=None if maxima[i] is None else float(maxima[i]),
                 position=s.position,
-                pareto=[
-                    {
-                        "tokens": p.ids,
-                        "text": _decode(model, p.ids),
-                        "activation": p.activation,
-                        "cross_entropy": p.cross_entropy,
-                    }
-                    for p in front
-                ],
+                pareto=[_point(model, p) for p in front],
+                headline=None if headline is None else _point(model, headline),
+                fluency_bound=bound.to_dict(),
+                reference_max=None if references[i] is None else float(references[i]),
+                reference_tokens=None if references[i] is None else ref_tokens,
                 forward_passes=sum(passes.values()),
                 forward_passes_by_stage=passes,
-                trajectory={
-                    "soft_objective": soft.trajectory[i]["objective"],
-                    "soft_activation": soft.trajectory[i]["activation"],
-                    "refine_activation": refined.trajectory[i]["activation"],
-                    "refine_cross_entropy": refined.trajectory[i]["cross_entropy"],
-                },
+                trajectory=trajectory,
             )
         )
-        cursor += count
     return records
+
+
+def _point(model, p: ParetoPoint) -> dict[str, Any]:
+    return {
+        "tokens": p.ids,
+        "text": _decode(model, p.ids),
+        "activation": p.activation,
+        "cross_entropy": p.cross_entropy,
+    }

@@ -3,8 +3,7 @@
 - ``nearest_tokens``: each position's nearest vocabulary token by cosine similarity.
 - ``score_prompts`` / ``score_prompt``: a fresh forward on token ids, the start token prepended as
   in collection and the same position rule: the only activation a hard prompt is reported with.
-- ``prompt_cross_entropy``: the model's own mean next-token cross-entropy of a prompt (nats), the
-  fluency measure. It needs the whole model and the unembedding, so it is spent sparingly.
+(The fluency measure, a prompt's cross-entropy, lives in ``invert.fluency``.)
 """
 
 from __future__ import annotations
@@ -78,13 +77,14 @@ def score_prompts(
     position: Position = "last",
     *,
     target: FeatureTarget | None = None,
+    exclude_bos: bool = True,
 ) -> list[float]:
-    """Activation of ``feature_ids[i]`` on prompt ``token_ids[i]`` (start token excluded), fresh.
+    """Activation of ``feature_ids[i]`` on prompt ``token_ids[i]``, read as collection reads, fresh.
 
     Prompts of equal length are forwarded together, with no padding; the start token is
     prepended as in collection.
     """
-    target = target or FeatureTarget(model, sae, position)
+    target = target or FeatureTarget(model, sae, position, exclude_bos)
     rows = [list(map(int, ids)) for ids in token_ids]
     features = [int(f) for f in feature_ids]
     if len(rows) != len(features):
@@ -105,28 +105,14 @@ def score_prompts(
 
 
 def score_prompt(
-    model, sae, feature_id: int, token_ids: Sequence[int], position: Position = "last"
+    model,
+    sae,
+    feature_id: int,
+    token_ids: Sequence[int],
+    position: Position = "last",
+    exclude_bos: bool = True,
 ) -> float:
     """Activation of one feature on one prompt (start token prepended), from a fresh forward."""
-    return score_prompts(model, sae, [feature_id], [token_ids], position)[0]
-
-
-def prompt_cross_entropy(
-    model, ids: Int[Tensor, "batch pos"], start_id: int | None, batch_size: int = 64
-) -> Float[Tensor, " batch"]:
-    """Mean next-token cross-entropy (nats) of each prompt under the model itself.
-
-    With a start token, every prompt token is predicted (the first from the start token alone);
-    without one, the first token is not scored.
-    """
-    tokens = ids
-    if start_id is not None:
-        start = torch.full((ids.shape[0], 1), start_id, dtype=ids.dtype, device=ids.device)
-        tokens = torch.cat([start, ids], dim=1)
-    out = []
-    with torch.no_grad():
-        for lo in range(0, tokens.shape[0], batch_size):
-            chunk = tokens[lo : lo + batch_size]
-            logprobs = model(chunk, return_type="logits")[:, :-1].float().log_softmax(-1)
-            out.append(-logprobs.gather(-1, chunk[:, 1:, None]).squeeze(-1).mean(-1))
-    return torch.cat(out)
+    return score_prompts(model, sae, [feature_id], [token_ids], position, exclude_bos=exclude_bos)[
+        0
+    ]

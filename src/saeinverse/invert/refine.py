@@ -1,167 +1,102 @@
 """Discrete refinement: gradient-guided single-token swaps (the GCG / EPO family), batched.
 
-Each step, for every still-active row (one target feature each):
+The search runs a population of rows at once; each row serves one feature with one goal:
+
+- an **unconstrained** row (``hinge is None``) maximises the key (the real activation when the
+  feature fires, the margin to firing otherwise);
+- a **fluent** row maximises ``key / scale - fluency_weight * max(cross_entropy - hinge, 0)``:
+  as active as possible once its cross-entropy is at the hinge (``scale``: the feature's
+  reference maximum when known). Its scored prompts enter the row's front.
+
+Each step, for every still-active row:
 
 1. one forward + backward on the current prompt gives the gradient of the objective with respect
-   to the one-hot tokens (``grad_embeds @ W_E.T``); its ``topk`` tokens per position are the
+   to the one-hot tokens (``grad_embeds @ W_E.T``); its ``top_k`` tokens per position are the
    promising swaps;
-2. ``candidates`` single swaps are drawn (positions in turn, tokens from the gradient's top-k;
-   with fluency on, half of them from the model's own top next-token predictions at that
-   position instead), and every candidate of every row is evaluated exactly by batched forwards
-   stopped at the SAE's layer (when a step screens many, the current prompts' keys and values
-   are computed once and each candidate forwards only its suffix from the swapped position);
-3. without fluency, the candidate with the highest key (the real activation when the feature
-   fires, the margin to firing otherwise) replaces the current prompt if it is better. With
-   fluency, a shortlist of ``fluency_candidates`` per row is chosen by an estimated score (the
-   current cross-entropy changed by the swapped token's own term under the current prompt's
-   next-token expectations), scored exactly by the model's own cross-entropy (resuming the
-   screening forward from the SAE's layer where the hook allows it); the score is
-   ``key / scale - fluency_weight * cross_entropy`` (``scale``: the feature's dataset maximum
-   when known), or with ``fluency_target`` set ``key / scale - fluency_weight *
-   max(cross_entropy - fluency_target, 0)``: as active as possible once as fluent as the target.
-   Every scored prompt enters the row's Pareto set of (activation, cross-entropy).
+2. ``candidates`` single swaps are drawn with the row's own generator (positions in turn,
+   shuffled; tokens from the gradient's top-k, and for a fluent row every other one from the
+   model's own top next-token predictions at that position instead);
+3. every candidate is evaluated exactly by forwards stopped at the SAE's layer; with
+   ``share_prefix`` the current prompt's keys and values are computed once (one sequence) and each
+   candidate forwards only its suffix from the swapped position;
+4. an unconstrained row takes its best candidate if it improves; a fluent row first shortlists
+   ``fluency_candidates`` by an estimated score (the current cross-entropy changed by the swapped
+   token's own term under the current prompt's next-token expectations), scores them exactly by
+   the model's cross-entropy (resumed from the SAE's layer where the hook allows it) and takes
+   the best combined score if it improves.
 
-A row stops after ``patience`` steps without improvement or when its next step would pass its
-``max_sequences`` entry. Every sequence forwarded is counted against its row.
+A row stops after ``patience`` steps without improvement, after ``steps`` steps, or when its
+next step would pass its sequence budget. Every sequence forwarded is counted against its row;
+nothing a row does depends on the other rows of the batch.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor
 
+from saeinverse.config import OptimizationConfig
+from saeinverse.invert.fluency import Fluency
+from saeinverse.invert.front import ParetoPoint, update_pareto
 from saeinverse.invert.objective import FeatureTarget
 from saeinverse.invert.project import Vocabulary
-from saeinverse.invert.soft import _improves
-from saeinverse.models.hooks import resume_layer_for
+from saeinverse.invert.soft import improves
 
 logger = logging.getLogger(__name__)
 
 SCREEN_BATCH = 256
 """Candidate sequences per screening forward."""
-PREFIX_MIN_CANDIDATES = 256
-"""Share the current prompt's prefix (keys / values) when a step screens at least this many."""
 
 
 @dataclass
-class ParetoPoint:
-    """A hard prompt on a feature's (activation up, cross-entropy down) front."""
+class Population:
+    """What each row of the search is: its feature, start, randomness, scale, goal and budget."""
 
-    ids: list[int]
-    activation: float
-    cross_entropy: float
+    feature_ids: Int[Tensor, " rows"]
+    init_ids: Int[Tensor, "rows pos"]
+    generators: list[torch.Generator]
+    scale: list[float]
+    """Divides the key in a fluent row's score (the reference max when known)."""
+    hinge: list[float | None]
+    """None: an unconstrained row; else the cross-entropy above which a fluent row is penalised."""
+    budget: list[int | None]
+    """Sequences the row may spend (None: only the step limits stop it)."""
 
 
 @dataclass
 class RefineResult:
-    """Per row: the refined prompt, its screening activation, the Pareto front and the costs."""
+    """Per row: the final prompt, its screening activation, its front, history and costs."""
 
-    ids: Int[Tensor, "n_features pos"]
+    ids: Int[Tensor, "rows pos"]
     activation: list[float]
-    pareto: list[list[ParetoPoint]]
+    front: list[list[ParetoPoint]]
+    accepted: list[list[tuple[list[int], float]]]
+    """Every prompt the row accepted, in order, with its screening activation."""
     forward_passes: list[int]
     steps: list[int]
     trajectory: list[dict[str, list[float]]]
 
 
-# ----------------------------------------------------------------------------- fluency
+def step_cost(candidates: int, n_fluent: int, fluent: bool, share_prefix: bool) -> int:
+    """Sequences one step of a row may spend: gradient, prefix, candidates (+ fluency)."""
+    cost = 1 + int(share_prefix) + candidates
+    return cost + (n_fluent + 1 if fluent else 0)
 
 
-class Fluency:
-    """The model's own cross-entropy of prompts, and its next-token expectations per position."""
-
-    def __init__(self, target: FeatureTarget, allowed: Tensor, top_k: int):
-        self.target = target
-        self.allowed = allowed
-        self.top_k = top_k
-        self.resume_layer = resume_layer_for(target.hook_name)
-
-    def _chunks(self, ids: Tensor, resid: Tensor | None, size: int = 32):
-        """(tokens, log-probabilities of each next token) per chunk of prompts."""
-        tokens = self.target.with_start(ids)
-        with torch.no_grad():
-            for lo in range(0, ids.shape[0], size):
-                chunk = tokens[lo : lo + size]
-                if resid is not None and self.resume_layer is not None:
-                    logits = self.target.model(
-                        resid[lo : lo + size], start_at_layer=self.resume_layer
-                    )
-                else:
-                    logits = self.target.model(chunk, return_type="logits")
-                yield chunk, logits[:, :-1].float().log_softmax(-1)
-
-    def cross_entropy(
-        self, ids: Int[Tensor, "batch pos"], resid: Float[Tensor, "batch pos1 d"] | None = None
-    ) -> Float[Tensor, " batch"]:
-        """Mean next-token cross-entropy of each prompt (resumed from ``resid`` when possible)."""
-        out = [
-            -logprobs.gather(-1, chunk[:, 1:, None]).squeeze(-1).mean(-1)
-            for chunk, logprobs in self._chunks(ids, resid)
-        ]
-        return torch.cat(out)
-
-    def expectations(
-        self, ids: Int[Tensor, "batch pos"]
-    ) -> tuple[Float[Tensor, " batch"], Float[Tensor, "batch pos vocab"]]:
-        """(cross-entropy, log-probability of every token at every prompt position).
-
-        Without a start token the first position has no prediction; it gets zeros (no opinion).
-        """
-        ces, expected = [], []
-        for chunk, logprobs in self._chunks(ids, None, size=16):
-            ces.append(-logprobs.gather(-1, chunk[:, 1:, None]).squeeze(-1).mean(-1))
-            if self.target.start_id is None:
-                logprobs = torch.cat([torch.zeros_like(logprobs[:, :1]), logprobs], dim=1)
-            expected.append(logprobs)
-        return torch.cat(ces), torch.cat(expected)
-
-    def top_tokens(self, logprobs: Float[Tensor, "batch pos vocab"]) -> Int[Tensor, "batch pos k"]:
-        """The ``top_k`` allowed tokens the model expects at each position."""
-        masked = logprobs.masked_fill(~self.allowed, float("-inf"))
-        return masked.topk(self.top_k, dim=-1).indices
+def start_cost(fluent: bool) -> int:
+    """Sequences spent scoring a row's start prompt (its activation, and its expectations)."""
+    return 2 if fluent else 1
 
 
-def update_pareto(
-    points: list[ParetoPoint],
-    new: Sequence[ParetoPoint],
-    size: int,
-    keep: Sequence[list[int]] = (),
-) -> list[ParetoPoint]:
-    """Non-dominated points (higher activation, lower cross-entropy), about ``size`` of them.
-
-    A longer front is thinned evenly along its cross-entropy order, always keeping both ends
-    and any point whose ids are in ``keep`` (the refined prompt, say).
-    """
-    pool = {tuple(p.ids): p for p in [*points, *new] if p.activation > 0}
-    front: list[ParetoPoint] = []
-    for point in sorted(pool.values(), key=lambda p: (p.cross_entropy, -p.activation)):
-        if not front or point.activation > front[-1].activation:
-            front.append(point)
-    if len(front) > size:
-        kept = {tuple(k) for k in keep}
-        chosen = {i for i, p in enumerate(front) if tuple(p.ids) in kept}
-        spread = max(2, size - len(chosen))
-        chosen |= {round(i * (len(front) - 1) / (spread - 1)) for i in range(spread)}
-        front = [p for i, p in enumerate(front) if i in chosen]
-    return front
+# ----------------------------------------------------------------------------- one step's parts
 
 
-# ----------------------------------------------------------------------------- the search
-
-
-def _swap_gradient(
-    target: FeatureTarget,
-    vocab: Vocabulary,
-    ids: Tensor,
-    feature_ids: Tensor,
-    selectivity: float,
-    top_k: int,
-) -> Int[Tensor, "batch pos k"]:
+def _swap_gradient(target, vocab, ids, feature_ids, selectivity, top_k) -> Tensor:
     """The top-k tokens per position by the objective's gradient with respect to one-hot tokens."""
     embeds = vocab.W_E[ids].clone().requires_grad_(True)
     readout = target.read(target.hook_acts(ids, embeds), feature_ids, selectivity)
@@ -174,42 +109,34 @@ def _swap_gradient(
 def _draw_candidates(
     current: Int[Tensor, "batch pos"],
     grad_top: Int[Tensor, "batch pos k"],
-    lm_top: Int[Tensor, "batch pos k"] | None,
+    lm_top: list[Tensor | None],
     n: int,
     generators: Sequence[torch.Generator],
 ) -> tuple[Int[Tensor, "batch n pos"], Int[Tensor, "batch n"]]:
-    """``n`` single swaps per row (and each swap's position): positions in turn, shuffled;
-    tokens from the top-k lists."""
+    """``n`` single swaps per row and each swap's position, from the row's own generator."""
     batch, length = current.shape
     cands = current[:, None, :].repeat(1, n, 1).cpu()
     positions = torch.empty(batch, n, dtype=torch.long)
-    grad_top, lm_top = grad_top.cpu(), None if lm_top is None else lm_top.cpu()
+    grad_top = grad_top.cpu()
     for row, gen in enumerate(generators):
         pos = (torch.arange(n) % length)[torch.randperm(n, generator=gen)]
         rank = torch.randint(grad_top.shape[-1], (n,), generator=gen)
         tokens = grad_top[row, pos, rank]
-        if lm_top is not None:
+        if lm_top[row] is not None:
+            lm = lm_top[row].cpu()
             from_lm = torch.arange(n) % 2 == 1
-            lm_rank = torch.randint(lm_top.shape[-1], (n,), generator=gen)
-            tokens = torch.where(from_lm, lm_top[row, pos, lm_rank], tokens)
+            lm_rank = torch.randint(lm.shape[-1], (n,), generator=gen)
+            tokens = torch.where(from_lm, lm[pos, lm_rank], tokens)
         cands[row, torch.arange(n), pos] = tokens
         positions[row] = pos
     return cands.to(current.device), positions
 
 
-def _screen(
-    target: FeatureTarget,
-    cands: Tensor,
-    positions: Tensor,
-    current: Tensor,
-    feature_ids: Tensor,
-    keep_resid: bool,
-    share_prefix: bool,
-):
+def _screen(target, cands, positions, current, feature_ids, keep_resid, share_prefix):
     """Exact forwards of every candidate: (key, activation, resid or None), each [batch, n, ...].
 
     With ``share_prefix``, the current prompts' keys and values are computed once and each
-    candidate forwards only its suffix from the swapped position on (one forward per position).
+    candidate forwards only its suffix from the swapped position on.
     """
     batch, n, length = cands.shape
     keys = torch.empty(batch, n, device=target.device)
@@ -221,7 +148,6 @@ def _screen(
         prefix = target.prefix_cache(current)
         flat_pos = positions.reshape(-1)
         groups = [(int(p), (flat_pos == p).nonzero().squeeze(-1)) for p in flat_pos.unique()]
-    offset = 0 if target.start_id is None else 1
     flat = cands.reshape(batch * n, length)
     fids = feature_ids.repeat_interleave(n)
     for p, members in groups:
@@ -230,7 +156,8 @@ def _screen(
             if p is None:
                 hook = target.hook_acts(flat[idx]).detach()
             else:
-                hook = target.hook_acts_after_prefix(prefix, idx // n, p + offset, flat[idx, p:])
+                start = p + target.start_offset
+                hook = target.hook_acts_after_prefix(prefix, idx // n, start, flat[idx, p:])
             with torch.no_grad():
                 readout = target.read(hook, fids[idx])
             keys.view(-1)[idx], acts.view(-1)[idx] = readout.key, readout.activation
@@ -243,205 +170,200 @@ def _screen(
     return keys, acts, resid
 
 
+# ----------------------------------------------------------------------------- the state
+
+
 @dataclass
-class _Rows:
-    """The search state of every row: current prompt, its numbers, costs and history."""
+class _State:
+    """The search state of every row."""
 
     current: Tensor
     key: Tensor
     act: Tensor
     score: Tensor
-    ce: Tensor | None
-    logprobs: Tensor | None
+    ce: Tensor
+    logprobs: dict[int, Tensor]
     passes: list[int]
     steps: list[int]
     since: list[int]
-    active: Tensor
-    pareto: list[list[ParetoPoint]]
-    trajectory: list[dict[str, list[float]]]
+    active: list[bool]
+    front: list[list[ParetoPoint]]
+    accepted: list[list[tuple[list[int], float]]]
+    trajectory: list[dict[str, list[float]]] = field(default_factory=list)
 
     def record(self, row: int) -> None:
         self.trajectory[row]["activation"].append(float(self.act[row]))
-        if self.ce is not None:
+        if self.ce[row] == self.ce[row]:  # NaN for rows that never score fluency
             self.trajectory[row]["cross_entropy"].append(float(self.ce[row]))
 
 
-def _start(target, vocab, feature_ids, init_ids, fluency, penalty, scale, top_k, pareto_size):
-    """Score the starting prompts (and their cross-entropy with fluency on)."""
-    n_rows = init_ids.shape[0]
-    first = target.read_ids(init_ids, feature_ids, keep_resid=fluency is not None)
-    key, act = first.key.clone(), first.activation.clone()
-    ce = logprobs = None
-    pareto: list[list[ParetoPoint]] = [[] for _ in range(n_rows)]
-    if fluency is not None:
-        ce, logprobs = fluency.expectations(init_ids)
-        for row in range(n_rows):
-            point = ParetoPoint(init_ids[row].tolist(), float(act[row]), float(ce[row]))
-            pareto[row] = update_pareto([], [point], pareto_size)
-    state = _Rows(
-        current=init_ids.clone(),
-        key=key,
-        act=act,
-        score=key / scale - penalty(ce) if fluency is not None else key.clone(),
+def _penalty(ce: Tensor, hinge: Tensor, weight: float) -> Tensor:
+    """``weight * max(cross_entropy - hinge, 0)``."""
+    return weight * (ce - hinge).clamp(min=0.0)
+
+
+def _start(target, pop: Population, fluency: Fluency, weight: float, size: int) -> _State:
+    """Score the start prompts (and a fluent row's cross-entropy and expectations)."""
+    n = pop.init_ids.shape[0]
+    first = target.read_ids(pop.init_ids, pop.feature_ids)
+    ce = torch.full((n,), float("nan"), device=target.device)
+    score = first.key.clone()
+    logprobs: dict[int, Tensor] = {}
+    front: list[list[ParetoPoint]] = [[] for _ in range(n)]
+    fluent = [r for r in range(n) if pop.hinge[r] is not None]
+    if fluent:
+        f_ce, f_lp = fluency.expectations(pop.init_ids[fluent])
+        for j, row in enumerate(fluent):
+            ce[row], logprobs[row] = f_ce[j], f_lp[j]
+            hinge = torch.tensor(pop.hinge[row], device=target.device)
+            score[row] = first.key[row] / pop.scale[row] - _penalty(f_ce[j], hinge, weight)
+            point = ParetoPoint(
+                pop.init_ids[row].tolist(), float(first.activation[row]), float(f_ce[j])
+            )
+            front[row] = update_pareto([], [point], size)
+    state = _State(
+        current=pop.init_ids.clone(),
+        key=first.key.clone(),
+        act=first.activation.clone(),
+        score=score,
         ce=ce,
         logprobs=logprobs,
-        passes=[1 if fluency is None else 2] * n_rows,
-        steps=[0] * n_rows,
-        since=[0] * n_rows,
-        active=torch.ones(n_rows, dtype=torch.bool),
-        pareto=pareto,
-        trajectory=[{"activation": [], "cross_entropy": []} for _ in range(n_rows)],
+        passes=[start_cost(h is not None) for h in pop.hinge],
+        steps=[0] * n,
+        since=[0] * n,
+        active=[True] * n,
+        front=front,
+        accepted=[[(pop.init_ids[r].tolist(), float(first.activation[r]))] for r in range(n)],
+        trajectory=[{"activation": [], "cross_entropy": []} for _ in range(n)],
     )
-    for row in range(n_rows):
+    for row in range(n):
         state.record(row)
     return state
+
+
+# ----------------------------------------------------------------------------- the search
 
 
 def refine(
     target: FeatureTarget,
     vocab: Vocabulary,
-    feature_ids: Int[Tensor, " n_features"],
-    init_ids: Int[Tensor, "n_features pos"],
-    generators: Sequence[torch.Generator],
+    pop: Population,
+    s: OptimizationConfig,
     *,
-    steps: int,
-    candidates: int,
-    top_k: int = 64,
-    patience: int = 50,
-    selectivity_weight: float = 0.0,
-    fluency_weight: float = 0.0,
-    fluency_candidates: int = 8,
-    fluency_target: float | None = None,
-    scale: Sequence[float] | None = None,
-    max_sequences: Sequence[int] | None = None,
-    pareto_size: int = 8,
     share_prefix: bool = True,
     progress=None,
 ) -> RefineResult:
     """Greedy gradient-guided token search for every row at once; see the module docstring."""
-    n_rows = init_ids.shape[0]
-    fluency = Fluency(target, vocab.allowed, top_k) if fluency_weight > 0 else None
-    penalty = _Penalty(fluency_weight, fluency_target)
-    scale_t = torch.tensor(list(scale) if scale else [1.0] * n_rows, device=target.device)
-    state = _start(
-        target, vocab, feature_ids, init_ids, fluency, penalty, scale_t, top_k, pareto_size
-    )
-    n_fluent = min(fluency_candidates, candidates) if fluency is not None else 0
-    # gradient, shared prefix, candidates, fluency shortlist, expectations of an accepted prompt
-    step_cost = 2 + candidates + (n_fluent + 1 if fluency is not None else 0)
-
-    for _ in range(steps):
+    n_rows = pop.init_ids.shape[0]
+    fluency = Fluency(target, vocab.allowed, s.refine_top_k)
+    weight = float(s.fluency_weight)
+    state = _start(target, pop, fluency, weight, s.pareto_size)
+    n_fluent = min(s.fluency_candidates, s.refine_candidates)
+    costs = [
+        step_cost(s.refine_candidates, n_fluent, h is not None, share_prefix) for h in pop.hinge
+    ]
+    for _ in range(s.refine_steps):
         for row in range(n_rows):
-            if max_sequences is not None and state.passes[row] + step_cost > max_sequences[row]:
+            budget = pop.budget[row]
+            if budget is not None and state.passes[row] + costs[row] > budget:
                 state.active[row] = False
-        rows = state.active.nonzero().squeeze(-1).tolist()
+        rows = [r for r in range(n_rows) if state.active[r]]
         if not rows:
             break
-        idx = torch.tensor(rows, device=target.device)
-        current = state.current[idx]
-        grad_top = _swap_gradient(
-            target, vocab, current, feature_ids[idx], selectivity_weight, top_k
-        )
-        lm_top = fluency.top_tokens(state.logprobs[idx]) if fluency is not None else None
-        cands, positions = _draw_candidates(
-            current, grad_top, lm_top, candidates, [generators[r] for r in rows]
-        )
-        share = share_prefix and len(rows) * candidates >= PREFIX_MIN_CANDIDATES
-        c_key, c_act, c_resid = _screen(
-            target, cands, positions, current, feature_ids[idx], fluency is not None, share
-        )
-        if fluency is None:
-            new_score, pick = c_key.max(dim=1)
-        else:
-            pick, new_score, new_ce = _fluent_choice(
-                fluency, state, rows, cands, positions, c_key, c_act, c_resid, scale_t[idx],
-                penalty, n_fluent, pareto_size,
-            )  # fmt: skip
-        accepted = []
-        for j, row in enumerate(rows):
-            state.passes[row] += step_cost - (0 if share else 1) - (1 if fluency else 0)
-            state.steps[row] += 1
-            if _improves(float(new_score[j]), float(state.score[row])):
-                state.current[row] = cands[j, pick[j]]
-                state.score[row] = new_score[j]
-                state.key[row], state.act[row] = c_key[j, pick[j]], c_act[j, pick[j]]
-                if fluency is not None:
-                    state.ce[row] = new_ce[j]
-                accepted.append(row)
-                state.since[row] = 0
-            else:
-                state.since[row] += 1
-                state.active[row] = state.since[row] < patience
-            state.record(row)
-        if fluency is not None and accepted:
-            state.logprobs[accepted] = fluency.expectations(state.current[accepted])[1]
-            for row in accepted:
-                state.passes[row] += 1
+        _step(target, vocab, fluency, pop, state, rows, s, n_fluent, share_prefix)
         if progress is not None:
             progress.update(1)
-
     return RefineResult(
-        state.current,
-        state.act.tolist(),
-        state.pareto,
-        state.passes,
-        state.steps,
-        state.trajectory,
+        state.current, state.act.tolist(), state.front, state.accepted,
+        state.passes, state.steps, state.trajectory,
+    )  # fmt: skip
+
+
+def _step(target, vocab, fluency, pop, state, rows, s, n_fluent, share_prefix) -> None:
+    """One step of every active row in ``rows`` (see the module docstring)."""
+    idx = torch.tensor(rows, device=target.device)
+    current = state.current[idx]
+    fids = pop.feature_ids[idx]
+    grad_top = _swap_gradient(target, vocab, current, fids, s.selectivity_weight, s.refine_top_k)
+    lm_top = [
+        fluency.top_tokens(state.logprobs[r][None])[0] if pop.hinge[r] is not None else None
+        for r in rows
+    ]
+    cands, positions = _draw_candidates(
+        current, grad_top, lm_top, s.refine_candidates, [pop.generators[r] for r in rows]
     )
-
-
-class _Penalty:
-    """``weight * cross_entropy``, or with a target ``weight * max(cross_entropy - target, 0)``."""
-
-    def __init__(self, weight: float, target: float | None):
-        self.weight, self.target = weight, target
-
-    def __call__(self, ce: Tensor) -> Tensor:
-        excess = ce if self.target is None else (ce - self.target).clamp(min=0.0)
-        return self.weight * excess
+    fluent = [j for j, r in enumerate(rows) if pop.hinge[r] is not None]
+    c_key, c_act, c_resid = _screen(
+        target, cands, positions, current, fids, bool(fluent), share_prefix
+    )
+    new_score, pick = c_key.max(dim=1)
+    new_ce = torch.full_like(new_score, float("nan"))
+    if fluent:
+        f_pick, f_score, f_ce = _fluent_choice(
+            fluency, state, pop, [rows[j] for j in fluent], cands[fluent], positions[fluent],
+            c_key[fluent], c_act[fluent], c_resid[fluent], n_fluent, float(s.fluency_weight),
+            s.pareto_size,
+        )  # fmt: skip
+        pick[fluent], new_score[fluent], new_ce[fluent] = f_pick, f_score, f_ce
+    accepted = []
+    for j, row in enumerate(rows):
+        state.passes[row] += 1 + int(share_prefix) + s.refine_candidates
+        if pop.hinge[row] is not None:
+            state.passes[row] += n_fluent
+        state.steps[row] += 1
+        if improves(float(new_score[j]), float(state.score[row])):
+            state.current[row] = cands[j, pick[j]]
+            state.score[row] = new_score[j]
+            state.key[row], state.act[row] = c_key[j, pick[j]], c_act[j, pick[j]]
+            state.ce[row] = new_ce[j]
+            state.accepted[row].append((state.current[row].tolist(), float(state.act[row])))
+            accepted.append(row)
+            state.since[row] = 0
+        else:
+            state.since[row] += 1
+            state.active[row] = state.since[row] < s.patience
+        state.record(row)
+    fluent_accepted = [r for r in accepted if pop.hinge[r] is not None]
+    if fluent_accepted:
+        logprobs = fluency.expectations(state.current[fluent_accepted])[1]
+        for j, row in enumerate(fluent_accepted):
+            state.logprobs[row] = logprobs[j]
+            state.passes[row] += 1
 
 
 def _fluent_choice(
-    fluency,
-    state,
-    rows,
-    cands,
-    positions,
-    c_key,
-    c_act,
-    c_resid,
-    scale,
-    penalty,
-    n_fluent,
-    pareto_size,
+    fluency, state, pop, rows, cands, positions, c_key, c_act, c_resid, n_fluent, weight, size
 ):
-    """Shortlist ``n_fluent`` candidates per row by an estimated score, score them exactly.
+    """Shortlist ``n_fluent`` candidates per fluent row by an estimated score, score them exactly.
 
     The estimate changes the current cross-entropy by the swapped token's own term under the
     current prompt's expectations (later tokens' terms are left as they were); the shortlist's
     cross-entropy is then computed exactly, and the best combined score is picked.
     """
     batch, n, length = cands.shape
-    idx = torch.tensor(rows, device=cands.device)
-    logprobs = state.logprobs[idx]  # [batch, pos, vocab]
-    r = torch.arange(batch, device=cands.device)[:, None]
-    pos = positions.to(cands.device)
-    old = state.current[idx].gather(1, pos)
-    new = cands[r, torch.arange(n, device=cands.device)[None, :], pos]
-    delta = (logprobs[r, pos, old] - logprobs[r, pos, new]) / length
-    estimate = c_key / scale[:, None] - penalty(state.ce[idx][:, None] + delta)
+    device = cands.device
+    logprobs = torch.stack([state.logprobs[r] for r in rows])  # [batch, pos, vocab]
+    scale = torch.tensor([pop.scale[r] for r in rows], device=device)[:, None]
+    hinge = torch.tensor([pop.hinge[r] for r in rows], device=device)[:, None]
+    r_idx = torch.arange(batch, device=device)[:, None]
+    pos = positions.to(device)
+    old = state.current[torch.tensor(rows, device=device)].gather(1, pos)
+    new = cands[r_idx, torch.arange(n, device=device)[None, :], pos]
+    delta = (logprobs[r_idx, pos, old] - logprobs[r_idx, pos, new]) / length
+    ce_now = state.ce[torch.tensor(rows, device=device)][:, None]
+    estimate = c_key / scale - _penalty(ce_now + delta, hinge, weight)
     top = estimate.topk(min(n_fluent, n), dim=1).indices  # [batch, n_fluent]
-    ids = cands[r, top].reshape(-1, length)
-    resid = None if c_resid is None else c_resid[r, top].reshape(ids.shape[0], *c_resid.shape[2:])
+    ids = cands[r_idx, top].reshape(-1, length)
+    resid = c_resid[r_idx, top].reshape(ids.shape[0], *c_resid.shape[2:])
     ce = fluency.cross_entropy(ids, resid).reshape(top.shape)
-    combined = c_key[r, top] / scale[:, None] - penalty(ce)
-    acts = c_act[r, top]
+    combined = c_key[r_idx, top] / scale - _penalty(ce, hinge, weight)
+    acts = c_act[r_idx, top]
     for j, row in enumerate(rows):
         points = [
             ParetoPoint(cands[j, top[j, m]].tolist(), float(acts[j, m]), float(ce[j, m]))
             for m in range(top.shape[1])
         ]
-        state.pareto[row] = update_pareto(state.pareto[row], points, pareto_size)
+        state.front[row] = update_pareto(state.front[row], points, size)
     best = combined.argmax(dim=1)
-    flat = torch.arange(batch, device=cands.device)
+    flat = torch.arange(batch, device=device)
     return top[flat, best], combined[flat, best], ce[flat, best]

@@ -1,8 +1,15 @@
 """The ``Inversion`` record: what inverting one feature produced, saved as JSON.
 
-Token ids are plain int lists without the start token; every activation given for a hard
-prompt (projected, refined, Pareto) is the one a fresh forward on those ids returns
-(``score_prompt``), never a soft or screening value.
+Token ids are plain int lists without the start token; every activation and cross-entropy given
+for a hard prompt (projected, refined, every front point, the headline) is the one a fresh
+forward on those ids returns (``score_prompt``, ``Fluency.cross_entropy``), never a soft or
+screening value.
+
+What a reader sees first: the **headline**, the most active front prompt whose cross-entropy is
+at or below the real-text bound (``fluency_bound``), beside the **unconstrained best**
+(``refined_*``: the most active prompt found). Ratios divide by the **reference max**
+(``reference_max``, the feature's maximum over ``reference_tokens`` corpus tokens) when known,
+else by the run's collection maximum (``dataset_max``); ``reference_name`` says which.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from saeinverse.errors import ArtifactError
 from saeinverse.io import load_json, save_json
 
 INVERSIONS_FILE = "inversions.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -34,7 +41,7 @@ class Inversion:
     projected_activation: float
     """Fresh-forward activation of ``projected_tokens``."""
     refined_tokens: list[int]
-    """The prompt the discrete search ended with, start token excluded."""
+    """The unconstrained best: the most active prompt the search found, start token excluded."""
     refined_text: str
     """``refined_tokens`` decoded."""
     refined_activation: float
@@ -46,7 +53,17 @@ class Inversion:
     refined_cross_entropy: float | None = None
     """The model's own mean next-token cross-entropy of the refined prompt (nats)."""
     pareto: list[dict[str, Any]] = field(default_factory=list)
-    """Non-dominated (activation up, cross-entropy down) prompts: tokens, text, activation, cross_entropy."""
+    """The front (Pareto set): non-dominated (activation up, cross-entropy down) prompts, from fluent
+    to unconstrained, each {tokens, text, activation, cross_entropy} re-scored by a fresh forward."""
+    headline: dict[str, Any] | None = None
+    """The most active front prompt with cross-entropy ≤ the bound; None when none fires there."""
+    fluency_bound: dict[str, Any] | None = None
+    """The real-text bound (``invert.fluency.FluencyBound`` as a dict): cross_entropy, quantile,
+    n_windows, length, p10, p50, p90."""
+    reference_max: float | None = None
+    """The feature's maximum over ``reference_tokens`` tokens of the corpus (what ratios divide by)."""
+    reference_tokens: int | None = None
+    """Tokens the reference maximum was taken over."""
     forward_passes: int = 0
     """Sequences evaluated for this feature (gradient, screening, fluency and check forwards)."""
     forward_passes_by_stage: dict[str, int] = field(default_factory=dict)
@@ -57,17 +74,41 @@ class Inversion:
     """Per step: soft objective / activation, refined activation / cross-entropy."""
 
     @property
+    def reference(self) -> float | None:
+        """What ratios divide by: the reference max when known, else the collection max."""
+        return self.reference_max if self.reference_max is not None else self.dataset_max
+
+    @property
+    def reference_name(self) -> str:
+        """'reference max over N tokens' (or the collection's maximum when no reference pass ran)."""
+        if self.reference_max is not None:
+            return f"reference max over {self.reference_tokens:,} tokens"
+        return "the run's collection max" if self.dataset_max is not None else "no reference max"
+
+    @property
     def projected_ratio(self) -> float | None:
-        """``projected_activation / dataset_max`` (None without a positive dataset max)."""
-        return _ratio(self.projected_activation, self.dataset_max)
+        """``projected_activation / reference`` (None without a positive reference)."""
+        return _ratio(self.projected_activation, self.reference)
 
     @property
     def refined_ratio(self) -> float | None:
-        """``refined_activation / dataset_max`` (None without a positive dataset max)."""
-        return _ratio(self.refined_activation, self.dataset_max)
+        """The unconstrained best's ``refined_activation / reference``."""
+        return _ratio(self.refined_activation, self.reference)
+
+    @property
+    def headline_ratio(self) -> float | None:
+        """The headline's activation ÷ reference (0.0 when no prompt fires within the bound)."""
+        if self.reference is None or self.reference <= 0:
+            return None
+        return 0.0 if self.headline is None else self.headline["activation"] / self.reference
+
+    @property
+    def front(self) -> list[dict[str, Any]]:
+        """The front, from the most fluent prompt to the most active (stored as ``pareto``)."""
+        return self.pareto
 
     def best_within(self, max_cross_entropy: float) -> dict[str, Any] | None:
-        """The most active reported prompt (Pareto or refined) with cross-entropy ≤ the bound."""
+        """The most active reported prompt (front or refined) with cross-entropy ≤ the bound."""
         refined = {
             "tokens": self.refined_tokens,
             "text": self.refined_text,
@@ -76,7 +117,7 @@ class Inversion:
         }
         fluent = [
             p
-            for p in [*self.pareto, refined]
+            for p in [*self.front, refined]
             if p["cross_entropy"] is not None
             and p["cross_entropy"] <= max_cross_entropy
             and p["activation"] > 0
@@ -88,6 +129,8 @@ class Inversion:
         data = dataclasses.asdict(self)
         data["projected_ratio"] = self.projected_ratio
         data["refined_ratio"] = self.refined_ratio
+        data["headline_ratio"] = self.headline_ratio
+        data["reference_name"] = self.reference_name
         return data
 
     @classmethod

@@ -29,6 +29,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from saeinverse.config import OptimizationConfig
 from saeinverse.invert.objective import FeatureTarget
 from saeinverse.invert.project import Vocabulary
 
@@ -74,7 +75,7 @@ def initial_ids(
     return torch.stack(rows).to(vocab.W_E.device)
 
 
-def _improves(new: float, best: float) -> bool:
+def improves(new: float, best: float) -> bool:
     """True when ``new`` beats ``best`` by more than a relative hair (any finite beats -inf)."""
     if best == float("-inf"):
         return new > best
@@ -94,16 +95,22 @@ def optimize_soft(
     vocab: Vocabulary,
     feature_ids: Int[Tensor, " n_features"],
     init_ids: Int[Tensor, "n_features pos"],
+    s: OptimizationConfig,
     *,
-    max_steps: int,
-    lr: float,
-    patience: int,
-    project: bool = True,
-    selectivity_weight: float = 0.0,
-    embedding_distance_weight: float = 0.0,
+    max_steps: int | None = None,
     progress=None,
 ) -> SoftResult:
-    """Adam on the soft prompts of all rows at once; see the module docstring."""
+    """Adam on the soft prompts of all rows at once; see the module docstring.
+
+    ``max_steps`` (default ``s.max_steps``) is the step limit the sequence budget leaves; each
+    step forwards one sequence per row, and one more forward reads the final soft prompt.
+    """
+    max_steps = s.max_steps if max_steps is None else max_steps
+    lr, patience, project = s.lr, s.patience, s.project_in_loop
+    selectivity_weight, embedding_distance_weight = (
+        s.selectivity_weight,
+        s.embedding_distance_weight,
+    )
     n = init_ids.shape[0]
     embeds = vocab.W_E[init_ids].clone().requires_grad_(True)
     optimizer = torch.optim.Adam([embeds], lr=lr)
@@ -147,7 +154,7 @@ def optimize_soft(
             steps[row] += 1
             trajectory[row]["objective"].append(float(objective[j]))
             trajectory[row]["activation"].append(float(activation[j]))
-            if _improves(float(key[j]), float(best_key[row])):
+            if improves(float(key[j]), float(best_key[row])):
                 best_key[row] = key[j]
                 best_ids[row] = ids[j]
                 since_best[row] = 0

@@ -1,0 +1,200 @@
+"""Fluency: the model's own cross-entropy of a prompt, and the real-text bound it is judged by.
+
+- ``Fluency.cross_entropy``: the mean next-token cross-entropy (nats) of each prompt under the
+  subject model, the start token in front as in collection. With a start token every prompt token
+  is predicted (the first from the start token alone); without one the first token is not scored.
+  It needs the whole model and the unembedding, so the search spends it on a shortlist only
+  (resuming from the SAE's hook activations where the hook is on the residual stream).
+- ``measure_bound``: the real-text bound. ``n_windows`` windows of the prompt's length drawn at
+  random (with the seed) from real token rows, each scored by ``cross_entropy``; the bound is the
+  ``quantile`` of those scores, linearly interpolated (``torch.quantile``). The headline prompt of
+  an inversion is the most active one at or below it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from saeinverse.errors import DataError
+from saeinverse.invert.objective import FeatureTarget
+from saeinverse.models.hooks import resume_layer_for, start_token_id
+
+logger = logging.getLogger(__name__)
+
+CE_BATCH = 32
+"""Prompts per full forward when scoring cross-entropy."""
+
+
+class Fluency:
+    """The model's own cross-entropy of prompts, and its next-token expectations per position."""
+
+    def __init__(self, target: FeatureTarget, allowed: Tensor | None = None, top_k: int = 1):
+        self.target = target
+        self.allowed = allowed
+        self.top_k = top_k
+        self.resume_layer = resume_layer_for(target.hook_name)
+
+    def _chunks(self, ids: Tensor, resid: Tensor | None, size: int = CE_BATCH):
+        """(tokens, log-probabilities of each next token) per chunk of prompts."""
+        tokens = self.target.with_start(ids.to(self.target.device))
+        with torch.no_grad():
+            for lo in range(0, ids.shape[0], size):
+                chunk = tokens[lo : lo + size]
+                if resid is not None and self.resume_layer is not None:
+                    logits = self.target.model(
+                        resid[lo : lo + size], start_at_layer=self.resume_layer
+                    )
+                else:
+                    logits = self.target.model(chunk, return_type="logits")
+                yield chunk, logits[:, :-1].float().log_softmax(-1)
+
+    def cross_entropy(
+        self, ids: Int[Tensor, "batch pos"], resid: Float[Tensor, "batch pos1 d"] | None = None
+    ) -> Float[Tensor, " batch"]:
+        """Mean next-token cross-entropy of each prompt (resumed from ``resid`` when possible)."""
+        if ids.shape[0] == 0:
+            return torch.zeros(0, device=self.target.device)
+        out = [
+            -logprobs.gather(-1, chunk[:, 1:, None]).squeeze(-1).mean(-1)
+            for chunk, logprobs in self._chunks(ids, resid)
+        ]
+        return torch.cat(out)
+
+    def expectations(
+        self, ids: Int[Tensor, "batch pos"]
+    ) -> tuple[Float[Tensor, " batch"], Float[Tensor, "batch pos vocab"]]:
+        """(cross-entropy, log-probability of every token at every prompt position).
+
+        Without a start token the first position has no prediction; it gets zeros (no opinion).
+        """
+        ces, expected = [], []
+        for chunk, logprobs in self._chunks(ids, None, size=16):
+            ces.append(-logprobs.gather(-1, chunk[:, 1:, None]).squeeze(-1).mean(-1))
+            if self.target.start_id is None:
+                logprobs = torch.cat([torch.zeros_like(logprobs[:, :1]), logprobs], dim=1)
+            expected.append(logprobs)
+        return torch.cat(ces), torch.cat(expected)
+
+    def top_tokens(self, logprobs: Float[Tensor, "batch pos vocab"]) -> Int[Tensor, "batch pos k"]:
+        """The ``top_k`` allowed tokens the model expects at each position."""
+        if self.allowed is not None:
+            logprobs = logprobs.masked_fill(~self.allowed, float("-inf"))
+        return logprobs.topk(self.top_k, dim=-1).indices
+
+
+# ----------------------------------------------------------------------------- the bound
+
+
+@dataclass
+class FluencyBound:
+    """The real-text cross-entropy bound, with what it was measured on."""
+
+    cross_entropy: float
+    """The bound (nats): the ``quantile`` of the windows' cross-entropies, interpolated."""
+    quantile: float
+    """Which quantile of real text the bound is (0.5: the median)."""
+    n_windows: int
+    """Real windows scored."""
+    length: int
+    """Tokens per window (the prompt length; the start token is put in front, as for prompts)."""
+    p10: float
+    p50: float
+    p90: float
+    """The windows' 10th / 50th / 90th percentiles (interpolated), for the reader."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> FluencyBound | None:
+        return None if data is None else cls(**data)
+
+
+def real_windows(
+    token_rows: Sequence[Tensor | Sequence[int]], length: int, n_windows: int, seed: int
+) -> Int[Tensor, "n pos"]:
+    """``n_windows`` windows of ``length`` tokens drawn uniformly among every window of the rows.
+
+    Windows are drawn without replacement; when the rows hold fewer, all of them are returned
+    (with a warning). ``DataError`` when no row is long enough.
+    """
+    rows = [torch.as_tensor(r, dtype=torch.long).reshape(-1) for r in token_rows]
+    counts = torch.tensor([max(0, len(r) - length + 1) for r in rows], dtype=torch.long)
+    total = int(counts.sum())
+    if total == 0:
+        raise DataError(f"no real text row holds {length} tokens to measure the fluency bound")
+    if total < n_windows:
+        logger.warning("only %d real %d-token windows for the fluency bound", total, length)
+    gen = torch.Generator().manual_seed(int(seed))
+    picks = torch.randperm(total, generator=gen)[: min(n_windows, total)].sort().values
+    ends = counts.cumsum(0)
+    row_of = torch.searchsorted(ends, picks, right=True)
+    starts = picks - (ends[row_of] - counts[row_of])
+    return torch.stack(
+        [rows[r][s : s + length] for r, s in zip(row_of.tolist(), starts.tolist(), strict=True)]
+    )
+
+
+def measure_bound(
+    target: FeatureTarget,
+    token_rows: Sequence[Tensor | Sequence[int]],
+    length: int,
+    quantile: float = 0.5,
+    n_windows: int = 300,
+    seed: int = 0,
+) -> FluencyBound:
+    """The real-text bound (see the module docstring) from rows of real token ids (no start token)."""
+    windows = real_windows(token_rows, length, n_windows, seed)
+    ce = Fluency(target).cross_entropy(windows).float().cpu()
+    q = torch.quantile(ce, torch.tensor([quantile, 0.1, 0.5, 0.9])).tolist()
+    bound = FluencyBound(q[0], float(quantile), int(len(ce)), int(length), q[1], q[2], q[3])
+    logger.info(
+        "real %d-token text over %d windows: cross-entropy p10/p50/p90 = %.2f / %.2f / %.2f; "
+        "fluency bound (q%.2f) %.2f nats",
+        length, len(ce), bound.p10, bound.p50, bound.p90, quantile, bound.cross_entropy,
+    )  # fmt: skip
+    return bound
+
+
+def text_token_rows(model, texts: Sequence[str], max_length: int = 64) -> list[Tensor]:
+    """Each text's token ids (the start token dropped), cut to ``max_length`` tokens."""
+    start = 0 if start_token_id(model) is None else 1
+    rows = []
+    for text in texts:
+        ids = model.to_tokens(text, truncate=True, move_to_device=False)[0]
+        rows.append(ids[start : start + max_length])
+    return rows
+
+
+def stats_token_rows(stats, model) -> list[Tensor]:
+    """The collection's prompts as token rows (the start token dropped, padding cut)."""
+    offset = 0 if start_token_id(model) is None else 1
+    return [stats.tokens[p, offset : int(stats.lengths[p])] for p in range(stats.n_prompts)]
+
+
+DEFAULT_TEXTS = 400
+"""Texts of the default corpus's train split the bound is measured on when no run gives one."""
+
+
+@functools.lru_cache(maxsize=2)
+def _default_texts(seed: int) -> tuple[str, ...]:
+    from saeinverse.data.corpus import default_corpus
+
+    return tuple(default_corpus(seed=seed).train[:DEFAULT_TEXTS])
+
+
+def default_bound(target: FeatureTarget, s, seed: int = 0) -> FluencyBound:
+    """The bound measured on the default corpus (for a call that brings no run's collection).
+
+    ``s`` is the ``OptimizationConfig``: its ``length``, ``fluency_quantile`` and
+    ``fluency_windows`` say what is measured.
+    """
+    rows = text_token_rows(target.model, _default_texts(int(seed)))
+    return measure_bound(target, rows, s.length, s.fluency_quantile, s.fluency_windows, seed)
