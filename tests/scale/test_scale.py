@@ -1,0 +1,166 @@
+"""The Ray engine on a local Ray (2 CPUs) and the tiny model: same numbers as one process.
+
+One Ray session and one worker pool serve the whole module (Ray start-up and two workers
+loading the model take several seconds on 2 cores).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from saeinverse.collect.activations import collect_activations
+from saeinverse.config import get_default_config, update_config
+from saeinverse.data.sources import load_prompts
+from saeinverse.errors import ConfigError
+from saeinverse.models.from_config import load_experiment_sae, load_subject_model
+from tests import builders
+
+ray = pytest.importorskip("ray")
+scale = pytest.importorskip("saeinverse.scale")
+
+EXACT = (
+    "firing_count",
+    "max_activation",
+    "histogram",
+    "exemplar_activation",
+    "exemplar_prompt",
+    "exemplar_position",
+    "tokens",
+    "lengths",
+    "token_mass_keys",
+)
+SUMS = ("activation_sum", "position_mass", "prompt_mass_xlogx", "token_mass_values")
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    scale.close_pools()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sae") / "tiny_topk"
+    builders.tiny_sae(k=4).save_model(folder)
+    return update_config(
+        get_default_config(),
+        {
+            "model": {"name": "tiny-char"},
+            "sae": {"path": str(folder)},
+            "data": {"n_prompts": 60, "max_length": 24, "batch_size": 8},
+            "optimization": {"length": 4, "max_steps": 8, "refine_steps": 2},
+            "scale": {"engine": "ray", "workers": 2, "shard_prompts": 16, "feature_batch": 2},
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def models(config):
+    model = load_subject_model(config)
+    return model, load_experiment_sae(config, model)
+
+
+@pytest.fixture(scope="module")
+def local_stats(config, models):
+    prompts = load_prompts(config.data, seed=config.seed)
+    return collect_activations(*models, prompts, config.data, progress=False)
+
+
+def assert_same_stats(got, want):
+    assert got.n_tokens == want.n_tokens and got.prompts == want.prompts
+    for name in EXACT:
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+    for name in SUMS:
+        torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=1e-9, atol=0)
+    assert torch.equal(got.prompt_feature_dense(), want.prompt_feature_dense())
+
+
+def test_sharded_collection_on_two_workers_equals_one_process(
+    ray_session, config, local_stats, tmp_path
+):
+    stats = scale.collect_sharded(config, tmp_path, progress=False)
+    assert len(list((tmp_path / "units").glob("*/shard-*"))) == 4  # 60 prompts, 16 per shard
+    assert_same_stats(stats, local_stats)
+    assert bool((stats.firing_count > 0).any())
+
+
+def test_a_rerun_redoes_only_the_missing_shard(ray_session, config, local_stats, tmp_path):
+    scale.collect_sharded(config, tmp_path, progress=False)
+    (plan,) = (tmp_path / "units").iterdir()
+    shutil.rmtree(plan / "shard-00002")
+    redone = []
+    stats = scale.collect_sharded(
+        config, tmp_path, progress=False, on_unit=lambda pool, index: redone.append(index)
+    )
+    assert redone == [2]
+    assert_same_stats(stats, local_stats)
+
+
+def test_a_worker_killed_mid_stage_still_gives_the_same_statistics(
+    ray_session, config, local_stats, tmp_path
+):
+    killed = []
+
+    def kill_a_busy_worker(pool, index):
+        if not killed and pool.in_flight():
+            actor, unit = pool.in_flight()[0]
+            ray.kill(actor)
+            killed.append(unit)
+
+    pool = scale.worker_pool(config)
+    restarts = pool.restarts
+    stats = scale.collect_sharded(config, tmp_path, progress=False, on_unit=kill_a_busy_worker)
+    assert killed, "no unit was in flight to kill"
+    assert pool.restarts == restarts + 1
+    assert_same_stats(stats, local_stats)
+
+
+def test_inversion_of_four_features_on_two_workers_equals_local(
+    ray_session, config, models, local_stats, tmp_path
+):
+    from saeinverse.invert import dataset_maxima, optimize_features
+
+    ids = [3, 7, 11, 20]
+    maxima = dataset_maxima(local_stats, ids)
+    local = optimize_features(
+        *models, ids, config.optimization, seed=config.seed, dataset_max=maxima, progress=False
+    )
+    fanned = scale.invert_fanned(config, tmp_path, ids, dataset_max=maxima, progress=False)
+    assert len(list((tmp_path / "units").glob("*/batch-*"))) == 2  # batches of 2 features
+    assert [r.feature_id for r in fanned] == ids
+    for got, want in zip(fanned, local, strict=True):
+        assert got.refined_tokens == want.refined_tokens
+        assert got.projected_tokens == want.projected_tokens
+        assert got.refined_activation == want.refined_activation
+        assert got.soft_activation == want.soft_activation
+        assert got.pareto == want.pareto
+    assert max(r.refined_activation for r in fanned) > 0
+
+
+def test_explanations_on_two_workers_equal_local(
+    ray_session, config, models, local_stats, tmp_path
+):
+    from saeinverse.explain import generate_explanations
+
+    ids = [3, 7, 11, 20]
+    cfg = update_config(config, {"scale": {"feature_batch": 4}})  # one batch: same baseline pairs
+    local = generate_explanations(
+        *models, ids, None, None, cfg.explanation, stats=local_stats, seed=cfg.seed
+    )
+    fanned = scale.explain_fanned(cfg, tmp_path, ids, stats=local_stats, progress=False)
+    strip = [{**r.to_dict(), "seconds": 0} for r in local]
+    assert [{**r.to_dict(), "seconds": 0} for r in fanned] == strip
+    assert all(r.explanation for r in fanned)
+
+
+def test_more_workers_than_the_cluster_holds_is_a_clear_error(ray_session, config):
+    too_many = update_config(config, {"scale": {"workers": 8}})
+    with pytest.raises(
+        ConfigError, match=r"scale.workers=8 .* needs 8 CPUs; the Ray cluster has 2"
+    ):
+        scale.WorkerPool(too_many, object)
