@@ -1,0 +1,219 @@
+"""The reference maximum: each feature's maximum activation over a large sample of the corpus.
+
+Inversion ratios divide by it. The run's own collection (500 prompts × ≤ 64 tokens ≈ 31k tokens)
+is too small a sample: a smaller sample has a smaller maximum, which flatters every ratio. So
+``reference_max`` streams the bundled corpus's train split through the model and the SAE the way
+collection does (``models.hooks.hook_activations`` stopped at the SAE's layer, ``encode``,
+positions before ``first_readable_position(exclude_bos)`` and padding masked) and keeps only a
+running per-feature maximum:
+
+- every text is cut into consecutive windows of ``window - 1`` tokens, each with the model's
+  start token in front (the shape of a collection prompt), texts taken in the corpus's (seeded)
+  order until ``max_tokens`` counted tokens (all of the split when None);
+- windows are forwarded ``batch_size`` at a time, longest first; nothing but the maximum is kept.
+
+``cached_reference_max`` stores the result once per SAE (keyed by its weights fingerprint, the
+model, the corpus seed and the settings above): beside the default SAE when the SAE is the
+cached default, else in the saeinverse cache. ``ReferenceMax.name`` is how every ratio names it:
+"reference max over N tokens".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saeinverse.errors import DataError
+from saeinverse.io import load_tensors, save_tensors
+from saeinverse.models.hooks import (
+    encode,
+    first_readable_position,
+    hook_activations,
+    sae_hook_name,
+    start_token_id,
+)
+
+logger = logging.getLogger(__name__)
+
+MIN_TOKENS = 150_000
+"""Below this many tokens a reference maximum is logged as too small to compare with peers."""
+CACHE_VERSION = 1
+
+
+@dataclass
+class ReferenceMax:
+    """Per-feature maximum activation over ``n_tokens`` counted tokens of ``source``."""
+
+    max_activation: Tensor
+    """Float[Tensor, "d_sae"]."""
+    n_tokens: int
+    source: str
+    seconds: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"reference max over {self.n_tokens:,} tokens"
+
+    def for_features(self, feature_ids: Sequence[int]) -> dict[int, float]:
+        return {int(f): float(self.max_activation[int(f)]) for f in feature_ids}
+
+
+def token_windows(model, texts: Sequence[str], window: int, max_tokens: int | None, first: int):
+    """Windows ``[start] + text tokens`` of at most ``window`` tokens; (windows, counted tokens)."""
+    start = start_token_id(model)
+    body = window - (0 if start is None else 1)
+    if body < 1:
+        raise DataError(f"reference windows of {window} tokens hold no text after the start token")
+    windows: list[Tensor] = []
+    counted = 0
+    for text in texts:
+        ids = model.to_tokens(text, prepend_bos=False, truncate=False, move_to_device=False)[0]
+        for lo in range(0, len(ids), body):
+            piece = ids[lo : lo + body]
+            row = piece if start is None else torch.cat([torch.tensor([start]), piece])
+            readable = max(0, len(row) - first)
+            if readable == 0:
+                continue
+            windows.append(row)
+            counted += readable
+            if max_tokens is not None and counted >= max_tokens:
+                return windows, counted
+    return windows, counted
+
+
+def reference_max(
+    model,
+    sae,
+    texts: Sequence[str],
+    *,
+    max_tokens: int | None = None,
+    window: int = 64,
+    batch_size: int = 32,
+    exclude_bos: bool = True,
+    source: str = "texts",
+    progress: bool = True,
+) -> ReferenceMax:
+    """Stream ``texts`` through model and SAE; each feature's maximum (see the module docstring)."""
+    from tqdm.auto import tqdm
+
+    began = time.perf_counter()
+    first = first_readable_position(exclude_bos)
+    windows, counted = token_windows(model, texts, window, max_tokens, first)
+    if not windows:
+        raise DataError("no text to take a reference maximum over")
+    hook = sae_hook_name(sae)
+    best = torch.zeros(int(sae.cfg.d_sae))
+    lengths = torch.tensor([len(w) for w in windows])
+    order = lengths.argsort(descending=True, stable=True)
+    bar = tqdm(total=counted, unit="tok", desc="reference max", disable=not progress)
+    with torch.inference_mode(), bar:
+        for lo in range(0, len(order), batch_size):
+            index = order[lo : lo + batch_size]
+            width = int(lengths[index].max())
+            tokens = torch.zeros((len(index), width), dtype=torch.long)
+            for j, i in enumerate(index.tolist()):
+                tokens[j, : len(windows[i])] = windows[i]
+            positions = torch.arange(width)
+            valid = (positions[None, :] < lengths[index][:, None]) & (positions[None, :] >= first)
+            acts = encode(sae, hook_activations(model, tokens.to(model.cfg.device), hook))
+            acts = acts.float().masked_fill(~valid.to(acts.device)[..., None], 0.0)
+            best = torch.maximum(best, acts.amax(dim=(0, 1)).cpu())
+            bar.update(int(valid.sum()))
+    seconds = time.perf_counter() - began
+    result = ReferenceMax(best, counted, source, seconds)
+    logger.info(
+        "%s of %s in %.0f s (%.0f tokens/s)", result.name, source, seconds, counted / seconds
+    )
+    if counted < MIN_TOKENS:
+        logger.warning("%s is under %d tokens: ratios are flattered", result.name, MIN_TOKENS)
+    return result
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+def cache_key(model, sae, settings: dict[str, Any]) -> str:
+    """What the cached maximum depends on: the SAE's weights, the model, the corpus and settings."""
+    from saeinverse.models.weights import weights_fingerprint
+
+    identity = {
+        "version": CACHE_VERSION,
+        "sae": weights_fingerprint(sae),
+        "model": str(model.cfg.model_name),
+        "hook": sae_hook_name(sae),
+        **settings,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cached_reference_max(
+    model,
+    sae,
+    folder: str | Path,
+    *,
+    seed: int = 0,
+    max_tokens: int | None = None,
+    window: int = 64,
+    exclude_bos: bool = True,
+    progress: bool = True,
+) -> ReferenceMax:
+    """The reference maximum over the bundled corpus's train split, computed once per SAE.
+
+    ``folder`` is where the file lives (beside the default SAE for the default; see
+    ``reference_folder``).
+    """
+    settings = {
+        "corpus": "default/train",
+        "seed": int(seed),
+        "max_tokens": max_tokens,
+        "window": int(window),
+        "exclude_bos": bool(exclude_bos),
+    }
+    path = Path(folder) / f"reference-max-{cache_key(model, sae, settings)}.safetensors"
+    if path.exists():
+        data = load_tensors(path)
+        n_tokens = int(data["n_tokens"].item())
+        logger.info("reference max over %d tokens read from %s", n_tokens, path)
+        return ReferenceMax(data["max_activation"], n_tokens, "the bundled corpus's train split")
+    from saeinverse.data.corpus import default_corpus
+
+    texts = default_corpus(seed=seed).train
+    result = reference_max(
+        model, sae, texts, max_tokens=max_tokens, window=window, exclude_bos=exclude_bos,
+        source="the bundled corpus's train split", progress=progress,
+    )  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_tensors(
+        path,
+        {"max_activation": result.max_activation, "n_tokens": torch.tensor(result.n_tokens)},
+        metadata={"settings": json.dumps(settings), "seconds": f"{result.seconds:.1f}"},
+    )
+    return result
+
+
+def reference_folder(config) -> Path:
+    """Beside the default SAE when ``config`` uses it; else ``<cache>/reference``."""
+    from saeinverse.models.from_config import default_sae_path
+    from saeinverse.models.paths import cache_dir
+
+    if config.sae.release or config.sae.path:
+        return cache_dir() / "reference"
+    return default_sae_path(config)
+
+
+def larger_of(reference: ReferenceMax, stats) -> ReferenceMax:
+    """The reference, or the run's collection when it counted more tokens."""
+    if stats is not None and int(stats.n_tokens) > reference.n_tokens:
+        return ReferenceMax(
+            stats.max_activation.float(), int(stats.n_tokens), "the run's collection"
+        )
+    return reference
