@@ -8,20 +8,20 @@ from saeinverse.config import get_default_config, load_config, update_config
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_experiment_models": "saeinverse.models.from_config",
+    "load_experiment_models": "saeinverse.api",
     "train_default_sae": "saeinverse.models.from_config",
     "run_experiment": "saeinverse.run.pipeline",
     "collect_activations": "saeinverse.collect.activations",
     "collect_and_filter_data": "saeinverse.api",
     "load_prompts": "saeinverse.data.sources",
     "filter_features": "saeinverse.filter",
-    "run_clustering": "saeinverse.cluster.clustering",
-    "analyze_clusters": "saeinverse.cluster.analysis",
-    "select_features": "saeinverse.select",
-    "optimize_feature": "saeinverse.invert",
+    "run_clustering": "saeinverse.api",
+    "analyze_clusters": "saeinverse.api",
+    "select_features": "saeinverse.api",
+    "optimize_feature": "saeinverse.api",
     "optimize_features": "saeinverse.invert",
     "generate_explanations": "saeinverse.explain",
-    "visualize_results": "saeinverse.report",
+    "visualize_results": "saeinverse.api",
     "build_report": "saeinverse.report",
 }
 

@@ -8,7 +8,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from saeinverse.errors import SaeInverseError
+from saeinverse.artifacts import STAGES
+from saeinverse.errors import SaeInverseError, one_line
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -32,14 +33,7 @@ def _config(args: argparse.Namespace):
     return update_config(config, parse_overrides(args.overrides))
 
 
-STAGE_COMMANDS = {
-    "collect": "collect feature activations and statistics over the prompts",
-    "filter": "filter features by density and entropy",
-    "cluster": "cluster the surviving features and analyse the clusters",
-    "select": "select target features",
-    "invert": "invert the selected features (optimise prompts that activate them)",
-    "explain": "explain and score the selected features",
-}
+STAGE_COMMANDS = {spec.name: spec.help for spec in STAGES if spec.help}
 """Each runs the pipeline up to and including that stage, reusing finished stages."""
 
 
@@ -48,7 +42,9 @@ def _run(args: argparse.Namespace) -> int:
     from saeinverse.run.pipeline import run_experiment
 
     until = args.command if args.command in STAGE_COMMANDS else None
-    ctx = run_experiment(_config(args), force=args.force, run_dir=args.run_dir, until=until)
+    ctx = run_experiment(
+        _config(args), force=args.force, run_dir=args.run_dir, until=until, wait=args.wait
+    )
     print(f"run directory: {ctx.run.root}")
     for name, stage_hash in ctx.hashes.items():
         print(f"  {name:<8} done  {ctx.run.stage_dir(name)}  (hash {stage_hash})")
@@ -122,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
             help="recompute STAGE ('all': every stage)",
         )
         run.add_argument("--run-dir", help="run directory (default: <output.dir>/<output.name>)")
+        run.add_argument(
+            "--wait",
+            action="store_true",
+            help="wait for another run using the same run directory (default: refuse)",
+        )
     train = sub.add_parser(
         "train-sae", parents=[common], help="train the default TopK SAE (sae.train.*)"
     )
@@ -153,7 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = "config-keys" if getattr(args, "config_command", None) == "keys" else args.command
         return COMMANDS[name](args)
     except SaeInverseError as err:
-        print(f"saeinverse: error: {err}", file=sys.stderr)
+        print(f"saeinverse: error: {one_line(err, limit=2000)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a read-only filesystem, a full disk, a path that is a file
+        if getattr(args, "verbose", False):
+            raise
+        print(f"saeinverse: error: {one_line(err, limit=2000)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("saeinverse: interrupted", file=sys.stderr)

@@ -23,3 +23,14 @@ class ArtifactError(SaeInverseError):
 
 class DataError(SaeInverseError, ValueError):
     """A prompt source is empty, lacks the text column, or yields prompts too short to use."""
+
+
+class RunDirError(SaeInverseError):
+    """A run directory that cannot be used: a file, not writable, or in use by another run."""
+
+
+def one_line(message: object, limit: int = 400) -> str:
+    """``message`` on one line: whitespace runs (newlines, tabs) become one space, cut at
+    ``limit`` characters (torch's state-dict errors list every mismatched key on its own line)."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -109,7 +109,7 @@ def test_stale_stage_is_left_out(run_copy):
 def test_stage_whose_input_is_switched_off_is_stale(run_copy):
     hashes = {}
     for name in ("filter", "cluster"):
-        hashes[name] = json.loads((run_copy / name / MARKER).read_text())["hash"]
+        hashes[name] = json.loads((run_copy / name / MARKER).read_text())["output"]
     marker = run_copy / "cluster" / MARKER
     data = json.loads(marker.read_text())
     marker.write_text(json.dumps({**data, "inputs": {"filter": hashes["filter"]}}))

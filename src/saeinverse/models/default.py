@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from saeinverse.errors import ModelLoadError
 from saeinverse.models.paths import default_model_cache, gguf_path, hub_mode
+from saeinverse.models.weights import load_unprocessed
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -34,12 +35,22 @@ MODEL_NAME = "SmolLM2-135M-Instruct"
 """The model name recorded in the HookedTransformer's cfg and in SAE metadata."""
 START_TOKEN = "<|endoftext|>"
 START_TOKEN_ID = 0
+EMBEDDED_ALIASES = frozenset(
+    {"smollm2-135m", "smollm2-135m-instruct", "huggingfacetb/smollm2-135m-instruct"}
+)
+"""Every name (any case) that means the embedded default, as ``model.name`` and as
+``explanation.llm_name`` alike."""
 DEFAULT_N_CTX = 2048
 """The config says 8192, which makes TransformerLens allocate 8192² masks per layer."""
 
 _CACHE_NAME = "SmolLM2-135M-Instruct-f32"
 _MARKER = "saeinverse-source.json"
 _WEIGHTS = "model.safetensors"
+
+
+def is_embedded(name: str) -> bool:
+    """True when ``name`` means the embedded default SmolLM2-135M-Instruct."""
+    return name.lower() in EMBEDDED_ALIASES
 
 
 def fp32_cache_dir() -> Path:
@@ -188,8 +199,6 @@ def load_default_model(
             cfg, tokenizer, move_to_device=False, default_padding_side="right"
         )
     state_dict = convert_llama_weights(hf_model, cfg)
-    from saeinverse.models.loading import load_unprocessed  # loading imports this module
-
     load_unprocessed(model, state_dict)
     model = model.to(device, print_details=False).eval()
     _check_start_token(model)

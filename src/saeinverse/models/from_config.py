@@ -118,13 +118,12 @@ def load_explanation_lm(config: Config):
     """``(lm, tokenizer)`` for the 'llm' explainer, or ``(None, None)`` when it is not used."""
     if not config.pipeline.run_explanations or config.explanation.explainer != "llm":
         return None, None
+    from saeinverse.models.default import is_embedded, load_default_hf
     from saeinverse.models.loading import resolve_device
 
     name = config.explanation.llm_name
     device = resolve_device(config.hardware.device)
-    if name in ("smollm2-135m", "SmolLM2-135M-Instruct"):
-        from saeinverse.models.default import load_default_hf
-
+    if is_embedded(name):
         lm, tokenizer = load_default_hf()
     else:
         lm, tokenizer = load_hf_lm(name)
@@ -163,17 +162,3 @@ def load_hf_lm(name: str):
             f"(or the weights in the Hugging Face cache); give a local path instead ({err})"
         ) from err
     return lm, tokenizer
-
-
-def weights_fingerprint(module: Any, samples: int = 256) -> list[Any]:
-    """Name, shape and the sum of a strided sample of each parameter: cheap, and changes with
-    retraining."""
-    import torch
-
-    rows = []
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            flat = param.detach().reshape(-1)
-            step = max(1, flat.numel() // samples)
-            rows.append([name, list(param.shape), round(float(flat[::step].double().sum()), 6)])
-    return rows

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from saeinverse.errors import CompatibilityError, ConfigError, ModelLoadError
+from saeinverse.errors import CompatibilityError, ConfigError, ModelLoadError, one_line
 from saeinverse.models import default as default_model
 from saeinverse.models.hooks import hook_width
 from saeinverse.models.paths import (
@@ -26,6 +26,7 @@ from saeinverse.models.paths import (
     models_dir,
     saes_dir,
 )
+from saeinverse.models.weights import load_unprocessed
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -35,10 +36,6 @@ logger = logging.getLogger(__name__)
 
 SAE_FILES = ("cfg.json", "sae_weights.safetensors")
 """The files of a SAELens SAE folder (written by `SAE.save_model`)."""
-
-EMBEDDED_ALIASES = frozenset(
-    {"smollm2-135m", "smollm2-135m-instruct", "huggingfacetb/smollm2-135m-instruct"}
-)
 
 _NEEDS_HUB = (
     "it needs network access to the Hugging Face Hub (or a copy already in the HF cache). "
@@ -122,19 +119,6 @@ def _load_local_dir(name: str, device: str, dtype: str, n_ctx: int | None) -> Ho
     return model.to(device, print_details=False)
 
 
-def load_unprocessed(model: HookedTransformer, state_dict: dict[str, Any]) -> None:
-    """Load converted weights as they are: no LayerNorm folding, centring or refactoring, so the
-    activations match the Hugging Face model (and SAELens's `from_pretrained_no_processing`)."""
-    model.load_and_process_state_dict(
-        state_dict,
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=False,
-        refactor_factored_attn_matrices=False,
-    )
-
-
 def _load_transformer_lens(
     name: str, device: str, dtype: str, n_ctx: int | None
 ) -> HookedTransformer:
@@ -182,7 +166,7 @@ MODEL_SOURCES: dict[str, ModelSource] = {
 
 def model_source(name: str) -> str:
     """Which entry of `MODEL_SOURCES` loads `name`."""
-    if name.lower() in EMBEDDED_ALIASES:
+    if default_model.is_embedded(name):
         return "embedded"
     if name == "tiny-char":
         return "tiny"
@@ -234,7 +218,8 @@ def _load_sae_dir(folder: Path, device: str, dtype: str | None) -> SAE:
         return SAE.load_from_disk(folder, device=device, dtype=dtype)
     except Exception as exc:  # corrupt JSON, truncated safetensors, unknown architecture...
         raise ModelLoadError(
-            f"Could not read the SAE in {folder} (expected {expected}): {type(exc).__name__}: {exc}"
+            f"Could not read the SAE in {folder} (expected {expected}): "
+            f"{type(exc).__name__}: {one_line(exc)}"
         ) from exc
 
 

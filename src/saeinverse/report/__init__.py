@@ -5,7 +5,8 @@ writes ``<run_dir>/report/report.html``; ``visualize_results`` is the notebook n
 Every figure is drawn from saved artifacts; nothing is recomputed.
 """
 
-from saeinverse.report.html import REPORT_DIR, REPORT_FILE, build_report, visualize_results
+from saeinverse.artifacts import REPORT_DIR, REPORT_FILE
+from saeinverse.report.build import build_report, visualize_results
 from saeinverse.report.loaders import RunArtifacts, load_run
 
 __all__ = [

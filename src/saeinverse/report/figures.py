@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from saeinverse.report.markup import neutralise_bidi
+
 COLORS = (
     "#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#db2777",
     "#4f46e5", "#65a30d", "#0d9488", "#c026d3", "#b45309", "#1d4ed8", "#be123c", "#15803d",
@@ -35,10 +37,10 @@ def plot_text(text: Any, limit: int | None = None) -> str:
     text = str(text).replace("\n", "↵").replace("\t", "⇥")
     if limit is not None and len(text) > limit:
         text = text[: limit - 1] + "…"
-    return html.escape(text, quote=False)
+    return html.escape(neutralise_bidi(text), quote=False)
 
 
-def _figure(title: str, height: int = 420, **layout: Any) -> go.Figure:
+def new_figure(title: str, height: int = 420, **layout: Any) -> go.Figure:
     fig = go.Figure()
     fig.update_layout(**{**LAYOUT, **layout}, title=dict(text=title, x=0.01), height=height)
     return fig
@@ -68,7 +70,7 @@ def density_histogram(stats: Any, feature_set: Any = None) -> go.Figure | None:
     if not alive.any():
         return None
     n_dead = int((~alive).sum())
-    fig = _figure(
+    fig = new_figure(
         f"Firing density of {int(stats.d_sae)} features ({n_dead} dead, not shown)",
         barmode="stack",
         xaxis_title="log10 density (fraction of tokens on which the feature fires)",
@@ -95,7 +97,7 @@ def entropy_density(stats: Any, feature_set: Any = None, filtering: dict | None 
         return None
     entropy = stats.prompt_entropy.numpy()
     status = _status_of_features(stats, feature_set)
-    fig = _figure(
+    fig = new_figure(
         "Prompt entropy against density (shaded: the band filtering keeps)",
         height=460,
         xaxis_title="log10 density",
@@ -164,7 +166,7 @@ def cluster_map(
     ids = clusters.feature_ids.tolist()
     labels = clusters.labels.tolist()
     hover = [_feature_hover(f, c, stats, explanations.get(f), n_tokens) for f, c in zip(ids, labels, strict=True)]  # fmt: skip
-    fig = _figure(
+    fig = new_figure(
         f"UMAP map of {len(ids)} features: {clusters.n_clusters} clusters "
         f"({clusters.vectors_kind} vectors, {clusters.method})",
         height=520,
@@ -218,7 +220,7 @@ def prompt_feature_heatmaps(
     groups = clusters.cluster_ids()[:max_clusters] or ([-1] if len(clusters.feature_ids) else [])
     if not groups:
         return None
-    fig = _figure(
+    fig = new_figure(
         "Prompts × features, per cluster (each prompt's max activation / the feature's max)",
         height=max(360, 16 * max_prompts + 190),
         margin=dict(l=60, r=20, t=110, b=60),

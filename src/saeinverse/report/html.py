@@ -1,4 +1,4 @@
-"""The self-contained ``report.html``: page shell, embedded figures, and ``build_report``.
+"""The self-contained ``report.html``'s page shell and embedded figures.
 
 The page opens from disk with no network: Plotly's JavaScript is embedded once, in one
 ``<script>``; each figure is its JSON in a ``<script type="application/json">`` next to an empty
@@ -9,17 +9,9 @@ artifacts is HTML-escaped.
 
 from __future__ import annotations
 
-import html
-import logging
-from pathlib import Path
 from typing import Any
 
-from saeinverse.io import write_text
-
-logger = logging.getLogger(__name__)
-
-REPORT_DIR = "report"
-REPORT_FILE = "report.html"
+from saeinverse.report.markup import esc
 
 STYLE = """
 :root { --ink:#1f2937; --muted:#6b7280; --line:#e5e7eb; --accent:#2563eb; --bg:#f3f4f6; }
@@ -92,38 +84,6 @@ RENDER = """
 """
 
 
-def esc(value: Any) -> str:
-    """HTML-escape any value's text (quotes included, so it is safe in attributes too)."""
-    return html.escape(str(value), quote=True)
-
-
-def fmt(value: Any, digits: int = 4) -> str:
-    """A number for a table cell: 4 significant digits, '–' for missing."""
-    if value is None:
-        return "–"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return esc(value)
-    return esc(f"{value:.{digits}g}")
-
-
-def kv_table(rows: list[tuple[str, Any]]) -> str:
-    """A two-column table; values are escaped unless they are already ``Markup``."""
-    cells = "".join(f"<tr><th>{esc(k)}</th><td>{_cell(v)}</td></tr>" for k, v in rows)
-    return f'<table class="kv">{cells}</table>'
-
-
-class Markup(str):
-    """Text that is already HTML (built here from escaped parts)."""
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, Markup):
-        return str(value)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return fmt(value)
-    return esc("–" if value is None else value)
-
-
 class FigureSink:
     """Turns Plotly figures into page fragments, each with a unique id."""
 
@@ -158,45 +118,3 @@ def page(title: str, subtitle: str, nav: list[tuple[str, str]], body: str) -> st
         f'<nav class="toc">{links}</nav>\n<main>\n{body}\n</main>\n'
         f"<script>{RENDER}</script>\n</body>\n</html>\n"
     )
-
-
-def build_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
-    """Write the run's ``report.html`` (default ``<run_dir>/report/report.html``) atomically.
-
-    Reads only saved artifacts (``saeinverse.report.loaders``); stages that are off, unfinished
-    or stale are left out with a note. Returns the path written.
-    """
-    from saeinverse.report.loaders import load_run
-    from saeinverse.report.sections import feature_cards, overview
-
-    run = load_run(run_dir)
-    output = Path(output) if output is not None else Path(run_dir) / REPORT_DIR / REPORT_FILE
-    figures = FigureSink()
-    body = overview(run, figures) + feature_cards(run, figures)
-    nav = [("overview", "Overview"), ("collection", "Features"), ("clusters", "Clusters"),
-           ("inversion", "Inversion"), ("features", "Selected features")]  # fmt: skip
-    nav += [(f"feature-{f}", f"#{f}") for f in run.selected_ids]
-    models = run.models or {}
-    subtitle = " · ".join(
-        str(x) for x in (models.get("model"), models.get("hook_name"), run.meta.get("updated")) if x
-    )
-    write_text(output, page(f"saeinverse report: {run.name}", subtitle, nav, body))
-    logger.info(
-        "report: %d figures, %d feature cards → %s", figures.count, len(run.selected_ids), output
-    )
-    return output
-
-
-def visualize_results(
-    run: Any, output: str | Path | None = None, *, open_browser: bool = False
-) -> Path:
-    """The seed's notebook call: build the report of a run directory or of a pipeline context
-    (anything with ``.run.root``, as ``run_experiment`` returns); optionally open it."""
-    if not isinstance(run, str | Path):
-        run = run.run.root if hasattr(run, "run") else run.root
-    path = build_report(Path(run), output)
-    if open_browser:
-        import webbrowser
-
-        webbrowser.open(path.resolve().as_uri())
-    return path

@@ -5,9 +5,9 @@ A stage's artifacts are used when all of these hold:
 - its ``pipeline`` toggle in the run's ``config.yaml`` is on (a folder left from an earlier run
   with the stage now off is ignored, so the report never shows stale results);
 - its folder holds a success marker (``_SUCCESS.json``): a crashed stage left none;
-- when its marker lists the hashes of the stages it read (``inputs``: stage -> hash), each of
-  those stages is usable and its marker still carries that hash (an upstream stage recomputed
-  since, or switched off, makes it stale).
+- each stage its marker lists as read (``inputs``: stage -> that stage's ``output`` digest) is
+  usable and its marker still carries that output (an upstream stage recomputed since, or
+  switched off, makes it stale).
 
 Anything else leaves that part of the report out, with a note saying why.
 """
@@ -22,36 +22,16 @@ from typing import Any
 
 import yaml
 
+from saeinverse import artifacts as A
+from saeinverse.artifacts import CONFIG_FILE, MARKER, META_FILE, StageSpec
+from saeinverse.artifacts import STAGES as ALL_STAGES
 from saeinverse.errors import ArtifactError
 from saeinverse.io import load_json
 
 logger = logging.getLogger(__name__)
 
-MARKER = "_SUCCESS.json"
-CONFIG_FILE = "config.yaml"
-META_FILE = "meta.json"
-
-
-@dataclass(frozen=True)
-class StageInfo:
-    """One stage as the report sees it: its folder, its toggle and what it is called."""
-
-    name: str
-    """Folder name in the run directory."""
-    toggle: str | None
-    """The ``pipeline`` key that switches it on."""
-    title: str
-
-
-STAGES: tuple[StageInfo, ...] = (
-    StageInfo("models", None, "Models"),
-    StageInfo("collect", "run_data_collection", "Collection"),
-    StageInfo("filter", "run_filtering", "Filtering"),
-    StageInfo("cluster", "run_clustering", "Clustering"),
-    StageInfo("select", "run_feature_selection", "Selection"),
-    StageInfo("invert", "run_prompt_optimization", "Inversion"),
-    StageInfo("explain", "run_explanations", "Explanations"),
-)
+STAGES: tuple[StageSpec, ...] = tuple(spec for spec in ALL_STAGES if spec.name != "report")
+"""The stages whose artifacts the report reads (``saeinverse.artifacts.STAGES`` minus itself)."""
 
 STATUS_TEXT = {
     "done": "finished",
@@ -117,16 +97,17 @@ class ArtifactSpec:
 
 ARTIFACTS: tuple[ArtifactSpec, ...] = (
     ArtifactSpec(
-        "models", "models", "models.json", lambda folder: load_json(folder / "models.json")
+        "models", "models", A.MODELS_FILE, lambda folder: load_json(folder / A.MODELS_FILE)
     ),
-    ArtifactSpec("stats", "collect", "feature_stats.json", _load_stats),
-    ArtifactSpec("feature_set", "filter", "feature_set.json", _load_feature_set),
-    ArtifactSpec("clusters", "cluster", "clusters.json", _load_clusters),
-    ArtifactSpec("analysis", "cluster", "cluster_analysis.json", _load_analysis),
-    ArtifactSpec("selection", "select", "selection.json", _load_selection),
-    ArtifactSpec("inversions", "invert", "inversions.json", _load_inversions),
-    ArtifactSpec("explanations", "explain", "explanations.jsonl", _load_explanations),
+    ArtifactSpec("stats", "collect", A.STATS_FILE, _load_stats),
+    ArtifactSpec("feature_set", "filter", A.FEATURE_SET_FILE, _load_feature_set),
+    ArtifactSpec("clusters", "cluster", A.CLUSTERS_FILE, _load_clusters),
+    ArtifactSpec("analysis", "cluster", A.CLUSTER_ANALYSIS_FILE, _load_analysis),
+    ArtifactSpec("selection", "select", A.SELECTION_FILE, _load_selection),
+    ArtifactSpec("inversions", "invert", A.INVERSIONS_FILE, _load_inversions),
+    ArtifactSpec("explanations", "explain", A.EXPLANATIONS_FILE, _load_explanations),
 )
+"""Each artifact the report shows, its stage and file (the names are ``saeinverse.artifacts``)."""
 
 
 @dataclass
@@ -181,6 +162,8 @@ class RunArtifacts:
 def load_run(run_dir: str | Path) -> RunArtifacts:
     """Read every usable artifact of ``run_dir`` (see the module docstring for 'usable')."""
     root = Path(run_dir)
+    if root.is_file():
+        raise ArtifactError(f"{root} is a file, not a run directory")
     if not root.is_dir():
         raise ArtifactError(f"run directory {root} does not exist")
     run = RunArtifacts(root=root)
@@ -202,7 +185,10 @@ def load_run(run_dir: str | Path) -> RunArtifacts:
             setattr(run, spec.attribute, spec.load(folder))
         except (ArtifactError, OSError, KeyError, TypeError, ValueError) as err:
             run.status[spec.stage] = "unreadable"
-            run.notes.append(f"{spec.filename} in {folder.name}/ could not be read: {err}")
+            run.notes.append(
+                f"{spec.filename} in {folder.name}/ could not be read: {err} "
+                f"(recompute it with `saeinverse run --force {spec.stage}`)"
+            )
             logger.warning("report: %s in %s is unreadable: %s", spec.filename, folder, err)
     for stage in STAGES:
         state = run.status[stage.name]
@@ -225,7 +211,7 @@ def _read_config(root: Path, notes: list[str]) -> dict[str, Any]:
 
 
 def _status(
-    root: Path, stage: StageInfo, pipeline: dict[str, Any], markers: dict[str, dict[str, Any]]
+    root: Path, stage: StageSpec, pipeline: dict[str, Any], markers: dict[str, dict[str, Any]]
 ) -> str:
     if stage.toggle is not None and pipeline.get(stage.toggle, True) is False:
         return "off"
@@ -240,17 +226,22 @@ def _status(
 
 
 def _mark_stale(run: RunArtifacts) -> None:
-    """A stage is stale when its marker names inputs (stage -> hash) and one of them is not a
-    usable stage carrying that hash (recomputed since, switched off, unfinished or stale)."""
+    """A stage is stale when its marker names inputs (stage -> output) and one of them is not a
+    usable stage carrying that output (recomputed since, switched off, unfinished or stale)."""
     for stage in STAGES:  # in pipeline order, so staleness flows downstream
         inputs = (run.markers.get(stage.name) or {}).get("inputs")
         if run.status[stage.name] != "done" or not isinstance(inputs, dict):
             continue
         for name, expected in inputs.items():
             upstream = run.markers.get(name) or {}
-            if run.status.get(name) != "done" or upstream.get("hash") != expected:
+            if run.status.get(name) != "done" or _output(upstream) != expected:
                 run.status[stage.name] = "stale"
                 break
+
+
+def _output(marker: dict[str, Any]) -> Any:
+    """What a stage's readers record for it (markers before checksums: their hash)."""
+    return marker.get("output", marker.get("hash"))
 
 
 def _folder_with(run: RunArtifacts, spec: ArtifactSpec) -> Path | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from saeinverse.report.figures import COLORS, _figure, plot_text
+from saeinverse.report.figures import COLORS, new_figure, plot_text
 
 
 def _finite(values: Sequence[Any]) -> list[float | None]:
@@ -29,7 +29,7 @@ def optimisation_curve(inversion: Any) -> go.Figure | None:
     cross_entropy = _finite(trajectory.get("refine_cross_entropy", []))
     if not (soft or refine):
         return None
-    fig = _figure(
+    fig = new_figure(
         f"Feature {inversion.feature_id}: optimisation",
         height=320,
         margin=dict(l=55, r=55, t=45, b=45),
@@ -72,7 +72,7 @@ def activation_ratios(inversions: dict[int, Any], order: Sequence[int] | None = 
     records = [inversions[f] for f in ids]
     with_max = all(r.dataset_max and r.dataset_max > 0 for r in records)
     names = [f"f{f}" for f in ids]
-    fig = _figure(
+    fig = new_figure(
         "Activation reached per feature"
         + (" ÷ its dataset max" if with_max else " (no dataset max: raw activations)"),
         height=400,
@@ -121,7 +121,7 @@ def explanation_scores(explanations: dict[int, Any], order: Sequence[int] | None
     if not any(r.detection is not None or r.fuzzing is not None for r in records):
         return None
     names = [f"f{f}" for f in ids]
-    fig = _figure(
+    fig = new_figure(
         "Explanation scores on held-out evidence (balanced accuracy; chance 0.5)",
         height=380,
         barmode="group",

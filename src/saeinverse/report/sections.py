@@ -8,8 +8,8 @@ from typing import Any
 
 from saeinverse.report import figures as F
 from saeinverse.report import result_figures as R
-from saeinverse.report.html import Markup, esc, fmt, kv_table
 from saeinverse.report.loaders import STAGES, STATUS_TEXT, RunArtifacts
+from saeinverse.report.markup import Markup, esc, fmt, kv_table
 from saeinverse.report.tokens import exemplar_rows, inversion_rows, token_block_html
 
 Sink = Callable[..., str]

@@ -13,11 +13,12 @@ Per-token activations come from saved artifacts only, best first:
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from saeinverse.report.markup import esc
 
 
 @dataclass
@@ -192,13 +193,13 @@ def token_heatmap_html(row: TokenRow, scale: float | None) -> str:
         title = f"{token!r}: " + ("not saved" if act is None else f"{act:.4g}")
         spans.append(
             f'<span class="{classes}" style="{shade(act, scale)}" '
-            f'title="{html.escape(title, quote=True)}">{html.escape(display_token(token))}</span>'
+            f'title="{esc(title)}">{esc(display_token(token))}</span>'
         )
     value = "" if row.value is None else f'<span class="value">{row.value:.4g}</span>'
-    detail = f'<span class="detail">{html.escape(row.detail)}</span>' if row.detail else ""
+    detail = f'<span class="detail">{esc(row.detail)}</span>' if row.detail else ""
     return (
         f'<div class="token-row"><div class="row-head"><span class="row-label">'
-        f"{html.escape(row.label)}</span>{value}{detail}</div>"
+        f"{esc(row.label)}</span>{value}{detail}</div>"
         f'<div class="tokens">{"".join(spans)}</div></div>'
     )
 
@@ -206,6 +207,6 @@ def token_heatmap_html(row: TokenRow, scale: float | None) -> str:
 def token_block_html(rows: Sequence[TokenRow], scale: float | None, empty: str) -> str:
     """Several rows in one token-heatmap block, or a note when there are none."""
     if not rows:
-        return f'<p class="note">{html.escape(empty)}</p>'
+        return f'<p class="note">{esc(empty)}</p>'
     inner = "".join(token_heatmap_html(r, scale) for r in rows)
     return f'<div class="token-heatmap">{inner}</div>'

@@ -1,7 +1,9 @@
 """The pipeline's stages, in order: each reads earlier results, writes its folder, and loads back.
 
-Importing this module registers them with ``saeinverse.run.pipeline``. Each stage's hash covers the
-config slice named here plus the hashes of the stages it reads.
+``STAGES`` pairs each row of ``saeinverse.artifacts.STAGES`` (name, toggle, inputs, artifact
+file names) with its functions here: the config slice its hash covers, how it computes and how a
+finished one is loaded back. A stage's hash covers that config slice, the models' identity and
+the outputs of the stages it reads.
 """
 
 from __future__ import annotations
@@ -10,12 +12,39 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from saeinverse import artifacts
 from saeinverse.config import Config
-from saeinverse.run.pipeline import Context, Stage, StageSkipped, register_stage
+from saeinverse.io import load_json, save_json
+from saeinverse.run.context import Context, Stage, StageSkipped
 
 logger = logging.getLogger(__name__)
 
 _COLLECTION_KEYS_IGNORED = ("filtering", "use_cached_data", "batch_size")
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def _compute_models(ctx: Context, folder: Path) -> dict[str, Any]:
+    ctx.models()
+    sae_cfg = ctx.sae.cfg
+    summary = {
+        "model": ctx.config.model.name,
+        "n_layers": ctx.model.cfg.n_layers,
+        "d_model": ctx.model.cfg.d_model,
+        "d_vocab": ctx.model.cfg.d_vocab,
+        "sae_class": type(ctx.sae).__name__,
+        "hook_name": sae_cfg.metadata.hook_name,
+        "d_in": sae_cfg.d_in,
+        "d_sae": sae_cfg.d_sae,
+        "identity": ctx.identity,
+    }
+    save_json(folder / artifacts.MODELS_FILE, summary)
+    return summary
+
+
+def _load_models(ctx: Context, folder: Path) -> dict[str, Any]:
+    return load_json(folder / artifacts.MODELS_FILE)
 
 
 # ----------------------------------------------------------------------------- collect
@@ -217,74 +246,29 @@ def _load_explain(ctx: Context, folder: Path):
 
 
 def _report(ctx: Context, folder: Path) -> Path:
-    from saeinverse.report import REPORT_FILE, build_report
+    from saeinverse.report import build_report
 
-    return build_report(ctx.run.root, folder / REPORT_FILE)
+    return build_report(ctx.run.root, folder / artifacts.REPORT_FILE)
 
 
 def _load_report(ctx: Context, folder: Path) -> Path:
-    from saeinverse.report import REPORT_FILE
-
-    return folder / REPORT_FILE
+    return folder / artifacts.REPORT_FILE
 
 
-for _stage in (
-    Stage("collect", "run_data_collection", ("models",), _collect_part, _collect, _load_collect),
-    Stage(
-        "filter",
-        "run_filtering",
-        ("collect",),
-        lambda c: c.data.filtering.to_dict(),
-        _filter,
-        _load_filter,
-    ),
-    Stage(
-        "cluster",
-        "run_clustering",
-        ("collect",),
-        _cluster_part,
-        _cluster,
-        _load_cluster,
-        optional=("filter",),
-    ),
-    Stage(
-        "select",
-        "run_feature_selection",
-        ("collect",),
-        lambda c: c.clustering.selection.to_dict(),
-        _select,
-        _load_select,
-        optional=("filter", "cluster"),
-    ),
-    Stage(
-        "invert",
-        "run_prompt_optimization",
-        ("models",),
-        _targeted_part("optimization"),
-        _invert,
-        _load_invert,
-        optional=("collect", "select"),
-    ),
-    Stage(
-        "explain",
-        "run_explanations",
-        ("models",),
-        _targeted_part("explanation"),
-        _explain,
-        _load_explain,
-        optional=("collect", "select", "invert"),
-    ),
-):
-    register_stage(_stage)
+_FUNCTIONS = {
+    "models": (lambda c: None, _compute_models, _load_models),
+    "collect": (_collect_part, _collect, _load_collect),
+    "filter": (lambda c: c.data.filtering.to_dict(), _filter, _load_filter),
+    "cluster": (_cluster_part, _cluster, _load_cluster),
+    "select": (lambda c: c.clustering.selection.to_dict(), _select, _load_select),
+    "invert": (_targeted_part("optimization"), _invert, _load_invert),
+    "explain": (_targeted_part("explanation"), _explain, _load_explain),
+    "report": (lambda c: c.clustering.visualize_clusters, _report, _load_report),
+}
+"""Stage name -> (config slice, compute, load); the names and order are ``artifacts.STAGES``."""
 
-register_stage(
-    Stage(
-        "report",
-        "run_visualization",
-        (),
-        lambda c: c.clustering.visualize_clusters,
-        _report,
-        _load_report,
-        optional=("collect", "filter", "cluster", "select", "invert", "explain"),
-    )
-)
+if list(_FUNCTIONS) != list(artifacts.STAGE_NAMES):
+    raise RuntimeError(f"stage functions {list(_FUNCTIONS)} != stages {artifacts.STAGE_NAMES}")
+
+STAGES: tuple[Stage, ...] = tuple(Stage(spec, *_FUNCTIONS[spec.name]) for spec in artifacts.STAGES)
+"""The pipeline, in order."""
