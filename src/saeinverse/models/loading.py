@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 SAE_FILES = ("cfg.json", "sae_weights.safetensors")
 """The files of a SAELens SAE folder (written by `SAE.save_model`)."""
 
+EMBEDDED_ALIASES = default_model.EMBEDDED_ALIASES
+"""The names of the embedded default (defined once, in `models.default`; see `is_embedded`)."""
+
 _NEEDS_HUB = (
     "it needs network access to the Hugging Face Hub (or a copy already in the HF cache). "
     "Connect to the network, or pass a local directory instead"
