@@ -26,38 +26,59 @@ from saeinverse.scale.sharded import ensure_default_sae
 logger = logging.getLogger(__name__)
 
 
+PER_FEATURE = ("dataset_max", "reference_max", "exemplar_tokens")
+"""``optimize_features`` arguments given per feature: each batch gets its features' entries."""
+
+
 def invert_fanned(
     config: Config,
     folder: str | Path,
     feature_ids: Sequence[int],
     *,
-    dataset_max: Mapping[int, float] | None = None,
-    exemplar_tokens: Mapping[int, Sequence[int]] | None = None,
     progress: bool = True,
     on_unit: Callable[[WorkerPool, int], None] | None = None,
+    **invert_kwargs: Any,
 ):
-    """``optimize_features(feature_ids)`` on Ray workers; one ``Inversion`` per id, in order.
+    """``optimize_features(feature_ids, **invert_kwargs)`` on Ray workers; one ``Inversion`` per
+    id, in order. Finished batches are saved under ``<folder>/units/``.
 
-    ``dataset_max`` / ``exemplar_tokens``: dicts keyed by feature id (``dataset_maxima``,
-    ``exemplar_tails``). Finished batches are saved under ``<folder>/units/``.
+    ``dataset_max``, ``reference_max`` and ``exemplar_tokens`` are read per feature (dicts by id,
+    tensors / lists over all features, or for ``exemplar_tokens`` a list aligned with the ids);
+    the other keyword arguments go to every batch as they are. Without a ``fluency_bound`` one
+    worker measures the default bound once and every batch uses it.
     """
     from saeinverse.invert import load_inversions, save_inversions
     from saeinverse.invert.result import INVERSIONS_FILE
 
     ids = [int(f) for f in feature_ids]
-    maxima = {int(k): float(v) for k, v in (dataset_max or {}).items()}
-    tails = {int(k): [int(t) for t in v] for k, v in (exemplar_tokens or {}).items()}
+    per_feature = {
+        key: _by_id(invert_kwargs.pop(key), ids, aligned=key == "exemplar_tokens")
+        for key in PER_FEATURE
+        if invert_kwargs.get(key) is not None
+    }
     units = [
-        Unit(i, len(b), (b, _subset(maxima, b), _subset(tails, b)))
+        Unit(i, len(b), (b, {**invert_kwargs, **_subsets(per_feature, b)}))
         for i, b in enumerate(split(ids, config.scale.feature_batch))
     ]
     plan = plan_hash(
-        "invert", config.optimization.to_dict(), ids, maxima, tails, *_model_part(config)
-    )
+        "invert", config.optimization.to_dict(), ids, per_feature,
+        {k: getattr(v, "to_dict", lambda v=v: v)() for k, v in invert_kwargs.items()},
+        *_model_part(config),
+    )  # fmt: skip
     store = UnitStore(folder, plan, "batch", INVERSIONS_FILE, save_inversions, load_inversions)
     ensure_default_sae(config)
+
+    def with_bound(pool: WorkerPool) -> tuple:
+        if invert_kwargs.get("fluency_bound") is None:
+            exclude_bos = bool(invert_kwargs.get("exclude_bos", True))
+            actor = pool.actors[0]
+            bound = pool.ray.get(actor.fluency_bound.remote(config, exclude_bos))
+            for unit in units:
+                unit.args[1]["fluency_bound"] = bound
+        return ()
+
     results = run_units(
-        config, store, units, "invert",
+        config, store, units, "invert", shared=with_bound,
         desc="invert", unit_name="feature", progress=progress, on_unit=on_unit,
     )  # fmt: skip
     return [record for batch in results for record in batch]
@@ -121,8 +142,22 @@ def _stats_digest(stats: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-def _subset(values: Mapping[int, Any], ids: Sequence[int]) -> dict[int, Any] | None:
-    return {f: values[f] for f in ids if f in values} or None
+def _by_id(values: Any, ids: list[int], aligned: bool) -> dict[int, Any]:
+    """A dict by feature id from a dict, a tensor / list over all features, or an aligned list."""
+    if isinstance(values, Mapping):
+        return {int(k): _plain(v) for k, v in values.items()}
+    values = values.tolist() if hasattr(values, "tolist") else list(values)
+    if aligned and len(values) == len(ids):
+        return {f: _plain(v) for f, v in zip(ids, values, strict=True)}
+    return {f: _plain(values[f]) for f in ids}
+
+
+def _plain(value: Any) -> Any:
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
+def _subsets(per_feature: Mapping[str, Mapping[int, Any]], ids: Sequence[int]) -> dict[str, Any]:
+    return {key: {f: v[f] for f in ids if f in v} for key, v in per_feature.items()}
 
 
 def _model_part(config: Config) -> tuple[Any, ...]:

@@ -54,17 +54,22 @@ class StageWorker:
             logger.warning("a shard of %d prompts is empty after tokenizing: %s", len(prompts), err)
             return None
 
-    def invert(
-        self, feature_ids: Sequence[int], dataset_max: Any, exemplar_tokens: Any, config: Config
-    ):
-        """``optimize_features`` over one batch of features."""
+    def invert(self, feature_ids: Sequence[int], kwargs: Mapping[str, Any], config: Config):
+        """``optimize_features`` over one batch of features (``kwargs``: its keyword arguments)."""
         from saeinverse.invert import optimize_features
 
         return optimize_features(
             self.model, self.sae, list(feature_ids), config.optimization,
-            seed=config.seed, dataset_max=dataset_max, exemplar_tokens=exemplar_tokens,
-            progress=False,
+            seed=config.seed, progress=False, **kwargs,
         )  # fmt: skip
+
+    def fluency_bound(self, config: Config, exclude_bos: bool):
+        """The default real-text fluency bound inversion measures when it is given none."""
+        from saeinverse.invert import FeatureTarget
+        from saeinverse.invert.fluency import default_bound
+
+        target = FeatureTarget(self.model, self.sae, config.optimization.position, exclude_bos)
+        return default_bound(target, config.optimization, config.seed)
 
     def explain(self, feature_ids: Sequence[int], inversions: Any, config: Config, stats: Any):
         """``generate_explanations`` over one batch of features."""
