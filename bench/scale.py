@@ -66,7 +66,8 @@ def main() -> None:
     from saeinverse.collect.activations import collect_activations
     from saeinverse.config import get_default_config, update_config
     from saeinverse.data.sources import load_prompts
-    from saeinverse.invert import dataset_maxima
+    from saeinverse.invert import FeatureTarget, dataset_maxima
+    from saeinverse.invert.fluency import default_bound
     from saeinverse.models.from_config import load_experiment_sae, load_subject_model
     from saeinverse.scale import close_pools, collect_sharded, invert_fanned
 
@@ -92,8 +93,9 @@ def main() -> None:
     local_s, local = timed(
         lambda: collect_activations(model, sae, prompts, base.data, progress=False)
     )
-    del model, sae
     features = pick_features(local, args.features)
+    target = FeatureTarget(model, sae, base.optimization.position, base.data.exclude_bos)
+    bound = default_bound(target, base.optimization, base.seed)  # given to both arms
     maxima = dataset_maxima(local, features)
     print(
         f"work: collect {local.n_prompts} prompts / {local.n_tokens} tokens in "
@@ -113,7 +115,12 @@ def main() -> None:
             )
             invert_s, inversions = timed(
                 lambda c=config, t=tmp: invert_fanned(
-                    c, f"{t}/invert", features, dataset_max=maxima, progress=False
+                    c,
+                    f"{t}/invert",
+                    features,
+                    dataset_max=maxima,
+                    fluency_bound=bound,
+                    progress=False,
                 )
             )
         assert torch.equal(stats.firing_count, local.firing_count), "collection differs"
