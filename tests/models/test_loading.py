@@ -100,6 +100,54 @@ def test_sae_dir_corrupt_weights(tmp_path):
         loading.load_sae(path=tmp_path / "sae")
 
 
+def test_sae_state_dict_mismatch_is_one_line(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from saeinverse.cli import main
+
+    builders.tiny_sae().save_model(tmp_path / "sae")
+    weights = tmp_path / "sae" / "sae_weights.safetensors"
+    tensors = load_file(weights)
+    tensors = {k: torch.zeros([n + 1 for n in v.shape] or [2]) for k, v in tensors.items()}
+    save_file(tensors, weights)  # every weight one row / column too wide
+    with pytest.raises(ModelLoadError) as info:
+        loading.load_sae(path=tmp_path / "sae")
+    assert "\n" not in str(info.value) and str(tmp_path / "sae") in str(info.value)
+    from tests.test_cli import TINY_RUN
+
+    run_dir, sae_dir = tmp_path / "run", tmp_path / "sae"
+    assert main(["run", "--run-dir", str(run_dir), *TINY_RUN, f"sae.path={sae_dir}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("saeinverse: error: Could not read the SAE") and err.count("\n") == 1
+
+
+def test_weights_that_do_not_fit_the_model_are_one_line():
+    from saeinverse.models.weights import load_unprocessed
+
+    model = builders.tiny_model()
+    wrong = {k: torch.zeros([n + 1 for n in v.shape] or [2]) for k, v in model.state_dict().items()}
+    with pytest.raises(ModelLoadError) as info:
+        load_unprocessed(model, wrong)
+    assert "\n" not in str(info.value) and "do not fit model" in str(info.value)
+
+
+def test_the_embedded_aliases_mean_one_model_for_both_roles(monkeypatch):
+    from saeinverse.config import get_default_config, update_config
+    from saeinverse.models import default, from_config
+
+    loaded = []
+    monkeypatch.setattr(
+        default, "load_default_hf", lambda: loaded.append(1) or (torch.nn.Linear(1, 1), "tok")
+    )
+    name = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert loading.model_source(name) == "embedded"
+    config = update_config(
+        get_default_config(), {"explanation": {"explainer": "llm", "llm_name": name}}
+    )
+    lm, tokenizer = from_config.load_explanation_lm(config)
+    assert loaded == [1] and tokenizer == "tok"
+
+
 def test_sae_missing_local_dir(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
         loading.load_sae(path=tmp_path / "nowhere")
@@ -194,6 +242,7 @@ def test_explicit_env_decides_offline(monkeypatch):
 
 def test_model_sources(tmp_path):
     assert loading.model_source("smollm2-135m") == "embedded"
+    assert loading.model_source("HuggingFaceTB/SmolLM2-135M-Instruct") == "embedded"
     assert loading.model_source("SmolLM2-135M-Instruct") == "embedded"
     assert loading.model_source(str(tmp_path)) == "local"
     assert loading.model_source("gpt2") == "transformer_lens"

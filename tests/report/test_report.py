@@ -161,3 +161,13 @@ def test_a_failed_build_keeps_the_previous_report(run_copy, monkeypatch):
         build_report(run_copy)
     assert path.read_text() == before
     assert sorted(p.name for p in path.parent.iterdir()) == [REPORT_FILE]
+
+
+def test_bidi_controls_in_a_run_name_are_neutralised(run_copy):
+    path = run_copy / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["output"]["name"] = "invoice\u202egnp.exe \u2066x\u2069"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True))
+    text = build_report(run_copy).read_text()
+    assert not any(c in text for c in "\u202e\u2066\u2069")
+    assert "invoice&lt;U+202E&gt;gnp.exe &lt;U+2066&gt;x&lt;U+2069&gt;" in text
