@@ -2,9 +2,13 @@
 
 Same features, same settings, same seed, on the default model (SmolLM2-135M) and the default SAE
 (a random TopK SAE of the same shape when the default is not trained yet: the speed is the same).
-Reports the whole pipeline and each stage on its own (soft prompts only; refinement only),
+Both arms run the same algorithm: every random draw, stopping rule and prefix-sharing choice is
+per feature, so a feature does the same work alone as in the batch; both arms' sequence counts
+are printed (they must be equal) and so is how many features ended on the same prompt. The
+fluency bound is measured once beforehand and given to both arms.
+Reports the whole search and each stage on its own (soft prompts only; refinement only),
 since the two stages batch differently: a soft step forwards one prompt per feature, a
-refinement step already forwards ``refine_candidates`` prompts per feature.
+refinement step already forwards ``refine_candidates`` prompts per row.
 
     python bench/invert.py                   # F=16, 20 soft steps, 3 refinement steps
     python bench/invert.py --features 8 --soft-steps 10 --refine-steps 2
@@ -55,23 +59,26 @@ def timed(fn) -> tuple[float, float, object]:
     return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
-def compare(model, sae, features, settings, label):
+def compare(model, sae, features, settings, label, bound):
     from saeinverse.invert import optimize_feature, optimize_features
 
     b_wall, b_cpu, batched = timed(
-        lambda: optimize_features(model, sae, features, settings, progress=False)
+        lambda: optimize_features(
+            model, sae, features, settings, progress=False, fluency_bound=bound
+        )
     )
     l_wall, l_cpu, looped = timed(
-        lambda: [optimize_feature(model, sae, f, settings) for f in features]
+        lambda: [optimize_feature(model, sae, f, settings, fluency_bound=bound) for f in features]
     )
-    seqs = sum(r.forward_passes for r in batched)
+    b_seqs = sum(r.forward_passes for r in batched)
+    l_seqs = sum(r.forward_passes for r in looped)
     same = sum(
         b.refined_tokens == one.refined_tokens for b, one in zip(batched, looped, strict=True)
     )
     print(
         f"{label:<18} batch {b_wall:6.1f} s (cpu {b_cpu:6.1f})  one by one {l_wall:6.1f} s "
         f"(cpu {l_cpu:6.1f})  ratio wall {l_wall / b_wall:4.2f}x cpu {l_cpu / b_cpu:4.2f}x  "
-        f"{seqs} sequences  same refined prompt {same}/{len(features)}",
+        f"sequences batch {b_seqs} / one by one {l_seqs}  same prompt {same}/{len(features)}",
         flush=True,
     )
     return l_wall / b_wall
@@ -86,6 +93,7 @@ def main() -> None:
     parser.add_argument("--soft-steps", type=int, default=20)
     parser.add_argument("--refine-steps", type=int, default=3)
     parser.add_argument("--candidates", type=int, default=64)
+    parser.add_argument("--fluency-weight", type=float, default=1.0, help="0: no fluent row")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--sae", default=None, help="SAE folder (default: the cached default SAE)")
     parser.add_argument(
@@ -103,17 +111,27 @@ def main() -> None:
         "max_steps": args.soft_steps,
         "refine_steps": args.refine_steps,
         "refine_candidates": args.candidates,
+        "fluency_weight": args.fluency_weight,
         "patience": 10_000,  # no early stop: both sides run every step
+        "max_sequences": None,  # the step counts bound the work
     }
     print(
         f"{model.cfg.model_name} on {model.cfg.device}, {torch.get_num_threads()} threads, {what}; "
         f"F={len(features)}, length {args.length}, {args.soft_steps} soft steps, "
         f"{args.refine_steps} refinement steps × {args.candidates} candidates"
     )
-    from saeinverse.invert import optimize_features
+    from saeinverse.config import OptimizationConfig, as_section
+    from saeinverse.invert import FeatureTarget, optimize_features
+    from saeinverse.invert.fluency import default_bound
 
+    bound = default_bound(FeatureTarget(model, sae), as_section(base, OptimizationConfig))
     optimize_features(
-        model, sae, features[:2], {**base, "max_steps": 2, "refine_steps": 1}, progress=False
+        model,
+        sae,
+        features[:2],
+        {**base, "max_steps": 2, "refine_steps": 1},
+        progress=False,
+        fluency_bound=bound,
     )  # warm-up
     stages = {
         "all": ("whole pipeline", base),
@@ -122,7 +140,7 @@ def main() -> None:
     }
     for name in args.stages.split(","):
         label, settings = stages[name.strip()]
-        compare(model, sae, features, settings, label)
+        compare(model, sae, features, settings, label, bound)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,22 @@
-"""Inversion quality: refined-prompt activation ÷ dataset maximum on features of the default run.
+"""Inversion quality on the default model and SAE: the table of issue 11, measured.
 
-Features are chosen as the baseline (notes/inversion-baseline.md) chose them: density 1e-4 to
-1e-2 over the default run's collection, half code-like and half prose-like (by the share of
-code punctuation in their top exemplar contexts), drawn with a fixed seed. The dataset maximum is
-each feature's maximum in that collection (default corpus, ``data.n_prompts`` prompts).
+Features are drawn as the baseline (notes/inversion-baseline.md) drew them: density 1e-4 to 1e-2
+over the default run's collection, half code-like and half prose-like (by the share of code
+punctuation in their top exemplar contexts), with a fixed seed. Ratios divide by the **reference
+max** (each feature's maximum over the bundled corpus's train split, ≥ 150k tokens, cached per
+SAE). Real-text cross-entropy quantiles come from ≥ 300 random windows of the prompt's length.
+Every prompt's activation and cross-entropy are re-scored by a fresh forward (the records hold
+nothing else).
 
-Each arm inverts the features from random or exemplar initialisation, either unconstrained
-(no fluency term, ``--budget`` sequences per feature) or fluent (cross-entropy hinge at the
-90th percentile of real text windows of the same length, ``--fluent-budget`` sequences). For a
-fluent arm the reported point is the most active Pareto prompt whose cross-entropy is at or
-below that percentile. Every activation is a fresh forward on the prompt's token ids.
+One run of the default search (random init, ``max_sequences`` per feature for the whole
+search: soft stage, unconstrained row and fluent row) gives every row of the table:
 
-    python bench/quality.py --features 8 --arms random,exemplar,random-fluent
-Targets from random initialisation (DESIGN §11): unconstrained median ≥ 1.0 with ≤ 4,000
-sequences per feature; fluent median ≥ 0.8 with ≤ 20,000.
+- unconstrained: the most active prompt found (any cross-entropy);
+- fluent ≤ p90: the most active re-scored front prompt with cross-entropy ≤ real p90;
+- typical-text fluent ≤ p50: the headline (the most active with cross-entropy ≤ real p50).
+
+    python bench/quality.py                         # 16 features, 4,000 sequences each
+    python bench/quality.py --features 4 --budget 2000 --out q.json
 """
 
 from __future__ import annotations
@@ -30,19 +33,13 @@ import torch
 CODE_CHARS = set("()[]{}=_:;#.,'\"<>/\\*+-%@|&^~`!")
 
 
-def load_default(sae_path: str | None):
+def load_default():
     from saeinverse.config import get_default_config
-    from saeinverse.models.from_config import default_sae_path, load_subject_model
-    from saeinverse.models.loading import load_sae
+    from saeinverse.models.from_config import load_experiment_models
 
     config = get_default_config()
-    path = Path(sae_path) if sae_path else default_sae_path(config)
-    if not (path / "cfg.json").exists():
-        raise SystemExit(
-            f"the default SAE is not trained yet ({path}): run `saeinverse train-sae` first"
-        )
-    model = load_subject_model(config)
-    return config, model, load_sae(path=str(path), device=str(model.cfg.device))
+    model, sae, _, _ = load_experiment_models(config)
+    return config, model, sae
 
 
 def collection(config, model, sae, cache_dir: Path):
@@ -75,141 +72,125 @@ def choose_features(stats, n: int, seed: int) -> list[tuple[int, str]]:
     return [(f, "code") for f in code] + [(f, "prose") for f in prose]
 
 
-def text_window_cross_entropy(model, stats, length: int, n: int = 64) -> list[float]:
-    """Cross-entropy of real ``length``-token windows of the collection (start token in front)."""
-    from saeinverse.invert.objective import start_token_id
-    from saeinverse.invert.project import prompt_cross_entropy
+def median_ci(values: list[float]) -> str:
+    """The median with the order-statistic 95% interval for it (binomial, n ≥ 6)."""
+    from scipy.stats import binom
 
-    windows = []
-    for p in range(stats.n_prompts):
-        usable = int(stats.lengths[p]) - stats.first_position
-        if usable >= length:
-            windows.append(stats.tokens[p, stats.first_position : stats.first_position + length])
-        if len(windows) >= n:
-            break
-    ids = torch.stack(windows).to(model.cfg.device)
-    return prompt_cross_entropy(model, ids, start_token_id(model)).tolist()
-
-
-def quartiles(values: list[float]) -> tuple[float, float, float]:
-    q = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
-    return q[0], statistics.median(values), q[2]
-
-
-def run_arm(model, sae, chosen, stats, arm, args, ce_bound):
-    from saeinverse.invert import optimize_features
-    from saeinverse.invert.inputs import dataset_maxima, exemplar_tails
-
-    features = [f for f, _ in chosen]
-    fluent = arm.endswith("-fluent")
-    init = arm.removesuffix("-fluent")
-    budget = args.fluent_budget if fluent else args.budget
-    settings = {
-        "length": args.length,
-        "position": "last",
-        "init": init,
-        "max_steps": args.soft_steps,
-        "refine_steps": 10_000,  # the sequence budget stops each feature
-        "refine_candidates": args.candidates,
-        "patience": args.patience,
-        "max_sequences": budget - 4 - (2 * 8 if fluent else 0),  # leave room for the check forwards
-        "fluency_weight": args.fluency_weight if fluent else 0.0,
-        "fluency_target": ce_bound if fluent else None,
-    }
-    maxima = dataset_maxima(stats, features)
-    exemplars = exemplar_tails(stats, features, args.length) if init == "exemplar" else None
-    start = time.perf_counter()
-    records = optimize_features(
-        model,
-        sae,
-        features,
-        settings,
-        seed=args.seed,
-        dataset_max=maxima,
-        exemplar_tokens=exemplars,
-    )
-    seconds = time.perf_counter() - start
-    rows = []
-    for (f, kind), r in zip(chosen, records, strict=True):
-        point = (
-            r.best_within(ce_bound)
-            if fluent
-            else {
-                "activation": r.refined_activation,
-                "text": r.refined_text,
-                "cross_entropy": r.refined_cross_entropy,
-            }
-        )
-        act = point["activation"] if point else 0.0
-        rows.append({
-            "feature": f, "kind": kind, "dataset_max": maxima[f], "ratio": act / maxima[f],
-            "activation": act, "text": point["text"] if point else None,
-            "cross_entropy": point["cross_entropy"] if point else None,
-            "projected_ratio": r.projected_ratio, "sequences": r.forward_passes,
-            "refined_ratio": r.refined_ratio, "refined_cross_entropy": r.refined_cross_entropy,
-            "record": r.to_dict(),
-        })  # fmt: skip
-    ratios = [row["ratio"] for row in rows]
-    q1, med, q3 = quartiles(ratios)
-    seqs = [row["sequences"] for row in rows]
-    print(
-        f"\n{arm:<16} median {med:5.2f}  quartiles {q1:5.2f} / {q3:5.2f}   ≥1: {sum(x >= 1 for x in ratios)}/{len(ratios)}   "
-        f"sequences/feature mean {statistics.mean(seqs):.0f} max {max(seqs)}   {seconds:.0f} s"
-    )
-    for row in rows:
-        ce = "" if row["cross_entropy"] is None else f"CE {row['cross_entropy']:5.2f}"
-        if fluent:
-            ce += f"  (refined: ratio {row['refined_ratio']:.2f} CE {row['refined_cross_entropy']:.2f})"
-        print(
-            f"  {row['feature']:5d} {row['kind']:<5} max {row['dataset_max']:7.2f}  ratio {row['ratio']:5.2f}  {ce}  {row['text']!r}"
-        )
-    return {
-        "arm": arm,
-        "median": med,
-        "q1": q1,
-        "q3": q3,
-        "seconds": seconds,
-        "settings": settings,
-        "features": rows,
-    }
+    xs = sorted(values)
+    n = len(xs)
+    lo = max(0, int(binom.ppf(0.025, n, 0.5)) - 1)
+    hi = min(n - 1, n - 1 - lo)
+    return f"{statistics.median(xs):5.2f} [{xs[lo]:.2f}, {xs[hi]:.2f}]"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--features", type=int, default=8)
-    parser.add_argument("--arms", default="random,exemplar,random-fluent,exemplar-fluent")
-    parser.add_argument("--length", type=int, default=12)
-    parser.add_argument("--budget", type=int, default=4000)
-    parser.add_argument("--fluent-budget", type=int, default=20_000)
-    parser.add_argument("--soft-steps", type=int, default=100)
-    parser.add_argument("--candidates", type=int, default=64)
-    parser.add_argument("--patience", type=int, default=40)
-    parser.add_argument("--fluency-weight", type=float, default=1.0)
+    parser.add_argument("--features", type=int, default=16)
+    parser.add_argument("--budget", type=int, default=4000, help="max_sequences per feature")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sae", default=None, help="SAE folder (default: the cached default SAE)")
+    parser.add_argument(
+        "--reference-tokens", type=int, default=None, help="default: optimization.reference_tokens"
+    )
     parser.add_argument("--cache", default=str(Path.home() / ".cache/saeinverse/bench-collection"))
-    parser.add_argument("--out", default=None, help="write the figures as JSON here")
+    parser.add_argument("--set", nargs="*", default=[], help="optimization overrides key=value")
+    parser.add_argument("--out", default=None, help="write every record as JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    config, model, sae = load_default(args.sae)
+    from saeinverse.collect.reference import cached_reference_max, reference_folder
+    from saeinverse.config import OptimizationConfig, as_section, parse_overrides
+    from saeinverse.invert import FeatureTarget, measure_bound, optimize_features
+    from saeinverse.invert.fluency import stats_token_rows
+
+    config, model, sae = load_default()
     stats = collection(config, model, sae, Path(args.cache))
     chosen = choose_features(stats, args.features, args.seed)
-    ces = sorted(text_window_cross_entropy(model, stats, args.length))
-    ce_bound = ces[int(0.9 * (len(ces) - 1))]
-    print(
-        f"{stats.n_tokens} collection tokens; {len(chosen)} features {[f for f, _ in chosen]}; "
-        f"real {args.length}-token windows: cross-entropy p10/p50/p90 = "
-        f"{ces[int(0.1 * (len(ces) - 1))]:.2f} / {statistics.median(ces):.2f} / {ce_bound:.2f}"
+    features = [f for f, _ in chosen]
+    settings = as_section(
+        {"max_sequences": args.budget, **parse_overrides(args.set)}, OptimizationConfig
     )
-    results = [
-        run_arm(model, sae, chosen, stats, arm.strip(), args, ce_bound)
-        for arm in args.arms.split(",")
+    began = time.perf_counter()
+    reference = cached_reference_max(
+        model, sae, reference_folder(config), seed=config.seed,
+        max_tokens=args.reference_tokens or settings.reference_tokens,
+        window=config.data.max_length, exclude_bos=config.data.exclude_bos,
+    )  # fmt: skip
+    target = FeatureTarget(model, sae, settings.position)
+    rows = stats_token_rows(stats, model)
+    p90 = measure_bound(target, rows, settings.length, 0.9, settings.fluency_windows, args.seed)
+    bound = measure_bound(
+        target,
+        rows,
+        settings.length,
+        settings.fluency_quantile,
+        settings.fluency_windows,
+        args.seed,
+    )
+    print(
+        f"{model.cfg.model_name}, {torch.get_num_threads()} threads; {reference.name} "
+        f"({time.perf_counter() - began:.0f} s incl. cache); {len(chosen)} features {features}\n"
+        f"real {settings.length}-token windows ({bound.n_windows}): cross-entropy p10/p50/p90 = "
+        f"{bound.p10:.2f} / {bound.p50:.2f} / {bound.p90:.2f}; headline bound q{bound.quantile:g} "
+        f"= {bound.cross_entropy:.2f}",
+        flush=True,
+    )
+    start = time.perf_counter()
+    records = optimize_features(
+        model, sae, features, settings, seed=args.seed,
+        dataset_max=stats.max_activation, reference_max=reference.for_features(features),
+        reference_tokens=reference.n_tokens, fluency_bound=bound,
+        exclude_bos=config.data.exclude_bos,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    ref = reference.for_features(features)
+    unconstrained = [r.refined_activation / ref[r.feature_id] for r in records]
+    within90 = [r.best_within(p90.cross_entropy) for r in records]
+    fluent90 = [
+        (p["activation"] if p else 0.0) / ref[r.feature_id]
+        for p, r in zip(within90, records, strict=True)
     ]
+    fluent50 = [r.headline_ratio for r in records]
+    search = [
+        r.forward_passes_by_stage["soft"] + r.forward_passes_by_stage["refine"] for r in records
+    ]
+    print(
+        f"\nsearch sequences per feature: mean {statistics.mean(search):.0f}, max {max(search)} "
+        f"(budget {args.budget}); check forwards per feature {statistics.mean(r.forward_passes_by_stage['check'] for r in records):.0f}; "
+        f"{seconds:.0f} s for {len(records)} features ({seconds / len(records):.1f} s per feature)\n"
+    )
+    print(
+        f"| median ratio (activation ÷ reference max), 95% interval, n = {len(records)} "
+        "| measured | ≥ 1 |"
+    )
+    print("|---|---|---|")
+    for name, values in [
+        ("unconstrained", unconstrained),
+        (f"fluent, CE ≤ real p90 ({p90.cross_entropy:.2f})", fluent90),
+        (
+            f"typical-text fluent, CE ≤ real p{100 * bound.quantile:g} ({bound.cross_entropy:.2f})",
+            fluent50,
+        ),
+    ]:
+        print(f"| {name} | {median_ci(values)} | {sum(v >= 1 for v in values)}/{len(values)} |")
+    print()
+    for (f, kind), r, u, f9 in zip(chosen, records, unconstrained, fluent90, strict=True):
+        head = r.headline
+        print(
+            f"  {f:5d} {kind:<5} ref {ref[f]:7.2f}  unconstrained {u:5.2f} (CE {r.refined_cross_entropy:5.2f})  "
+            f"≤p90 {f9:5.2f}  headline {r.headline_ratio:5.2f}"
+            + (
+                f" (CE {head['cross_entropy']:.2f}) {head['text']!r}"
+                if head
+                else "  (none fires within the bound)"
+            )
+        )
     if args.out:
-        Path(args.out).write_text(json.dumps({"ce_bound": ce_bound, "arms": results}, indent=2))
+        Path(args.out).write_text(json.dumps({
+            "reference": reference.name, "bound": bound.to_dict(), "p90": p90.to_dict(),
+            "seconds": seconds, "records": [r.to_dict() for r in records],
+        }, indent=1))  # fmt: skip
 
 
 if __name__ == "__main__":

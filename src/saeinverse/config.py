@@ -292,8 +292,8 @@ class OptimizationConfig(Section):
     """About this many (activation, cross-entropy) prompts kept per feature on its front."""
     max_sequences: int | None = 4000
     """Budget of sequences evaluated per feature, the whole search (soft + every refinement row); null: only the step limits stop it."""
-    reference_tokens: int | None = None
-    """Tokens of the bundled corpus's train split the reference maximum is taken over (null: the whole split); ratios divide by it."""
+    reference_tokens: int | None = 150000
+    """Tokens of the bundled corpus's train split the reference maximum is taken over (null: the whole split, about 495k tokens); ratios divide by it."""
 
 
 @dataclass
