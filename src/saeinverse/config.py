@@ -164,6 +164,8 @@ class DataConfig(Section):
     """Column holding the text (jsonl / parquet / HF datasets)."""
     n_prompts: int = 500
     """Prompts drawn at random (with the seed) from the source."""
+    n_tokens: int | None = None
+    """Token budget instead of n_prompts: prompts drawn at random until their collected tokens reach it; null: n_prompts."""
     max_length: int = 64
     """Tokens per prompt, the start token included."""
     batch_size: int = 16
@@ -401,18 +403,21 @@ class Bound:
     def holds(self, value: Any) -> bool:
         if value is None or isinstance(value, bool) or not isinstance(value, int | float):
             return True  # types are checked elsewhere; None means "not set" where allowed
-        if value != value:  # NaN
+        if value != value or value in (float("inf"), float("-inf")):
             return False
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
         return self.high is None or value <= self.high
 
     def describe(self) -> str:
+        def num(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
         if self.low is not None and self.high is not None:
-            return f"in [{self.low:g}, {self.high:g}]"
+            return f"in [{num(self.low)}, {num(self.high)}]"
         if self.low is not None:
-            return f"{'>' if self.low_open else '≥'} {self.low:g}"
-        return f"≤ {self.high:g}"
+            return f"{'>' if self.low_open else '≥'} {num(self.low)}"
+        return f"≤ {num(self.high)}"
 
 
 def at_least(low: float) -> Bound:
@@ -428,7 +433,7 @@ def between(low: float, high: float) -> Bound:
 
 
 RANGES: dict[str, Bound] = {
-    "seed": at_least(0),
+    "seed": between(0, 2**32 - 1),
     "hardware.threads": at_least(1),
     "model.n_ctx": at_least(2),
     "sae.train.d_sae": at_least(1),
@@ -442,6 +447,7 @@ RANGES: dict[str, Bound] = {
     "data.batch_size": at_least(1),
     "data.top_k_exemplars": at_least(1),
     "data.context_window": at_least(0),
+    "data.n_tokens": at_least(1),
     "data.histogram_bins": at_least(1),
     "data.filtering.sparsity_min": between(0, 1),
     "data.filtering.sparsity_max": between(0, 1),
@@ -619,11 +625,15 @@ def load_config(path: str | Path) -> Config:
     """Read a YAML file (a partial tree is fine: missing keys keep their defaults)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as err:
-        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from err
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte offset {err.start}): is it a YAML file?"
+        ) from err
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(err)}") from err
     if not isinstance(data, Mapping):
         raise ConfigError(f"config file {path} must hold a mapping of sections, got {data!r}")
     return config_from_dict(data)
@@ -641,7 +651,13 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} must look like section.key=value")
-        value = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(
+                f"override {item!r}: the value is not valid YAML ({yaml_problem(err)}); "
+                "quote text holding YAML punctuation, e.g. key='\"@text\"'"
+            ) from err
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -650,6 +666,14 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"override {item!r} conflicts with an earlier one")
         node[parts[-1]] = value
     return nested
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: where (line, column) and what, without PyYAML's snippet."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or " ".join(str(err).split())
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
 
 
 # ----------------------------------------------------------------------------- internals
@@ -717,7 +741,10 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
         return isinstance(value, int) and not isinstance(value, bool), value
     if hint is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return True, float(value)
+            try:
+                return True, float(value)
+            except OverflowError:  # an int beyond float's range
+                return False, value
         return False, value
     if hint is str:
         return isinstance(value, str), value

@@ -112,3 +112,40 @@ def test_local_dataset_folder_streams_through_datasets(tmp_path):
     assert prompts == load_prompts(data_cfg(source=str(folder), n_prompts=7), seed=3)
     with pytest.raises(DataError, match=r"'body'.*available columns: text"):
         load_prompts(data_cfg(source=str(folder), text_column="body"))
+
+
+def _one_line_data_error(source: str, **overrides) -> str:
+    with pytest.raises(DataError) as err:
+        load_prompts(data_cfg(source=source, n_prompts=3, **overrides))
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_directory_of_binary_files_is_a_clear_error(tmp_path):
+    """Regression (issue 14.9): a directory as data.source reported a UnicodeDecodeError."""
+    (tmp_path / "weights.bin").write_bytes(bytes(range(256)) * 8)
+    message = _one_line_data_error(str(tmp_path))
+    assert str(tmp_path) in message and "directory without data files" in message
+    assert "UnicodeDecodeError" not in message
+    named_like_a_file = tmp_path / "prompts.txt"
+    named_like_a_file.mkdir()
+    assert "directory without data files" in _one_line_data_error(str(named_like_a_file))
+
+
+def test_a_non_utf8_file_is_named(tmp_path):
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "train.txt").write_bytes(b"\xc0\xff binary" * 100)
+    message = _one_line_data_error(str(folder))
+    assert "train.txt" in message and "not UTF-8" in message and "0xc0" in message
+    for name in ("bad.txt", "bad.jsonl"):
+        (tmp_path / name).write_bytes(b"ok line\n\xc0\xff\n")
+        assert "not UTF-8" in _one_line_data_error(str(tmp_path / name), text_column="text")
+
+
+def test_an_existing_file_of_unknown_kind_is_not_sent_to_the_hub(tmp_path):
+    (tmp_path / "config.yaml").write_text("seed: 1\n")
+    start = time.perf_counter()
+    message = _one_line_data_error(str(tmp_path / "config.yaml"))
+    assert "unknown kind" in message and time.perf_counter() - start < 5

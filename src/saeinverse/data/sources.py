@@ -7,7 +7,8 @@ random with `seed` (reservoir sampling, so a large file or a stream is never hel
 - a ``.txt`` file: one prompt per non-empty line (trailing whitespace removed, indentation kept).
 - a ``.jsonl`` file: one JSON object per line, the prompt in ``data.text_column``.
 - a ``.parquet`` file: the prompt in column ``data.text_column``.
-- anything else: a Hugging Face dataset name (or a local dataset folder), streamed with
+- anything else: a Hugging Face dataset name (or a local dataset folder, checked first by
+  `check_dataset_folder`: it must hold UTF-8 data files `datasets` reads), streamed with
   ``datasets.load_dataset(source, split=data.split, streaming=True)``. The draw is uniform over
   the first ``max(10 × n_prompts, 10_000)`` rows of the stream (a stream has no known end).
   Hub access follows `saeinverse.models.paths.hub_should_be_offline` (HF_HUB_OFFLINE if set,
@@ -18,6 +19,7 @@ Empty or whitespace-only texts are skipped. The result is in the order drawn (ra
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import logging
@@ -89,10 +91,17 @@ def _open_source(
         return _default_corpus(str(data_cfg["split"]), seed), None, "the default corpus"
     path = Path(source).expanduser()
     reader = _FILE_READERS.get(path.suffix.lower())
-    if reader is not None:
+    if path.is_dir():
+        check_dataset_folder(path)
+    elif reader is not None:
         if not path.is_file():
             raise DataError(f"prompt file {path} does not exist")
-        return reader(path, str(data_cfg["text_column"])), None, str(path)
+        return _guarded(reader(path, str(data_cfg["text_column"])), path), None, str(path)
+    elif path.exists():
+        raise DataError(
+            f"data.source {source!r} is a file of an unknown kind: give a .txt, .jsonl or "
+            ".parquet file, a dataset folder, 'default' or a Hugging Face dataset name"
+        )
     n = int(data_cfg["n_prompts"])
     limit = max(STREAM_POOL_FACTOR * n, STREAM_POOL_MIN)
     texts = _hf_stream(source, str(data_cfg["split"]), str(data_cfg["text_column"]))
@@ -116,12 +125,9 @@ def _default_corpus(split: str, seed: int) -> list[str]:
 def _read_txt(path: Path, text_column: str) -> Iterator[str]:
     """One prompt per non-empty line (`text_column` does not apply)."""
     del text_column
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                yield line.rstrip()
-    except UnicodeDecodeError as err:
-        raise DataError(f"prompt file {path} is not UTF-8 text: {err}") from err
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            yield line.rstrip()
 
 
 def _read_jsonl(path: Path, text_column: str) -> Iterator[str]:
@@ -157,6 +163,18 @@ def _read_parquet(path: Path, text_column: str) -> Iterator[str]:
             yield _as_text(value, str(path))
 
 
+def _guarded(texts: Iterator[str], path: Path) -> Iterator[str]:
+    """`texts`, with an unreadable or non-UTF-8 file turned into one DataError line."""
+    try:
+        yield from texts
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"prompt file {path} is not UTF-8 text (byte offset {err.start}): convert it to UTF-8"
+        ) from err
+    except OSError as err:
+        raise DataError(f"cannot read prompt file {path}: {err.strerror or err}") from err
+
+
 _FILE_READERS: dict[str, Callable[[Path, str], Iterator[str]]] = {
     ".txt": _read_txt,
     ".jsonl": _read_jsonl,
@@ -177,6 +195,52 @@ def _as_text(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise DataError(f"{where}: the text column holds {type(value).__name__}, not text")
     return value
+
+
+# ----------------------------------------------------------------------------- dataset folders
+
+FOLDER_DATA_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
+"""Data files `datasets` reads from a local folder (text kinds must be UTF-8)."""
+_TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".csv")
+_UTF8_PROBE_BYTES = 1 << 16
+
+
+def check_dataset_folder(folder: Path) -> None:
+    """DataError unless `folder` holds data files `datasets` can read, the text ones UTF-8.
+
+    Checked before `datasets` opens the folder, whose own errors (a UnicodeDecodeError deep in
+    a builder, "No (supported) data files found") do not say which file or what to do. Only the
+    first 64 KiB of each text file are decoded (a cheap check, not a proof).
+    """
+    files = sorted(
+        f
+        for f in folder.rglob("*")
+        if f.is_file()
+        and f.suffix.lower() in FOLDER_DATA_SUFFIXES
+        and not any(part.startswith(".") for part in f.relative_to(folder).parts)
+    )
+    if not files:
+        raise DataError(
+            f"data.source {str(folder)!r} is a directory without data files "
+            f"({', '.join(FOLDER_DATA_SUFFIXES)}): give a prompt file (.txt / .jsonl / .parquet), "
+            "a dataset folder, 'default' or a Hugging Face dataset name"
+        )
+    for file in files:
+        if file.suffix.lower() not in _TEXT_SUFFIXES:
+            continue
+        try:
+            with open(file, "rb") as handle:
+                head = handle.read(_UTF8_PROBE_BYTES)
+        except OSError as err:
+            raise DataError(f"cannot read {file} in data.source: {err.strerror}") from err
+        try:
+            codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+        except UnicodeDecodeError as err:
+            raise DataError(
+                f"{file} in the data.source directory is not UTF-8 text "
+                f"(byte {head[err.start]:#04x} at offset {err.start}): "
+                "convert it, move it out, or name one prompt file as data.source"
+            ) from err
 
 
 # ----------------------------------------------------------------------------- Hugging Face
@@ -214,12 +278,18 @@ def _hub_error(name: str, split: str, offline: bool, err: Exception) -> DataErro
             f"data.source {name!r} is not a local file and the Hugging Face Hub is offline: "
             "a hub dataset needs network access (set HF_HUB_OFFLINE=0 where the hub is "
             "reachable), or give a local .txt / .jsonl / .parquet path, or 'default' for the "
-            f"bundled corpus. ({type(err).__name__}: {err})"
+            f"bundled corpus. ({_one_line(err)})"
         )
     return DataError(
-        f"could not open dataset {name!r} split {split!r}: {type(err).__name__}: {err}. "
+        f"could not open dataset {name!r} split {split!r}: {_one_line(err)}. "
         "data.source takes 'default', a .txt / .jsonl / .parquet path or a Hugging Face dataset."
     )
+
+
+def _one_line(err: Exception) -> str:
+    """``Type: first line of the message`` (library errors often span several lines)."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 @contextlib.contextmanager
