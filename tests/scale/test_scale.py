@@ -164,3 +164,15 @@ def test_more_workers_than_the_cluster_holds_is_a_clear_error(ray_session, confi
         ConfigError, match=r"scale.workers=8 .* needs 8 CPUs; the Ray cluster has 2"
     ):
         scale.WorkerPool(too_many, object)
+
+
+def test_a_token_budget_is_counted_by_a_worker_as_collection_counts(
+    ray_session, config, models, tmp_path
+):
+    from saeinverse.scale.prompts import draw_prompts, token_counter
+
+    budget = update_config(config, {"data": {"n_tokens": 400}})
+    stats = scale.collect_sharded(budget, tmp_path, progress=False)
+    assert stats.prompts == draw_prompts(budget, token_counter(models[0], budget))
+    last = int(stats.lengths[-1]) - stats.first_position
+    assert stats.n_tokens >= 400 > stats.n_tokens - last

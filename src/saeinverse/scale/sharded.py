@@ -27,7 +27,9 @@ from saeinverse.scale.engine import (
     plan_hash,
     run_units,
     split,
+    worker_pool,
 )
+from saeinverse.scale.prompts import TokenCounter, draw_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -42,20 +44,22 @@ def collect_sharded(
     *,
     progress: bool = True,
     on_unit: Callable[[WorkerPool, int], None] | None = None,
+    count_tokens: TokenCounter | None = None,
 ) -> FeatureStats:
     """``collect_activations`` over ``prompts`` (default: the config's draw) on Ray workers.
 
     Finished shards are saved under ``<folder>/units/`` as they arrive and reused by a rerun with
-    the same prompts and collection settings.
+    the same prompts and collection settings. With ``data.n_tokens`` and no ``prompts``, tokens
+    are counted by ``count_tokens`` (``token_counter(model, config)``), else by a worker.
     """
-    from saeinverse.scale.prompts import draw_prompts
-
+    ensure_default_sae(config)
     if prompts is None:
-        prompts = draw_prompts(config)
+        if config.data.n_tokens is not None and count_tokens is None:
+            count_tokens = _worker_counter(config)
+        prompts = draw_prompts(config, count_tokens)
     prompts = list(prompts)
     if not prompts:
         raise DataError("collection got no prompts")
-    ensure_default_sae(config)
     shards = split(prompts, config.scale.shard_prompts)
     units = [Unit(i, len(s), (s,)) for i, s in enumerate(shards)]
     store = UnitStore(folder, _plan(config, prompts), "shard", STATS_META, _save_shard, _load_shard)
@@ -102,6 +106,14 @@ def ensure_default_sae(config: Config) -> None:
     if not (default_sae_path(config) / "cfg.json").exists():
         logger.info("training the default SAE once on the driver before starting workers")
         train_default_sae(config)
+
+
+def _worker_counter(config: Config) -> TokenCounter:
+    def count(prompts):
+        pool = worker_pool(config)
+        return pool.ray.get(pool.actors[0].count_tokens.remote(list(prompts), config))
+
+    return count
 
 
 def _plan(config: Config, prompts: Sequence[str]) -> str:

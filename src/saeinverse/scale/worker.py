@@ -54,6 +54,12 @@ class StageWorker:
             logger.warning("a shard of %d prompts is empty after tokenizing: %s", len(prompts), err)
             return None
 
+    def count_tokens(self, prompts: Sequence[str], config: Config) -> list[int]:
+        """Collected tokens of each prompt (for a ``data.n_tokens`` budget)."""
+        from saeinverse.scale.prompts import token_counter
+
+        return token_counter(self.model, config)(prompts)
+
     def invert(self, feature_ids: Sequence[int], kwargs: Mapping[str, Any], config: Config):
         """``optimize_features`` over one batch of features (``kwargs``: its keyword arguments)."""
         from saeinverse.invert import optimize_features
