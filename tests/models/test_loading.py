@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
@@ -207,34 +206,6 @@ def test_unknown_sae_release_suggests_close_ones():
 def test_unknown_model_name():
     with pytest.raises(ModelLoadError, match="neither a TransformerLens model name"):
         loading.load_model("no-such-org/no-such-model")
-
-
-def test_hub_mode_restores_state(monkeypatch):
-    import huggingface_hub.constants as hub_constants
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    before = hub_constants.HF_HUB_OFFLINE
-    with paths.hub_mode(offline=True):
-        assert hub_constants.HF_HUB_OFFLINE is True
-    assert hub_constants.HF_HUB_OFFLINE == before
-    assert "HF_HUB_OFFLINE" not in os.environ
-
-
-def test_unreachable_hub_means_offline(monkeypatch):
-    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setattr(paths, "hub_reachable", lambda: False)
-    assert paths.hub_should_be_offline() is True
-    monkeypatch.setattr(paths, "hub_reachable", lambda: True)
-    assert paths.hub_should_be_offline() is False
-
-
-def test_explicit_env_decides_offline(monkeypatch):
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    assert paths.hub_should_be_offline() is False
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert paths.hub_should_be_offline() is True
 
 
 # --- models, devices, paths ---------------------------------------------------------------------

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from saeinverse.errors import ModelLoadError
-from saeinverse.models.paths import default_model_cache, gguf_path, hub_mode
+from saeinverse.hub import hub_mode
+from saeinverse.models.paths import default_model_cache, gguf_path
 from saeinverse.models.weights import load_unprocessed
 
 if TYPE_CHECKING:

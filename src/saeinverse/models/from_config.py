@@ -149,7 +149,7 @@ def load_hf_lm(name: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from saeinverse.errors import ModelLoadError
-    from saeinverse.models.paths import hub_mode, hub_should_be_offline
+    from saeinverse.hub import hub_mode, hub_should_be_offline
 
     offline = hub_should_be_offline() and not Path(name).exists()
     try:

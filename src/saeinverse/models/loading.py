@@ -17,15 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from saeinverse.errors import CompatibilityError, ConfigError, ModelLoadError, one_line
+from saeinverse.hub import hub_mode, hub_should_be_offline
 from saeinverse.models import default as default_model
 from saeinverse.models.hooks import hook_width
-from saeinverse.models.paths import (
-    gguf_path,
-    hub_mode,
-    hub_should_be_offline,
-    models_dir,
-    saes_dir,
-)
+from saeinverse.models.paths import gguf_path, models_dir, saes_dir
 from saeinverse.models.weights import load_unprocessed
 
 if TYPE_CHECKING:
