@@ -300,10 +300,10 @@ class OptimizationConfig(Section):
 
 @dataclass
 class ExplanationConfig(Section):
-    explainer: Literal["tokens", "llm", "openai"] = "tokens"
-    """Who writes explanations: deterministic token summary, a local HF LM, or an HTTP endpoint."""
+    explainer: Literal["context", "tokens", "llm", "openai"] = "context"
+    """Who writes explanations: tokens with the context they fire in (chosen on the explain split), a plain token list, a local HF LM, or an HTTP endpoint."""
     llm_name: str = "smollm2-135m"
-    """Local explanation LM: 'smollm2-135m' (embedded) or a Hugging Face model name."""
+    """Local explanation LM: 'smollm2-135m' (embedded; any alias of model.name's embedded default) or a Hugging Face model name."""
     base_url: str | None = None
     """OpenAI-compatible endpoint for the 'openai' explainer."""
     api_model: str | None = None
@@ -312,13 +312,19 @@ class ExplanationConfig(Section):
     """Environment variable holding the endpoint's key (the key is never stored)."""
     max_new_tokens: int = 48
     """Length limit of a generated explanation."""
-    n_heldout: int = 10
-    """Evidence sequences held out for scoring."""
-    scorer: Literal["tokens", "llm", "openai"] | None = None
+    n_heldout: int = 50
+    """Held-out windows per kind for scoring: positives, random negatives and hard negatives (each)."""
+    heldout_prompts: int = 2000
+    """Bundled-corpus prompts (never collected) forwarded at most to top up the held-out side; 0: the run's prompts only."""
+    n_bootstrap: int = 1000
+    """Bootstrap resamples for every score's 95% interval (seeded)."""
+    judge: bool = True
+    """Also score with the embedding judge (all-MiniLM-L6-v2, offline): ROC AUC of similarity."""
+    scorer: Literal["context", "tokens", "llm", "openai"] | None = None
     """Who scores the explanations; null: the explainer's own backend."""
     n_exemplars: int = 8
     """Top exemplars shown to the explainer."""
-    n_decile_samples: int = 1
+    n_decile_samples: int = 2
     """Prompts shown to the explainer per activation decile."""
     n_top_tokens: int = 8
     """Top tokens by activation mass shown to the explainer."""
@@ -329,9 +335,7 @@ class ExplanationConfig(Section):
     request_timeout: float = 30.0
     """Seconds per HTTP request to the 'openai' endpoint."""
     max_retries: int = 3
-    """Retries on 429 / 5xx, timeouts and dropped connections."""
-    retry_backoff: float = 0.5
-    """First retry delay in seconds, doubled each time."""
+    """Retries (by the openai SDK: 0.5 s doubling, or the server's Retry-After) on 408 / 409 / 429 / 5xx, timeouts and connection errors."""
     batch_size: int = 8
     """Prompts per batch for the local explanation LM."""
 
@@ -493,8 +497,9 @@ RANGES: dict[str, Bound] = {
     "explanation.context_window": at_least(0),
     "explanation.request_timeout": above(0),
     "explanation.max_retries": at_least(0),
-    "explanation.retry_backoff": at_least(0),
     "explanation.batch_size": at_least(1),
+    "explanation.heldout_prompts": at_least(0),
+    "explanation.n_bootstrap": at_least(100),
     "scale.workers": at_least(1),
     "scale.gpus_per_worker": at_least(0),
     "scale.threads_per_worker": at_least(1),

@@ -52,7 +52,11 @@ def fake_openai():
                 body = None
             with lock:
                 server_state.requests.append(
-                    {"path": self.path, "headers": dict(self.headers), "body": body}
+                    {
+                        "path": self.path,
+                        "headers": {k.title(): v for k, v in self.headers.items()},
+                        "body": body,
+                    }
                 )
                 reply = server_state.script.pop(0) if server_state.script else None
             status, headers, payload = reply or server_state.respond(body)

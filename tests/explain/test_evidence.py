@@ -8,7 +8,8 @@ import torch
 from saeinverse.collect.activations import collect_activations
 from saeinverse.config import get_default_config
 from saeinverse.explain.evidence import TokenSequence
-from saeinverse.explain.sampling import build_evidence, forward_features
+from saeinverse.explain.pool import forward_features
+from saeinverse.explain.sampling import build_evidence
 from saeinverse.invert import score_prompts
 from tests.explain.planted import PLANTED_LETTERS, planted_model_and_sae, planted_stats
 
@@ -29,7 +30,9 @@ def heldout_prompts(evidence) -> set[int]:
 
 def test_sequences_carry_each_tokens_activation(planted):
     model, sae, stats = planted
-    evidence = build_evidence(model, sae, [0, 1], stats, n_heldout=5, seed=0)
+    evidence = build_evidence(
+        model, sae, [0, 1], stats, {"n_heldout": 5, "heldout_prompts": 0}, seed=0
+    )
     for ev in evidence:
         letter = PLANTED_LETTERS[ev.feature_id]
         sequences = ev.explain.sequences() + ev.heldout.positives + ev.heldout.negatives
@@ -56,9 +59,15 @@ def test_forward_matches_a_fresh_forward_per_prompt(tiny_model, tiny_topk_sae, t
 
 def test_heldout_is_disjoint_from_what_the_explainer_sees_and_follows_the_seed(planted):
     model, sae, stats = planted
-    first = build_evidence(model, sae, [0, 1, 2], stats, n_heldout=6, seed=0)
-    again = build_evidence(model, sae, [0, 1, 2], stats, n_heldout=6, seed=0)
-    other = build_evidence(model, sae, [0, 1, 2], stats, n_heldout=6, seed=1)
+    first = build_evidence(
+        model, sae, [0, 1, 2], stats, {"n_heldout": 6, "heldout_prompts": 0}, seed=0
+    )
+    again = build_evidence(
+        model, sae, [0, 1, 2], stats, {"n_heldout": 6, "heldout_prompts": 0}, seed=0
+    )
+    other = build_evidence(
+        model, sae, [0, 1, 2], stats, {"n_heldout": 6, "heldout_prompts": 0}, seed=1
+    )
     for ev, ev2, ev3 in zip(first, again, other, strict=True):
         assert explain_prompts(ev) and heldout_prompts(ev)
         assert not explain_prompts(ev) & heldout_prompts(ev)
@@ -74,11 +83,14 @@ def test_positives_span_the_deciles_and_never_take_more_than_half(tiny_model, ti
     fid = int(((dense > 0).sum(0) - 40).abs().argmin())  # fires in about half the prompts
     column = dense[:, fid]
     firing = column[column > 0]
-    (ev,) = build_evidence(tiny_model, tiny_sae, [fid], tiny_stats, n_heldout=1000, seed=0)
+    (ev,) = build_evidence(
+        tiny_model, tiny_sae, [fid], tiny_stats, {"n_heldout": 1000, "heldout_prompts": 0}, seed=0
+    )
     assert len(ev.heldout.positives) == len(firing) // 2
     (ev,) = build_evidence(
-        tiny_model, tiny_sae, [fid], tiny_stats, n_heldout=10, n_exemplars=0, n_decile_samples=2
-    )
+        tiny_model, tiny_sae, [fid], tiny_stats,
+        {"n_heldout": 10, "n_exemplars": 1, "n_decile_samples": 2, "heldout_prompts": 0},
+    )  # fmt: skip
     assert {s.source for s in ev.explain.decile_samples} >= {"decile:0", "decile:9"}
     peaks = torch.tensor([float(column[s.prompt_index]) for s in ev.heldout.positives])
     assert peaks.min() < firing.quantile(0.2) and peaks.max() > firing.quantile(0.8)
@@ -88,7 +100,13 @@ def test_top_tokens_leave_out_the_heldout_prompts(tiny_model, tiny_sae, tiny_sta
     fid = int(
         torch.where(tiny_stats.firing_count > 0, tiny_stats.firing_count, 10**9).argmin()
     )  # sparsest
-    (ev,) = build_evidence(tiny_model, tiny_sae, [fid], tiny_stats, n_heldout=5, n_top_tokens=100)
+    (ev,) = build_evidence(
+        tiny_model,
+        tiny_sae,
+        [fid],
+        tiny_stats,
+        {"n_heldout": 5, "n_top_tokens": 100, "heldout_prompts": 0},
+    )
     held = {s.prompt_index for s in ev.heldout.positives}
     assert held
     rest = [p for i, p in enumerate(tiny_stats.prompts) if i not in held]
@@ -107,7 +125,13 @@ def test_weakly_firing_prompts_give_negatives_when_no_prompt_is_silent(
 ):
     dense = tiny_stats.prompt_feature_dense(list(range(64)))
     fid = int((dense > 0).sum(0).argmax())  # the feature firing in the most prompts
-    (ev,) = build_evidence(tiny_model, tiny_sae, [fid], tiny_stats, n_heldout=4, context_window=2)
+    (ev,) = build_evidence(
+        tiny_model,
+        tiny_sae,
+        [fid],
+        tiny_stats,
+        {"n_heldout": 4, "context_window": 2, "heldout_prompts": 0},
+    )
     for seq in ev.heldout.negatives:
         assert not any(seq.firing)
     assert not explain_prompts(ev) & heldout_prompts(ev)
@@ -118,3 +142,55 @@ def test_render_marks_runs_of_firing_tokens():
     assert seq.render() == "a«b\\n»c«d»"
     assert seq.plain() == "ab\\ncd"
     assert seq.render([True, False, False, False, False]) == "«a»b\\ncd"
+
+
+def test_extra_corpus_prompts_top_up_the_heldout_positives(planted):
+    model, sae, stats = planted
+    cfg = {"n_heldout": 60, "heldout_prompts": 512}
+    (ev,) = build_evidence(model, sae, [0], stats, cfg, seed=0)
+    origins = [s.origin for s in ev.heldout.positives]
+    assert len(ev.heldout.positives) == 60 and "extra" in origins and "run" in origins
+    assert origins.count("run") <= int((stats.prompt_feature_dense([0]) > 0).sum()) // 2
+    for seq in ev.heldout.positives:  # the planted feature fires exactly on its letter
+        assert seq.max_activation > 0 and seq.firing == [t == "x" for t in seq.tokens]
+    assert all(not any(s.firing) for s in ev.heldout.negatives)
+    assert len(ev.heldout.negatives) == 60
+    (alone,) = build_evidence(model, sae, [0], stats, {**cfg, "heldout_prompts": 0}, seed=0)
+    assert {s.origin for s in alone.heldout.positives} == {"run"} and len(
+        alone.heldout.positives
+    ) < 60
+
+
+def test_hard_negatives_hold_the_top_tokens_and_stay_silent(tiny_model, tiny_sae, tiny_stats):
+    from saeinverse.explain.evidence import normalise
+
+    fids = list(range(24))
+    evidence = build_evidence(
+        tiny_model, tiny_sae, fids, tiny_stats, {"n_heldout": 8, "heldout_prompts": 0}, seed=0
+    )
+    found = 0
+    for ev in evidence:
+        top = {normalise(t) for t, _ in ev.explain.top_tokens}
+        for seq in ev.heldout.hard_negatives:
+            assert seq.source == "hard:token" and not any(seq.firing)
+            assert top & {normalise(t) for t in seq.tokens}
+            found += 1
+        assert not explain_prompts(ev) & {s.prompt_index for s in ev.heldout.hard_negatives}
+        assert not {s.prompt_index for s in ev.explain.silent} & heldout_prompts(ev)
+    assert found >= 20  # the check above ran on real cases
+
+
+def test_genre_hard_negatives_come_from_the_exemplars_genre(planted):
+    from saeinverse.explain.pool import corpus_genres
+
+    model, sae, _ = planted
+    genres = corpus_genres()
+    texts = sorted(genres)[:400:4]
+    stats = collect_activations(model, sae, texts, get_default_config().data, progress=False)
+    (ev,) = build_evidence(model, sae, [0], stats, {"n_heldout": 10, "heldout_prompts": 0})
+    main = max(
+        {s.genre for s in ev.explain.exemplars}, key=[s.genre for s in ev.explain.exemplars].count
+    )
+    kinds = {s.source for s in ev.heldout.hard_negatives}
+    assert kinds == {"hard:genre"}  # the planted feature fires on every "x": no silent "x" window
+    assert all(s.genre == main and not any(s.firing) for s in ev.heldout.hard_negatives)

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible client against a real HTTP server on loopback."""
+"""The OpenAI-compatible client (the openai SDK) against an HTTP server on loopback."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "conten
 
 
 def client(url: str, **kwargs) -> OpenAIChat:
-    kwargs = {"timeout_s": 5.0, "max_retries": 3, "backoff_s": 0.01, **kwargs}
+    kwargs = {"timeout_s": 5.0, "max_retries": 3, **kwargs}
     return OpenAIChat(url, "test-model", KEY_ENV, **kwargs)
 
 
@@ -63,7 +63,7 @@ def test_rate_limit_honours_retry_after(fake_openai):
 
 def test_persistent_server_errors_give_a_clear_error(fake_openai):
     fake_openai.respond = lambda body: (502, {}, b"bad gateway")
-    with pytest.raises(EndpointError, match=r"failed after 3 attempts \(HTTP 502: bad gateway\)"):
+    with pytest.raises(EndpointError, match=r"HTTP 502 after 3 attempts \(bad gateway\)"):
         client(fake_openai.url, max_retries=2).complete(MESSAGES, 5)
     assert len(fake_openai.requests) == 3
 
@@ -92,14 +92,16 @@ def test_malformed_responses_give_clear_errors(fake_openai, reply, message):
     assert err.match(message)
 
 
-def test_unreachable_endpoint_fails_fast_with_a_clear_error():
+def test_unreachable_endpoint_gives_a_clear_error():
     with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     start = time.perf_counter()
-    with pytest.raises(EndpointError, match="connection refused.*explanation.base_url"):
-        OpenAIChat(f"http://127.0.0.1:{port}/v1", "m", KEY_ENV).complete(MESSAGES, 5)  # defaults
-    assert time.perf_counter() - start < 2.0
+    with pytest.raises(
+        EndpointError, match="nothing answers at .* 2 attempts.*explanation.base_url"
+    ):
+        OpenAIChat(f"http://127.0.0.1:{port}/v1", "m", KEY_ENV, max_retries=1).complete(MESSAGES, 5)
+    assert time.perf_counter() - start < 5.0
 
 
 def test_a_silent_server_times_out(monkeypatch):
@@ -107,7 +109,7 @@ def test_a_silent_server_times_out(monkeypatch):
         sock.bind(("127.0.0.1", 0))
         sock.listen(8)
         url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-        with pytest.raises(EndpointError, match="failed after 2 attempts.*(?i:timed out)"):
+        with pytest.raises(EndpointError, match="timed out after 2 attempts"):
             client(url, timeout_s=0.2, max_retries=1).complete(MESSAGES, 5)
 
 
@@ -116,3 +118,40 @@ def test_missing_settings_are_named():
         OpenAIChat(None, "m")
     with pytest.raises(EndpointError, match="explanation.api_model"):
         OpenAIChat("http://127.0.0.1:1/v1", None)
+
+
+def test_a_server_echoing_the_key_never_puts_it_in_errors_logs_or_replies(
+    fake_openai, monkeypatch, caplog, capsys
+):
+    import logging
+
+    secret = "sk-live-0123456789abcdef"
+    monkeypatch.setenv(KEY_ENV, secret)
+
+    def echo(status):
+        def respond(body):
+            request = fake_openai.requests[-1]
+            echoed = f"bad request; you sent Authorization: {request['headers']['Authorization']}"
+            payload = {"error": echoed} if status == 200 else echoed
+            return (
+                status,
+                {},
+                (
+                    payload if isinstance(payload, str) else __import__("json").dumps(payload)
+                ).encode(),
+            )
+
+        return respond
+
+    caplog.set_level(logging.DEBUG)
+    for status in (400, 503, 200):
+        fake_openai.respond = echo(status)
+        with pytest.raises(EndpointError) as err:
+            client(fake_openai.url, max_retries=1).complete(MESSAGES, 5)
+        assert "Bearer ***" in str(err.value)  # the echo is there, the key is not
+        assert secret not in str(err.value) and secret[:12] not in str(err.value)
+    fake_openai.respond = lambda body: completion(f"Here is your key: {secret}")
+    assert client(fake_openai.url).complete(MESSAGES, 5) == "Here is your key: ***"
+    captured = capsys.readouterr()
+    assert secret not in caplog.text + captured.out + captured.err
+    assert all(r["headers"]["Authorization"] == f"Bearer {secret}" for r in fake_openai.requests)

@@ -7,8 +7,9 @@ import random
 import pytest
 
 from saeinverse.explain.evidence import HeldoutEvidence, TokenSequence
-from saeinverse.explain.explainers import ChatScorer, TokenSimulator, explanation_tokens
-from saeinverse.explain.prompts import parse_yes_no, quote
+from saeinverse.explain.explainers import ChatScorer
+from saeinverse.explain.prompts import parse_yes_no
+from saeinverse.explain.rules import RuleSimulator, parse_rule, quote
 from saeinverse.explain.scoring import (
     balanced_accuracy,
     derangement,
@@ -107,12 +108,30 @@ def test_fuzzing_items_mark_firing_tokens_or_as_many_silent_ones():
     assert [i.marks for i in fuzzing_items(held, seed=0)] == [i.marks for i in items]
 
 
-def test_oracle_explanation_scores_one_with_the_token_simulator():
+def test_oracle_explanation_scores_one_with_the_rule_simulator():
     held = constructed_case(seed=2)
-    scores = score_explanation(TokenSimulator(), f"Fires on {quote('x')}.", held, seed=0)
+    scores = score_explanation(RuleSimulator(), f"Fires on {quote('x')}.", held, seed=0)
     assert scores["detection"]["balanced_accuracy"] == 1.0
     assert scores["fuzzing"]["balanced_accuracy"] == 1.0
     assert scores["detection"]["n"] == 80 and scores["fuzzing"]["n"] == 80
+    assert scores["detection"]["low"] == scores["detection"]["high"] == 1.0
+    assert scores["detection_hard"]["value"] is None  # no hard negatives in this case
+
+
+def test_every_score_has_an_interval_and_a_verdict_against_its_baseline():
+    held = constructed_case(seed=6, n=50)
+    right, wrong = f"Fires on {quote('x')}.", f"Fires on {quote('q')}."
+    scores = score_explanation(RuleSimulator(), right, held, seed=0, baseline=wrong, n_boot=500)
+    for name in ("detection", "fuzzing"):
+        record = scores[name]
+        assert record["low"] <= record["value"] <= record["high"]
+        assert record["baseline_low"] <= record["baseline"] <= record["baseline_high"]
+        assert record["diff_low"] > 0 and record["verdict"] == "beats"
+    swapped = score_explanation(RuleSimulator(), wrong, held, seed=0, baseline=right, n_boot=500)
+    assert swapped["detection"]["verdict"] == "worse"
+    same = score_explanation(RuleSimulator(), wrong, held, seed=0, baseline=wrong, n_boot=500)
+    assert same["detection"]["verdict"] == "undecided"
+    assert same["detection"]["diff_low"] == same["detection"]["diff_high"] == 0.0
 
 
 def test_random_explanations_score_about_one_half():
@@ -121,7 +140,7 @@ def test_random_explanations_score_about_one_half():
         rng = random.Random(seed)
         guess = [rng.choice(LETTERS[:23]) for _ in range(2)]  # never 'x'
         explanation = "Fires on " + ", ".join(quote(t) for t in guess)
-        scores = score_explanation(TokenSimulator(), explanation, constructed_case(seed), seed)
+        scores = score_explanation(RuleSimulator(), explanation, constructed_case(seed), seed)
         detection.append(scores["detection"]["balanced_accuracy"])
         fuzzing.append(scores["fuzzing"]["balanced_accuracy"])
     assert sum(detection) / len(detection) == pytest.approx(0.5, abs=0.05)
@@ -142,9 +161,12 @@ def test_chat_scorer_scores_one_for_an_oracle_and_one_half_for_a_coin():
     assert all(c["detection"]["unparsed"] > 0 for c in coin)  # 'maybe' is counted, as "no"
 
 
-def test_detection_items_are_positives_then_negatives():
+def test_detection_items_are_positives_then_negatives_then_hard_ones():
     held = constructed_case(seed=4, n=3)
-    assert [i.label for i in detection_items(held)] == [True] * 3 + [False] * 3
+    held.hard_negatives = held.negatives[:2]
+    items = detection_items(held)
+    assert [i.label for i in items] == [True] * 3 + [False] * 5
+    assert [i.kind for i in items] == ["positive"] * 3 + ["negative"] * 3 + ["hard"] * 2
 
 
 def test_derangement_moves_every_explanation_and_follows_the_seed():
@@ -164,4 +186,6 @@ def test_yes_no_parsing_and_quoted_tokens_round_trip():
     assert parse_yes_no("Perhaps") is None
     tokens = [" the", "\n", 'say "hi"', "«x»"]
     text = "Fires on " + ", ".join(quote(t) for t in tokens) + " (as in: “a «b» c”)."
-    assert explanation_tokens(text) == {"the", "\\n", 'say "hi"', "<<x>>"}
+    rule = parse_rule(text)
+    assert rule.targets == tuple(tokens[:3]) + ("<<x>>",) and not rule.after
+    assert rule.positions([" The", "x", "\n", "<<x>>"]) == [True, False, True, True]

@@ -22,6 +22,9 @@ from saeinverse.invert import Inversion, score_prompt
 from tests.explain.conftest import completion
 from tests.explain.planted import planted_model_and_sae, planted_stats
 
+FAST = {"n_heldout": 10, "heldout_prompts": 0, "judge": False}
+"""Held-out windows from the run's prompts only, no embedding judge: fast, same code paths."""
+
 
 @pytest.fixture(scope="module")
 def planted():
@@ -45,6 +48,14 @@ class CapturingChat:
         return [c[-1]["content"] for c in self.conversations if c[0]["content"] == EXPLAIN_SYSTEM]
 
 
+def n_questions(result) -> int:
+    """Questions a scorer answered for one feature: detection (positives, random and hard
+    negatives) and fuzzing, for its explanation and for the baseline's."""
+    scores = result.scores
+    detection = scores["detection"]["n"] + scores["detection_hard"]["n_negative"]
+    return 2 * (detection + scores["fuzzing"]["n"])
+
+
 def refined_inversion(model, sae, feature: int, text: str, dataset_max: float) -> Inversion:
     ids = model.to_tokens(text, prepend_bos=False)[0].tolist()
     activation = score_prompt(model, sae, feature, ids, "max")
@@ -55,7 +66,7 @@ def test_tokens_explainer_end_to_end_scores_planted_features_above_the_baseline(
     model, sae, stats = planted
     inversion = refined_inversion(model, sae, 0, "abxcd", float(stats.max_activation[0]))
     results = generate_explanations(
-        model, sae, [0, 1, 2, 3], None, None, {"explainer": "tokens"},
+        model, sae, [0, 1, 2, 3], None, None, {**FAST, "explainer": "tokens"},
         stats=stats, inversions=[inversion], seed=0,
     )  # fmt: skip
     assert [r.feature_id for r in results] == [0, 1, 2, 3]
@@ -65,6 +76,7 @@ def test_tokens_explainer_end_to_end_scores_planted_features_above_the_baseline(
         assert r.detection == 1.0 and r.fuzzing == 1.0
         assert r.baseline_feature not in (None, r.feature_id)
         assert r.scores["detection"]["n"] == 20
+        assert r.interval("detection") == (1.0, 1.0) and r.verdict in ("beats", "undecided")
     means = summarize(results)
     assert means["baseline_detection"] < 0.75 and means["baseline_fuzzing"] < 0.6
     check = results[0].inversion
@@ -72,34 +84,32 @@ def test_tokens_explainer_end_to_end_scores_planted_features_above_the_baseline(
     assert results[1].inversion is None
     path = save_explanations(tmp_path, results)
     assert path.name == EXPLANATIONS_FILE and len(path.read_text().splitlines()) == 4
-    assert json.loads(path.read_text().splitlines()[0])["version"] == 1
+    assert json.loads(path.read_text().splitlines()[0])["version"] == 2
     assert load_explanations(tmp_path) == results
-    again = generate_explanations(model, sae, [0, 1, 2, 3], None, None, None, stats=stats)
+    again = generate_explanations(model, sae, [0, 1, 2, 3], None, None, FAST, stats=stats)
     assert [r.explanation for r in again] == [r.explanation for r in results]
 
 
 def test_heldout_evidence_never_reaches_the_explainer(tiny_model, tiny_sae, tiny_stats):
     chat = CapturingChat()
     fids = [5, 17, 40]
-    settings = {"explainer": "llm", "n_heldout": 6}
+    settings = {**FAST, "explainer": "llm", "n_heldout": 6}
     results = generate_explanations(
         tiny_model, tiny_sae, fids, chat, None, settings, stats=tiny_stats, seed=3
     )
     assert [r.explanation for r in results] == ["Fires on x."] * 3
     shown = [re.sub("[«»]", "", p) for p in chat.explainer_prompts()]
     assert len(shown) == 3
-    evidence = build_evidence(tiny_model, tiny_sae, fids, tiny_stats, n_heldout=6, seed=3)
+    evidence = build_evidence(tiny_model, tiny_sae, fids, tiny_stats, settings, seed=3)
     for ev, prompt in zip(evidence, shown, strict=True):
-        held = ev.heldout.positives + ev.heldout.negatives
+        held = ev.heldout.positives + ev.heldout.negatives + ev.heldout.hard_negatives
         assert held
         for seq in held:  # no 10-character run of a held-out prompt appears
             text = tiny_stats.prompts[seq.prompt_index]
             assert not any(text[i : i + 10] in prompt for i in range(len(text) - 9))
         assert all(seq.plain() in prompt for seq in ev.explain.exemplars)  # the check can fail
     n_scoring = len(chat.conversations) - 3
-    assert n_scoring == sum(
-        2 * (r.scores["detection"]["n"] + r.scores["fuzzing"]["n"]) for r in results
-    )
+    assert n_scoring == sum(map(n_questions, results))
 
 
 def test_openai_explainer_and_scorer_over_http(fake_openai, planted, monkeypatch):
@@ -120,8 +130,8 @@ def test_openai_explainer_and_scorer_over_http(fake_openai, planted, monkeypatch
 
     fake_openai.respond = respond
     settings = {
-        "explainer": "openai", "base_url": fake_openai.url, "api_model": "fake-gpt",
-        "api_key_env": "SAEINVERSE_TEST_KEY", "n_heldout": 4, "retry_backoff": 0.01,
+        **FAST, "explainer": "openai", "base_url": fake_openai.url, "api_model": "fake-gpt",
+        "api_key_env": "SAEINVERSE_TEST_KEY", "n_heldout": 4,
     }  # fmt: skip
     fake_openai.script = [(500, {}, b"warming up")]  # the first request fails once
     results = generate_explanations(model, sae, [0, 1], None, None, settings, stats=stats)
@@ -132,7 +142,7 @@ def test_openai_explainer_and_scorer_over_http(fake_openai, planted, monkeypatch
     bodies = fake_openai.bodies()
     assert all(b["model"] == "fake-gpt" for b in bodies)
     assert all(r["headers"]["Authorization"] == "Bearer sk-test" for r in fake_openai.requests)
-    n_items = sum(2 * (r.scores["detection"]["n"] + r.scores["fuzzing"]["n"]) for r in results)
+    n_items = sum(map(n_questions, results))
     assert len(bodies) == 1 + 2 + n_items  # the failed try, two explanations, the questions
 
 
@@ -181,7 +191,7 @@ def test_llm_explainer_runs_a_local_hf_model(planted):
     cached = chat.yes_probability_many(questions)
     whole = [chat._batched([chat.prompt_ids(q)], chat._yes_probability)[0] for q in questions]
     assert cached == pytest.approx(whole, abs=1e-5)
-    settings = {"explainer": "llm", "n_heldout": 3, "max_new_tokens": 6}
+    settings = {**FAST, "explainer": "llm", "n_heldout": 3, "max_new_tokens": 6}
     results = generate_explanations(model, sae, [0, 1], lm, tokenizer, settings, stats=stats)
     for r in results:
         assert r.explainer == "llm" and r.explanation.startswith("The feature fires on")
@@ -193,11 +203,14 @@ def test_feature_results_may_be_ids_a_selection_or_inversions(planted):
 
     model, sae, stats = planted
     inversion = refined_inversion(model, sae, 2, "zz", 1.0)
-    by_ids = generate_explanations(model, sae, [2], stats=stats, explanation_cfg={"score": False})
+    off = {**FAST, "score": False}
+    by_ids = generate_explanations(model, sae, [2], stats=stats, explanation_cfg=off)
     by_selection = generate_explanations(
-        model, sae, SimpleNamespace(feature_ids=[2]), stats=stats, explanation_cfg={"score": False}
+        model, sae, SimpleNamespace(feature_ids=[2]), stats=stats, explanation_cfg=off
     )
-    by_inversions = generate_explanations(model, sae, [inversion], stats=stats)
+    by_inversions = generate_explanations(
+        model, sae, [inversion], stats=stats, explanation_cfg=FAST
+    )
     assert by_ids[0].explanation == by_selection[0].explanation == by_inversions[0].explanation
     assert by_ids[0].detection is None and by_inversions[0].detection == 1.0
     assert by_inversions[0].inversion["fires"]
@@ -208,20 +221,21 @@ def test_feature_results_may_be_ids_a_selection_or_inversions(planted):
 
 def test_unknown_explainer_and_duplicate_registration_are_errors(planted):
     model, sae, stats = planted
-    with pytest.raises(ConfigError, match="'gpt' is unknown; valid: .*'llm', 'openai', 'tokens'"):
+    with pytest.raises(ConfigError, match="explanation.explainer.*'gpt'"):
         generate_explanations(model, sae, [0], explanation_cfg={"explainer": "gpt"}, stats=stats)
     with pytest.raises(ValueError, match="already registered"):
         register_explainer("tokens")(lambda settings, lm, tokenizer: None)
 
 
-def test_config_section_is_accepted(planted):
-    from saeinverse.config import get_default_config
+def test_config_section_or_the_whole_config_is_accepted(planted):
+    from saeinverse.config import get_default_config, update_config
 
     model, sae, stats = planted
-    results = generate_explanations(
-        model, sae, [0], None, None, get_default_config().explanation, stats=stats
-    )
-    assert results[0].explainer == "tokens" and results[0].detection == 1.0
+    config = update_config(get_default_config(), {"explanation": FAST})
+    for given in (config, config.explanation):
+        results = generate_explanations(model, sae, [0], None, None, given, stats=stats)
+        assert results[0].explainer == "context" and results[0].detection == 1.0
+        assert results[0].scores["detection"]["n"] == 20
 
 
 def test_corrupt_artifacts_are_named(tmp_path):
@@ -232,23 +246,19 @@ def test_corrupt_artifacts_are_named(tmp_path):
         load_explanations(tmp_path)
 
 
-def test_settings_read_a_section_a_dict_or_the_whole_tree():
-    from saeinverse.config import get_default_config, update_config
-    from saeinverse.explain import resolve_settings
-
-    config = update_config(get_default_config(), {"explanation": {"n_heldout": 4}})
-    for given in (config, config.explanation, {"n_heldout": 4}):
-        settings = resolve_settings(given)
-        assert settings.n_heldout == 4 and settings.explainer == "tokens"
-        assert settings.n_exemplars == 8  # a key the section may not have yet: its default
-    assert resolve_settings(None).n_heldout == 10
+def test_bad_settings_fail_before_any_work(planted):
+    model, sae, stats = planted
+    with pytest.raises(ConfigError, match="explanation.n_heldout must be ≥ 1, got 0"):
+        generate_explanations(model, sae, [0], explanation_cfg={"n_heldout": 0}, stats=stats)
+    with pytest.raises(ConfigError, match="n_heldot"):
+        generate_explanations(model, sae, [0], explanation_cfg={"n_heldot": 3}, stats=stats)
 
 
 def test_a_separate_scorer_checks_another_backends_explanations(planted):
     model, sae, stats = planted
-    settings = {"explainer": "llm", "scorer": "tokens", "n_heldout": 5}
+    settings = {**FAST, "explainer": "llm", "scorer": "tokens", "n_heldout": 5}
     (result,) = generate_explanations(model, sae, [0], CapturingChat(), None, settings, stats=stats)
     assert (result.explainer, result.scorer) == ("llm", "tokens")
     assert result.explanation == "Fires on x." and result.detection == 1.0
-    with pytest.raises(ConfigError, match="explanation.scorer 'judge' is unknown"):
+    with pytest.raises(ConfigError, match="explanation.scorer expects one of .*got 'judge'"):
         generate_explanations(model, sae, [0], explanation_cfg={"scorer": "judge"}, stats=stats)

@@ -23,11 +23,17 @@ class TokenSequence:
     token_ids: list[int]
     activations: list[float]
     source: str
-    """'exemplar', 'decile:<d>' (d = 0 lowest .. 9 highest), 'refined', 'heldout' or 'negative'."""
+    """'exemplar', 'decile:<d>' (d = 0 lowest .. 9 highest), 'refined', 'heldout', 'silent',
+    'negative' (random) or 'hard:token' / 'hard:genre' (a hard negative)."""
     prompt_index: int | None = None
-    """Index in the collection prompts (None for a refined prompt)."""
+    """Index in the collection prompts, or in the extra held-out prompts when ``origin`` is
+    'extra' (None for a refined prompt)."""
     start: int = 0
     """Position of ``tokens[0]`` in its prompt (the start token is position 0)."""
+    genre: str | None = None
+    """The bundled corpus's genre of its prompt (None: not a bundled text)."""
+    origin: str = "run"
+    """'run': a prompt of the collection; 'extra': a bundled-corpus prompt drawn for scoring."""
 
     @property
     def max_activation(self) -> float:
@@ -62,6 +68,12 @@ def display(token: str) -> str:
     return token.replace(MARK_OPEN, "<<").replace(MARK_CLOSE, ">>")
 
 
+def normalise(token: str) -> str:
+    """Tokens compare case- and space-insensitively (a space-only token compares as itself)."""
+    token = display(token)
+    return token.strip().lower() or token
+
+
 @dataclass
 class ExplainEvidence:
     """Everything the explainer may see about one feature."""
@@ -72,6 +84,9 @@ class ExplainEvidence:
     refined: list[TokenSequence] = field(default_factory=list)
     top_tokens: list[tuple[str, float]] = field(default_factory=list)
     """(token, share of the feature's activation mass), largest first, held-out prompts excluded."""
+    silent: list[TokenSequence] = field(default_factory=list)
+    """Windows of the explaining side where the feature never fires (random ones, then ones that
+    hold its top tokens): what an explanation must not cover."""
 
     def sequences(self) -> list[TokenSequence]:
         return [*self.exemplars, *self.decile_samples, *self.refined]
@@ -79,10 +94,16 @@ class ExplainEvidence:
 
 @dataclass
 class HeldoutEvidence:
-    """What scores an explanation; never shown to the explainer."""
+    """What scores an explanation; never shown to the explainer.
+
+    ``negatives`` are random silent windows; ``hard_negatives`` are silent windows that share the
+    explanation's surface: they hold one of the feature's top tokens (source 'hard:token'), or,
+    when those run short, come from the genre of its exemplars ('hard:genre').
+    """
 
     positives: list[TokenSequence] = field(default_factory=list)
     negatives: list[TokenSequence] = field(default_factory=list)
+    hard_negatives: list[TokenSequence] = field(default_factory=list)
 
 
 @dataclass
@@ -102,4 +123,18 @@ def evidence_summary(evidence: FeatureEvidence) -> dict[str, Any]:
         "n_explain_sequences": len(ex.sequences()),
         "n_heldout_positive": len(evidence.heldout.positives),
         "n_heldout_negative": len(evidence.heldout.negatives),
+        "n_heldout_hard_negative": len(evidence.heldout.hard_negatives),
+        "hard_negative_kinds": _kinds(evidence.heldout.hard_negatives),
+        "heldout_origins": _kinds(
+            evidence.heldout.positives + evidence.heldout.negatives, "origin"
+        ),
     }
+
+
+def _kinds(sequences: list[TokenSequence], attribute: str = "source") -> dict[str, int]:
+    """How many sequences have each value of ``attribute``."""
+    counts: dict[str, int] = {}
+    for seq in sequences:
+        key = str(getattr(seq, attribute))
+        counts[key] = counts.get(key, 0) + 1
+    return counts

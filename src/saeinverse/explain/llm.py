@@ -1,8 +1,6 @@
 """A local Hugging Face causal LM as a chat model (the `llm` explainer and scorer).
 
-A chat model is anything with ``complete_many(conversations, max_new_tokens) -> list[str]``,
-where a conversation is a list of ``{"role": ..., "content": ...}`` messages (``OpenAIChat`` is
-the other one). ``HFChat`` runs a causal LM with its own chat template, greedily
+A chat model (``saeinverse.explain.chat``) answers conversations; ``HFChat`` runs a causal LM with its own chat template, greedily
 (deterministic), in left-padded batches. It also answers yes / no questions by reading its own
 next-token distribution (``yes_probability_many``): P(yes) / (P(yes) + P(no)) over the yes / no
 spellings that are single tokens. That needs one forward and no decoding, and a small model that
@@ -14,26 +12,20 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
+from saeinverse.explain.chat import Conversation
+from saeinverse.explain.prompts import parse_yes_no
+
 logger = logging.getLogger(__name__)
 
-Conversation = list[dict[str, str]]
 T = TypeVar("T")
 YES_SPELLINGS = ("yes", "Yes", " yes", " Yes", "YES")
 NO_SPELLINGS = ("no", "No", " no", " No", "NO")
 MIN_SHARED_PREFIX = 16
 """Below this many shared tokens the questions run whole (the cache copy would not pay)."""
-
-
-class ChatModel(Protocol):
-    """What explainers and scorers need from a language model."""
-
-    def complete_many(
-        self, conversations: Sequence[Conversation], max_new_tokens: int
-    ) -> list[str]: ...
 
 
 class HFChat:
@@ -86,8 +78,6 @@ class HFChat:
         explanation): it is run once and its key / value cache reused for every question.
         """
         if not self._yes or not self._no:
-            from saeinverse.explain.prompts import parse_yes_no
-
             answers = self.complete_many(conversations, 3)
             return [None if (a := parse_yes_no(r)) is None else float(a) for r in answers]
         prompts = [self.prompt_ids(c) for c in conversations]
@@ -243,12 +233,16 @@ def _greedy(lm) -> dict[str, Any]:
 
 
 def load_chat_lm(llm_name: str, device: str = "cpu"):
-    """``(lm, tokenizer)`` for ``explanation.llm_name``: the embedded SmolLM2 or a HF name / path."""
-    if llm_name in ("smollm2-135m", "SmolLM2-135M-Instruct"):
+    """``(lm, tokenizer)`` for ``explanation.llm_name``: the embedded SmolLM2 (any of its aliases,
+    ``HuggingFaceTB/SmolLM2-135M-Instruct`` included) or a Hugging Face name / local path."""
+    from saeinverse.models.loading import EMBEDDED_ALIASES
+
+    if llm_name.lower() in EMBEDDED_ALIASES:
         from saeinverse.models.default import load_default_hf
 
-        return load_default_hf(device=device)
-    from saeinverse.models.from_config import load_hf_lm
+        lm, tokenizer = load_default_hf()
+    else:
+        from saeinverse.models.from_config import load_hf_lm
 
-    lm, tokenizer = load_hf_lm(llm_name)
+        lm, tokenizer = load_hf_lm(llm_name)
     return lm.to(device).eval(), tokenizer

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 
-from saeinverse.explain.evidence import MARK_CLOSE, MARK_OPEN, ExplainEvidence, TokenSequence
-from saeinverse.explain.llm import Conversation
+from saeinverse.explain.chat import Conversation
+from saeinverse.explain.evidence import ExplainEvidence, TokenSequence
+from saeinverse.explain.rules import quote
 
 EXPLAIN_SYSTEM = (
     "You explain what one feature of a language model responds to. Texts are shown with the "
@@ -91,10 +92,3 @@ def clean_explanation(reply: str, limit: int = 300) -> str:
             match = re.match(r"(.+?[.!?])(\s|$)", line)
             return (match.group(1) if match else line)[:limit]
     return ""
-
-
-def quote(token: str) -> str:
-    """A token in double quotes, JSON-escaped (the form the token simulator reads back)."""
-    import json
-
-    return json.dumps(token.replace(MARK_OPEN, "<<").replace(MARK_CLOSE, ">>"), ensure_ascii=False)

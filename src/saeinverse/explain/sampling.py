@@ -1,37 +1,51 @@
 """How evidence is drawn: which prompts explain a feature, which score it, and their activations.
 
-For each feature, prompts from collection are chosen with the seed (``plan_feature``):
+For each feature, the run's prompts are split with the seed (``plan_feature``):
 
 - **held-out positives**: up to ``n_heldout`` firing prompts, drawn across the deciles of the
-  feature's per-prompt maximum (never more than half of its firing prompts);
-- **held-out negatives**: ``n_heldout`` windows where the feature does not fire, from prompts
-  where it never fires (else from weakly firing prompts, in a window with no firing token);
+  feature's per-prompt maximum (never more than half of its firing prompts). When the run holds
+  too few, bundled-corpus prompts the run never collected top them up (``pool.draw_extra_prompts``,
+  at most ``heldout_prompts`` of them, forwarded once for all features);
+- **held-out negatives**, from the held-out side only (half of the prompts where the feature never
+  fires, chosen with the seed, and the extra prompts): ``n_heldout`` random silent windows, and
+  ``n_heldout`` *hard* ones: silent windows around one of the feature's top tokens
+  ('hard:token'), then, when those run short, silent windows from the genre of its exemplars
+  ('hard:genre');
 - **explaining side**: the top exemplars and ``n_decile_samples`` prompts per decile, all from
   prompts outside the held-out set; the refined prompts from inversion; the top tokens by
-  activation mass over the corpus *minus the held-out prompts* (so nothing about them leaks).
+  activation mass over the corpus *minus the held-out prompts*; silent windows (random, and
+  around top tokens) from the other half of the silent prompts.
 
-The chosen prompts are forwarded once more (one batched forward to the SAE's hook, only the
-selected features' columns kept) for per-token activations: a sequence is a window of
-``2 * context_window + 1`` tokens around its peak, with every token's activation. The explainer
-receives an ``ExplainEvidence`` only; the held-out part is a separate object it never gets.
+A window is ``2 * context_window + 1`` tokens around its peak (positives), a random silent
+stretch (random negatives) or the stretch around a top token (hard negatives), with every
+token's activation. The explainer receives an ``ExplainEvidence`` only; the held-out part is a
+separate object it never gets.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
+from saeinverse.config import ExplanationConfig, as_section
 from saeinverse.explain.evidence import (
     ExplainEvidence,
     FeatureEvidence,
     HeldoutEvidence,
     TokenSequence,
+    normalise,
+)
+from saeinverse.explain.pool import (
+    PromptSet,
+    draw_extra_prompts,
+    forward_features,
+    run_prompts,
+    token_strings,
 )
 
 if TYPE_CHECKING:
@@ -40,17 +54,18 @@ if TYPE_CHECKING:
 
 N_DECILES = 10
 NEGATIVE_SPARE = 2
-"""Silent prompts forwarded beyond ``n_heldout`` when drawing the negatives."""
-FORWARD_BATCH = 16
-"""Prompts per forward when recomputing per-token activations."""
+"""Weakly firing prompts searched per missing silent prompt."""
 
 
 @dataclass
 class FeaturePlan:
-    """Which prompts serve which role for one feature (prompt indices into the collection)."""
+    """Which of the run's prompts serve which role for one feature (prompt indices)."""
 
     heldout: list[int]
     negative_candidates: list[int]
+    """Held-out side: prompts where it never fires, then weakly firing ones."""
+    explain_silent: list[int]
+    """Explaining side: prompts where it never fires."""
     exemplars: list[tuple[int, int]]
     """(prompt, position) of the top exemplars shown to the explainer."""
     deciles: list[tuple[int, int]]
@@ -64,18 +79,16 @@ def plan_feature(
     stats: FeatureStats,
     feature_id: int,
     prompt_max: np.ndarray,
-    *,
-    n_heldout: int,
-    n_exemplars: int,
-    n_decile_samples: int,
+    cfg: ExplanationConfig,
     seed: int,
 ) -> FeaturePlan:
     """Choose the prompts for one feature (a pure function of its statistics and the seed)."""
     rng = np.random.default_rng([int(seed), int(feature_id)])
+    n_heldout = int(cfg.n_heldout)
     firing = np.flatnonzero(prompt_max > 0)
     ascending = firing[np.argsort(prompt_max[firing], kind="stable")]
     deciles = [list(rng.permutation(d)) for d in np.array_split(ascending, N_DECILES) if len(d)]
-    n_pos = min(int(n_heldout), len(firing) // 2)
+    n_pos = min(n_heldout, len(firing) // 2)
     heldout: list[int] = []
     order = list(rng.permutation(len(deciles))) if deciles else []
     while len(heldout) < n_pos:
@@ -85,53 +98,20 @@ def plan_feature(
     used = set(heldout)
     exemplars = []
     for ex in stats.top_exemplars(feature_id):
-        if ex.prompt_index not in used and len(exemplars) < n_exemplars:
+        if ex.prompt_index not in used and len(exemplars) < cfg.n_exemplars:
             exemplars.append((ex.prompt_index, ex.position))
             used.add(ex.prompt_index)
     samples = []
     for rank, bucket in enumerate(deciles):  # rank 0: the weakest decile
-        picked = [int(p) for p in bucket if int(p) not in used][:n_decile_samples]
+        picked = [int(p) for p in bucket if int(p) not in used][: cfg.n_decile_samples]
         samples += [(p, rank) for p in picked]
         used.update(picked)
-    # Silent prompts give a silent window each (a couple spare, should a forward differ); only
-    # when they run short are the weakest firing prompts searched for a silent window.
     silent = [int(p) for p in rng.permutation(np.flatnonzero(prompt_max <= 0))]
+    held_silent, explain_silent = silent[::2], silent[1::2]
     weak = [int(p) for p in ascending if int(p) not in used]
-    missing = max(0, n_heldout - len(silent))
-    candidates = silent[: n_heldout + NEGATIVE_SPARE] + weak[: 2 * missing]
-    return FeaturePlan(heldout, candidates, exemplars, samples)
-
-
-# ----------------------------------------------------------------------------- forwards
-
-
-def forward_features(
-    model, sae, rows: Sequence[Sequence[int]], feature_ids: Sequence[int]
-) -> list[Tensor]:
-    """Per-token activations of ``feature_ids`` on each token row: Float[Tensor, "pos n_features"].
-
-    Rows are right-padded in batches of similar length; the model runs only up to the SAE's hook.
-    """
-    from saeinverse.models.hooks import encode, hook_activations, sae_hook_name
-
-    hook = sae_hook_name(sae)
-    param = next(sae.parameters())
-    columns = torch.tensor(list(feature_ids), dtype=torch.long, device=param.device)
-    lengths = [len(r) for r in rows]
-    order = sorted(range(len(rows)), key=lambda i: -lengths[i])
-    out: list[Tensor | None] = [None] * len(rows)
-    with torch.inference_mode():
-        for lo in range(0, len(order), FORWARD_BATCH):
-            chunk = order[lo : lo + FORWARD_BATCH]
-            width = max(lengths[i] for i in chunk)
-            tokens = torch.zeros((len(chunk), width), dtype=torch.long)
-            for j, i in enumerate(chunk):
-                tokens[j, : lengths[i]] = torch.as_tensor(list(rows[i]), dtype=torch.long)
-            acts = hook_activations(model, tokens.to(model.cfg.device), hook)
-            feats = encode(sae, acts)[..., columns]
-            for j, i in enumerate(chunk):
-                out[i] = feats[j, : lengths[i]].float().cpu()
-    return out  # type: ignore[return-value]
+    missing = max(0, n_heldout - len(held_silent))
+    candidates = held_silent + weak[: NEGATIVE_SPARE * missing]
+    return FeaturePlan(heldout, candidates, explain_silent, exemplars, samples)
 
 
 # ----------------------------------------------------------------------------- building
@@ -142,69 +122,169 @@ def build_evidence(
     sae,
     feature_ids: Sequence[int],
     stats: FeatureStats | None,
+    cfg: Any = None,
     *,
     inversions: dict[int, Inversion] | None = None,
-    n_heldout: int = 10,
-    n_exemplars: int = 8,
-    n_decile_samples: int = 1,
-    n_top_tokens: int = 8,
-    context_window: int | None = None,
     seed: int = 0,
 ) -> list[FeatureEvidence]:
-    """Evidence for each feature (see the module docstring); one batched forward for them all.
+    """Evidence for each feature (see the module docstring); batched forwards for them all.
 
-    Without ``stats`` only the refined prompts are evidence and nothing is held out.
+    ``cfg``: ``config.explanation`` (or a dict of its keys). Without ``stats`` only the refined
+    prompts are evidence and nothing is held out.
     """
+    cfg = as_section(cfg, ExplanationConfig)
     fids = [int(f) for f in feature_ids]
     inversions = inversions or {}
-    window = int(
-        context_window if context_window is not None else getattr(stats, "context_window", 8)
-    )
-    if stats is None:
-        plans, prompt_acts = {}, {}
-    else:
-        dense = stats.prompt_feature_dense(fids).numpy()
-        plans = {
-            f: plan_feature(
-                stats,
-                f,
-                dense[:, j],
-                n_heldout=n_heldout,
-                n_exemplars=n_exemplars,
-                n_decile_samples=n_decile_samples,
-                seed=seed,
-            )
-            for j, f in enumerate(fids)
-        }
-        prompt_acts = _prompt_activations(model, sae, stats, fids, plans)
     refined = _refined_sequences(model, sae, stats, fids, inversions)
-    first = _first_position(model, stats) if stats is not None else 0
+    if stats is None:
+        return [
+            FeatureEvidence(
+                fid,
+                _dataset_max(None, fid, inversions.get(fid)),
+                ExplainEvidence(
+                    fid,
+                    refined=refined.get(fid, []),
+                    top_tokens=_top_tokens_of(refined.get(fid, []), cfg.n_top_tokens),
+                ),
+                HeldoutEvidence(),
+            )
+            for fid in fids
+        ]
+    window = int(cfg.context_window if cfg.context_window is not None else stats.context_window)
+    first = _first_position(model, stats)
+    dense = stats.prompt_feature_dense(fids).numpy()
+    plans = [plan_feature(stats, f, dense[:, j], cfg, seed) for j, f in enumerate(fids)]
+    forward = {p for plan in plans for p in plan.heldout}
+    forward |= {p for plan in plans for p, _ in plan.exemplars + plan.deciles}
+    # A prompt where collection saw the feature never fire needs no forward: it reads as silent.
+    forward |= {p for j, plan in enumerate(plans) for p in plan.negative_candidates
+                if dense[p, j] > 0}  # fmt: skip
+    run = run_prompts(model, sae, stats, fids, forward)
+    needed = np.array([max(0, cfg.n_heldout - len(plan.heldout)) for plan in plans])
+    extra = None
+    if needed.any() and cfg.heldout_prompts > 0:
+        extra = draw_extra_prompts(
+            model, sae, stats, fids, needed, limit=cfg.heldout_prompts, first=first, seed=seed
+        )
     evidence = []
-    for j, fid in enumerate(fids):
+    for j, (fid, plan) in enumerate(zip(fids, plans, strict=True)):
+        cut = _Windows(window, first, j, np.random.default_rng([int(seed), fid, 1]))
         explain = ExplainEvidence(fid, refined=refined.get(fid, []))
+        explain.exemplars = [cut.around(run, p, "exemplar", pos) for p, pos in plan.exemplars]
+        explain.decile_samples = [cut.around(run, p, f"decile:{d}") for p, d in plan.deciles]
+        ranked = _top_tokens_without(stats, fid, plan.heldout, run, j, first)
+        explain.top_tokens = [(s, share) for _, s, share in ranked[: cfg.n_top_tokens]]
+        top_ids = _surface_ids(stats, [s for _, s, _ in ranked[: cfg.n_top_tokens]])
+        explain_side = [(run, p) for p in plan.explain_silent]
+        explain.silent = cut.silent(explain_side, cfg.n_heldout, "silent")
+        explain.silent += cut.around_tokens(explain_side, top_ids, cfg.n_heldout, "silent:token")
         heldout = HeldoutEvidence()
-        if stats is None:
-            explain.top_tokens = _top_tokens_of(explain.refined, n_top_tokens)
-        else:
-            acts = {p: a[:, j] for p, a in prompt_acts.items()}
-            seq = _SequenceMaker(stats, acts, window, first)
-            _fill(explain, heldout, plans[fid], seq, n_heldout, n_top_tokens, seed)
+        heldout.positives = [s for s in (cut.around(run, p, "heldout") for p in plan.heldout)
+                             if s.max_activation > 0]  # fmt: skip
+        held_side = [(run, p) for p in plan.negative_candidates]
+        if extra is not None:
+            heldout.positives += cut.firing(extra, cfg.n_heldout - len(heldout.positives))
+            held_side += [(extra, p) for p in range(len(extra))]
+        heldout.negatives = cut.silent(held_side, cfg.n_heldout, "negative")
+        heldout.hard_negatives = cut.around_tokens(held_side, top_ids, cfg.n_heldout, "hard:token")
+        genre = _main_genre(run, [p for p, _ in plan.exemplars])
+        if genre is not None and len(heldout.hard_negatives) < cfg.n_heldout:
+            taken = {(s.origin, s.prompt_index) for s in heldout.hard_negatives}
+            same = [(ps, p) for ps, p in held_side
+                    if ps.genres.get(p) == genre and (ps.origin, p) not in taken]  # fmt: skip
+            heldout.hard_negatives += cut.silent(
+                same, cfg.n_heldout - len(heldout.hard_negatives), "hard:genre"
+            )
         dataset_max = _dataset_max(stats, fid, inversions.get(fid))
         evidence.append(FeatureEvidence(fid, dataset_max, explain, heldout))
     return evidence
 
 
-def _fill(explain, heldout, plan, seq, n_heldout: int, n_top_tokens: int, seed: int) -> None:
-    """Cut one feature's planned windows into its explaining and held-out evidence (in place)."""
-    fid = explain.feature_id
-    explain.exemplars = [seq.around(p, "exemplar", pos) for p, pos in plan.exemplars]
-    explain.decile_samples = [seq.around(p, f"decile:{d}") for p, d in plan.deciles]
-    positives = (seq.around(p, "heldout") for p in plan.heldout)
-    heldout.positives = [s for s in positives if s.max_activation > 0]
-    heldout.negatives = seq.silent_windows(plan.negative_candidates, n_heldout, seed + fid)
-    explain.top_tokens = _top_tokens_without(
-        seq.stats, fid, plan.heldout, seq.acts, seq.first, n_top_tokens
-    )
+class _Windows:
+    """Cuts one feature's windows (column ``column`` of a prompt set's activations)."""
+
+    def __init__(self, window: int, first: int, column: int, rng: np.random.Generator):
+        self.window, self.first, self.column, self.rng = window, first, column, rng
+        self.size = 2 * window + 1
+
+    def make(self, ps: PromptSet, prompt: int, lo: int, hi: int, source: str) -> TokenSequence:
+        ids = ps.tokens[prompt, lo:hi].tolist()
+        values = ps.activations(prompt, self.column)[lo:hi].tolist()
+        strings = [ps.strings(i) for i in ids]
+        genre = ps.genres.get(prompt)
+        return TokenSequence(strings, ids, values, source, prompt, lo, genre, ps.origin)
+
+    def bounds(self, length: int, centre: int) -> tuple[int, int]:
+        lo = max(self.first, centre - self.window)
+        hi = min(length, lo + self.size)
+        return max(self.first, min(lo, hi - self.size)), hi
+
+    def around(
+        self, ps: PromptSet, prompt: int, source: str, position: int | None = None
+    ) -> TokenSequence:
+        """The window centred on ``position`` (default: the prompt's peak), clipped to the prompt."""
+        length = int(ps.lengths[prompt])
+        if position is None:
+            acts = ps.activations(prompt, self.column)
+            position = self.first + int(acts[self.first : length].argmax())
+        return self.make(ps, prompt, *self.bounds(length, position), source)
+
+    def firing(self, ps: PromptSet, n: int) -> list[TokenSequence]:
+        """Up to ``n`` windows around the peak of prompts where the feature fires, in order."""
+        found = []
+        for prompt in range(len(ps)):
+            if len(found) >= n:
+                break
+            if ps.acts.get(prompt) is not None and ps.activations(prompt, self.column).max() > 0:
+                found.append(self.around(ps, prompt, "heldout"))
+        return found
+
+    def silent(
+        self, candidates: Iterable[tuple[PromptSet, int]], n: int, source: str
+    ) -> list[TokenSequence]:
+        """Up to ``n`` windows with no firing token, one per candidate prompt, in order."""
+        found = []
+        for ps, prompt in candidates:
+            if len(found) >= n:
+                break
+            length = int(ps.lengths[prompt])
+            firing = (ps.activations(prompt, self.column)[:length] > 0).numpy()
+            starts = [
+                lo
+                for lo in range(self.first, max(self.first, length - self.size) + 1)
+                if not firing[lo : lo + self.size].any()
+            ]
+            if starts:
+                lo = int(self.rng.choice(starts))
+                found.append(self.make(ps, prompt, lo, min(length, lo + self.size), source))
+        return found
+
+    def around_tokens(
+        self, candidates: list[tuple[PromptSet, int]], token_ids: set[int], n: int, source: str
+    ) -> list[TokenSequence]:
+        """Up to ``n`` silent windows centred on one of ``token_ids``, one per prompt, in order."""
+        holding: dict[int, set[int]] = {}
+        for ps in {id(ps): ps for ps, _ in candidates}.values():
+            holding[id(ps)] = set(ps.holding(token_ids, self.first).tolist())
+        found = []
+        for ps, prompt in candidates:
+            if len(found) >= n:
+                break
+            if prompt not in holding[id(ps)]:
+                continue
+            length = int(ps.lengths[prompt])
+            firing = (ps.activations(prompt, self.column)[:length] > 0).numpy()
+            row = ps.tokens[prompt, :length]
+            for position in range(self.first, length):
+                if int(row[position]) in token_ids:
+                    lo, hi = self.bounds(length, position)
+                    if not firing[lo:hi].any():
+                        found.append(self.make(ps, prompt, lo, hi, source))
+                        break
+        return found
+
+
+# ----------------------------------------------------------------------------- helpers
 
 
 def _first_position(model, stats: FeatureStats) -> int:
@@ -220,13 +300,16 @@ def _dataset_max(stats, fid: int, inversion) -> float | None:
     return None if inversion is None else inversion.dataset_max
 
 
-def _prompt_activations(model, sae, stats, fids, plans) -> dict[int, Tensor]:
-    prompts = sorted(
-        {p for plan in plans.values() for p in plan.heldout + plan.negative_candidates}
-        | {p for plan in plans.values() for p, _ in plan.exemplars + plan.deciles}
-    )
-    rows = [stats.tokens[p, : int(stats.lengths[p])].tolist() for p in prompts]
-    return dict(zip(prompts, forward_features(model, sae, rows, fids), strict=True))
+def _main_genre(run: PromptSet, prompts: list[int]) -> str | None:
+    """The most common genre among the prompts (None when none of them has one)."""
+    counts = Counter(run.genres[p] for p in prompts if p in run.genres)
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def _surface_ids(stats, tokens: list[str]) -> set[int]:
+    """Every token id whose string reads as one of ``tokens`` (case and spaces aside)."""
+    wanted = {normalise(t) for t in tokens}
+    return {i for i, s in stats.token_strings.items() if normalise(s) in wanted}
 
 
 def _refined_sequences(model, sae, stats, fids, inversions) -> dict[int, list[TokenSequence]]:
@@ -248,80 +331,23 @@ def _refined_sequences(model, sae, stats, fids, inversions) -> dict[int, list[To
     return found
 
 
-def token_strings(model, stats, ids: Sequence[int]) -> list[str]:
-    """Each id's string: from the collection's table, else decoded by the model's tokenizer."""
-    table = getattr(stats, "token_strings", None) or {}
-    tokenizer = getattr(model, "tokenizer", None)
-    out = []
-    for i in ids:
-        if i in table:
-            out.append(table[i])
-        elif tokenizer is not None:
-            out.append(tokenizer.decode([i], clean_up_tokenization_spaces=False))
-        else:
-            out.append(f"<{i}>")
-    return out
-
-
-class _SequenceMaker:
-    """Cuts windows of one feature's per-token activations out of collection prompts."""
-
-    def __init__(self, stats, acts: dict[int, Tensor], window: int, first: int):
-        self.stats, self.acts, self.window, self.first = stats, acts, window, first
-
-    def _make(self, prompt: int, lo: int, hi: int, source: str) -> TokenSequence:
-        ids = self.stats.tokens[prompt, lo:hi].tolist()
-        strings = [self.stats.token_strings.get(i, f"<{i}>") for i in ids]
-        values = self.acts[prompt][lo:hi].tolist()
-        return TokenSequence(strings, ids, values, source, prompt, lo)
-
-    def around(self, prompt: int, source: str, position: int | None = None) -> TokenSequence:
-        """The window centred on ``position`` (default: the prompt's peak), clipped to the prompt."""
-        length = int(self.stats.lengths[prompt])
-        if position is None:
-            position = self.first + int(self.acts[prompt][self.first : length].argmax())
-        lo = max(self.first, position - self.window)
-        hi = min(length, lo + 2 * self.window + 1)
-        lo = max(self.first, min(lo, hi - 2 * self.window - 1))
-        return self._make(prompt, lo, hi, source)
-
-    def silent_windows(self, candidates: list[int], n: int, seed: int) -> list[TokenSequence]:
-        """Up to ``n`` windows with no firing token, one per candidate prompt, in candidate order."""
-        rng = np.random.default_rng(seed)
-        found = []
-        size = 2 * self.window + 1
-        for prompt in candidates:
-            if len(found) >= n:
-                break
-            length = int(self.stats.lengths[prompt])
-            firing = (self.acts[prompt][:length] > 0).numpy()
-            starts = [
-                lo
-                for lo in range(self.first, max(self.first, length - size) + 1)
-                if not firing[lo : lo + size].any()
-            ]
-            if starts:
-                lo = int(rng.choice(starts))
-                found.append(self._make(prompt, lo, min(length, lo + size), "negative"))
-        return found
-
-
-def _top_tokens_without(stats, fid, heldout, acts, first, n) -> list[tuple[str, float]]:
-    """Top tokens by the feature's activation mass over the corpus minus the held-out prompts."""
+def _top_tokens_without(stats, fid, heldout, run: PromptSet, column, first):
+    """(id, string, share) of the top tokens by the feature's activation mass over the corpus
+    minus the held-out prompts, largest first."""
     mass = {tok: share for tok, _, share in stats.top_tokens(fid, n=stats.d_vocab)}
     total = float(stats.activation_sum[fid])
     mass = {tok: share * total for tok, share in mass.items()}
     for prompt in heldout:
-        length = int(stats.lengths[prompt])
-        ids = stats.tokens[prompt, first:length].tolist()
-        for tok, value in zip(ids, acts[prompt][first:length].tolist(), strict=True):
+        ids = run.row(prompt)[first:]
+        values = run.activations(prompt, column)[first:].tolist()
+        for tok, value in zip(ids, values, strict=True):
             if value > 0 and tok in mass:
                 mass[tok] -= value
     remaining = sum(max(v, 0.0) for v in mass.values())
     ranked = sorted(((v, t) for t, v in mass.items() if v > 1e-9 * max(total, 1e-30)), reverse=True)
     if remaining <= 0 or not math.isfinite(remaining):
         return []
-    return [(stats.token_strings.get(t, f"<{t}>"), v / remaining) for v, t in ranked[:n]]
+    return [(t, stats.token_strings.get(t, f"<{t}>"), v / remaining) for v, t in ranked]
 
 
 def _top_tokens_of(sequences: list[TokenSequence], n: int) -> list[tuple[str, float]]:

@@ -1,14 +1,17 @@
-"""Scores of an explanation on held-out evidence, the shuffled baseline and the inversion check.
+"""Scores of an explanation on held-out evidence, against the shuffled baseline, and the inversion check.
 
-- **detection**: each held-out sequence (positives: the feature fires somewhere in it;
-  negatives: it fires nowhere) is shown unmarked; the scorer says from the explanation alone
-  whether the feature fires. Balanced accuracy = (true-positive rate + true-negative rate) / 2.
+- **detection**: each held-out window (positives: the feature fires somewhere in it; negatives:
+  it fires nowhere) is shown unmarked; the scorer says from the explanation alone whether the
+  feature fires. Balanced accuracy = (true-positive rate + true-negative rate) / 2, reported
+  twice: against the random negatives (``detection``) and against the hard negatives, silent
+  windows that share the explanation's surface (``detection_hard``).
 - **fuzzing**: each held-out positive is shown twice: once with its firing tokens marked
   (label: correct) and once with as many non-firing tokens of it marked at random (label:
   wrong); the scorer says whether the marked tokens are where the explanation says it fires.
   Balanced accuracy over those items.
 - **baseline**: the same scorer on the same items with another feature's explanation (a
-  derangement of the explanations, drawn with the seed). A score means something only above it.
+  derangement of the explanations, drawn with the seed). Every score carries a bootstrap 95%
+  interval, and the verdict compares it with its baseline (``saeinverse.explain.intervals``).
 - **inversion check**: a fresh forward on each refined prompt (``score_prompt``): does it still
   fire, and how strongly relative to the feature's dataset maximum?
 
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from saeinverse.explain.evidence import HeldoutEvidence, TokenSequence
+from saeinverse.explain.intervals import compare
 
 if TYPE_CHECKING:
     from saeinverse.invert import Inversion
@@ -42,6 +46,8 @@ class ScoringItem:
     label: bool
     marks: tuple[bool, ...] | None = None
     """Marked tokens (fuzzing only)."""
+    kind: str = "positive"
+    """'positive', 'negative' (random) or 'hard' (a hard negative); fuzzing: 'positive' / 'negative'."""
 
 
 class Scorer(Protocol):
@@ -59,10 +65,12 @@ class Scorer(Protocol):
 
 
 def detection_items(heldout: HeldoutEvidence) -> list[ScoringItem]:
-    """Positives then negatives, unmarked."""
-    return [ScoringItem(s, True) for s in heldout.positives] + [
-        ScoringItem(s, False) for s in heldout.negatives
-    ]
+    """Positives, random negatives, then hard negatives, unmarked."""
+    return (
+        [ScoringItem(s, True) for s in heldout.positives]
+        + [ScoringItem(s, False, kind="negative") for s in heldout.negatives]
+        + [ScoringItem(s, False, kind="hard") for s in heldout.hard_negatives]
+    )
 
 
 def fuzzing_items(heldout: HeldoutEvidence, seed: int) -> list[ScoringItem]:
@@ -79,7 +87,8 @@ def fuzzing_items(heldout: HeldoutEvidence, seed: int) -> list[ScoringItem]:
         n_marked = min(sum(firing), len(silent))
         if n_marked:
             chosen = set(rng.choice(silent, size=n_marked, replace=False).tolist())
-            items.append(ScoringItem(seq, False, tuple(i in chosen for i in range(len(firing)))))
+            marks = tuple(i in chosen for i in range(len(firing)))
+            items.append(ScoringItem(seq, False, marks, kind="negative"))
     return items
 
 
@@ -115,37 +124,80 @@ def roc_auc(labels: Sequence[bool], predictions: Sequence[float | bool | None]) 
     return wins / (len(pos) * len(neg))
 
 
-def score_items(
+def predict(
     scorer: Scorer, explanation: str, items: list[ScoringItem], task: Task
-) -> dict[str, Any]:
-    """The scorer's balanced accuracy on ``items``, with its parts and the threshold-free AUC."""
+) -> list[float | None]:
+    """The scorer's answers to ``items`` (one per item, checked)."""
     if not items:
-        return {
-            "balanced_accuracy": None, "auc": None, "n": 0, "tpr": None, "tnr": None, "unparsed": 0,
-        }  # fmt: skip
-    predictions = scorer.predict(explanation, items, task)
+        return []
+    predictions = list(scorer.predict(explanation, items, task))
     if len(predictions) != len(items):
         raise ValueError(f"scorer returned {len(predictions)} answers for {len(items)} items")
-    labels = [it.label for it in items]
-    pos = [_says_yes(p) for p, y in zip(predictions, labels, strict=True) if y]
-    neg = [not _says_yes(p) for p, y in zip(predictions, labels, strict=True) if not y]
+    return predictions
+
+
+def summarise(
+    items: list[ScoringItem],
+    own: list[float | None],
+    base: list[float | None] | None,
+    negative_kind: str,
+    *,
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Balanced accuracy of ``own`` answers (positives vs the ``negative_kind`` items) with its
+    interval, TPR / TNR, unparsed answers, threshold-free AUC and, with ``base``, the baseline's
+    score and the verdict (``intervals.compare``)."""
+    pos = [i for i, it in enumerate(items) if it.kind == "positive"]
+    neg = [i for i, it in enumerate(items) if it.kind == negative_kind]
+    yes = [float(_says_yes(p)) for p in own]
+    base_yes = None if base is None else [float(_says_yes(p)) for p in base]
+    out = compare(
+        [yes[i] for i in pos],
+        [yes[i] for i in neg],
+        None if base_yes is None else [base_yes[i] for i in pos],
+        None if base_yes is None else [base_yes[i] for i in neg],
+        n_boot=n_boot,
+        seed=seed,
+    )
+    labels = [True] * len(pos) + [False] * len(neg)
+    chosen = [own[i] for i in pos + neg]
     return {
-        "balanced_accuracy": balanced_accuracy(labels, predictions),
-        "auc": roc_auc(labels, predictions),
-        "n": len(items),
-        "tpr": sum(pos) / len(pos) if pos else None,
-        "tnr": sum(neg) / len(neg) if neg else None,
-        "unparsed": sum(p is None for p in predictions),
+        "balanced_accuracy": out["value"],
+        **out,
+        "n": len(labels),
+        "tpr": sum(yes[i] for i in pos) / len(pos) if pos else None,
+        "tnr": sum(1 - yes[i] for i in neg) / len(neg) if neg else None,
+        "unparsed": sum(p is None for p in chosen),
+        "auc": roc_auc(labels, chosen),
     }
 
 
 def score_explanation(
-    scorer: Scorer, explanation: str, heldout: HeldoutEvidence, seed: int
+    scorer: Scorer,
+    explanation: str,
+    heldout: HeldoutEvidence,
+    seed: int,
+    baseline: str | None = None,
+    *,
+    n_boot: int = 1000,
 ) -> dict[str, dict[str, Any]]:
-    """Detection and fuzzing of one explanation on one feature's held-out evidence."""
+    """Detection (random and hard negatives) and fuzzing of one explanation on one feature's
+    held-out evidence; with ``baseline`` (another feature's explanation) scored on the same
+    items, each score's verdict against it."""
+    detection = detection_items(heldout)
+    fuzzing = fuzzing_items(heldout, seed)
+    own_d = predict(scorer, explanation, detection, "detection")
+    own_f = predict(scorer, explanation, fuzzing, "fuzzing")
+    base_d = base_f = None
+    if baseline is not None:
+        base_d = predict(scorer, baseline, detection, "detection")
+        base_f = predict(scorer, baseline, fuzzing, "fuzzing")
+    kw = {"n_boot": n_boot, "seed": seed}
     return {
-        "detection": score_items(scorer, explanation, detection_items(heldout), "detection"),
-        "fuzzing": score_items(scorer, explanation, fuzzing_items(heldout, seed), "fuzzing"),
+        "detection": summarise(detection, own_d, base_d, "negative", **kw),
+        "detection_hard": summarise(detection, own_d, base_d, "hard", **kw),
+        "fuzzing": summarise(fuzzing, own_f, base_f, "negative", **kw),
     }
 
 

@@ -1,78 +1,47 @@
 """Stage 6: explain each selected feature in words, score the explanations, save ``explanations.jsonl``.
 
-``generate_explanations`` builds each feature's evidence (``evidence.build_evidence``), asks the
+``generate_explanations`` builds each feature's evidence (``sampling.build_evidence``), asks the
 configured explainer for one sentence per feature, scores every explanation on the feature's
-held-out evidence (detection, fuzzing) and again with the explanations deranged across features
-(the baseline), and re-checks each refined prompt with a fresh forward. It is a pure function of
-its inputs and the seed, so batches of features can be explained apart and concatenated.
-"""
+held-out evidence (detection against random and hard negatives, fuzzing) and again with the
+explanations deranged across features (the baseline), each score with a bootstrap interval and a
+verdict; the embedding judge scores the same windows; each refined prompt is re-checked with a
+fresh forward. It is a pure function of its inputs and the seed, so batches of features can be
+explained apart and concatenated."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from saeinverse.errors import ArtifactError
+from saeinverse.config import ExplanationConfig, as_section
 from saeinverse.explain.evidence import FeatureEvidence, evidence_summary
 from saeinverse.explain.explainers import Backend, make_backend
+from saeinverse.explain.results import (
+    EXPLANATIONS_FILE,
+    ExplanationResult,
+    load_explanations,
+    save_explanations,
+)
 from saeinverse.explain.sampling import build_evidence
 from saeinverse.explain.scoring import derangement, inversion_check, score_explanation
-from saeinverse.explain.settings import resolve_settings
-from saeinverse.io import atomic_open
 
 if TYPE_CHECKING:
     from saeinverse.collect.stats import FeatureStats
+    from saeinverse.explain.judge import EmbeddingJudge
     from saeinverse.invert import Inversion
 
 logger = logging.getLogger(__name__)
 
-EXPLANATIONS_FILE = "explanations.jsonl"
-FORMAT_VERSION = 1
-
-
-@dataclass
-class ExplanationResult:
-    """One feature's explanation, its scores on held-out evidence and the shuffled baseline."""
-
-    feature_id: int
-    explainer: str
-    """Who wrote it: 'tokens', 'llm' or 'openai'."""
-    explanation: str
-    scorer: str = ""
-    """Who scored it (the explainer's backend unless ``explanation.scorer`` names another)."""
-    detection: float | None = None
-    """Balanced accuracy of detection on held-out sequences (None: not scorable)."""
-    fuzzing: float | None = None
-    """Balanced accuracy of fuzzing on held-out sequences (None: not scorable)."""
-    baseline_detection: float | None = None
-    """Detection with another feature's explanation (None with one feature)."""
-    baseline_fuzzing: float | None = None
-    """Fuzzing with another feature's explanation."""
-    baseline_feature: int | None = None
-    """Whose explanation the baseline used."""
-    inversion: dict[str, Any] | None = None
-    """The refined prompt's fresh-forward check: text, activation, dataset_max, ratio, fires."""
-    scores: dict[str, Any] = field(default_factory=dict)
-    """Details: {detection, fuzzing, baseline_detection, baseline_fuzzing} -> n, tpr, tnr, unparsed."""
-    evidence: dict[str, Any] = field(default_factory=dict)
-    """What the explainer saw (top tokens, first exemplars) and the held-out sizes."""
-    dataset_max: float | None = None
-    seconds: float = 0.0
-    """Wall-clock seconds for the batch divided by its number of features."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"version": FORMAT_VERSION, **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ExplanationResult:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+__all__ = [  # the artifact's names are read from here too (run/, report/, scale/)
+    "EXPLANATIONS_FILE",
+    "ExplanationResult",
+    "feature_ids_of",
+    "generate_explanations",
+    "load_explanations",
+    "save_explanations",
+]
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -132,6 +101,7 @@ def generate_explanations(
     inversions: Iterable[Inversion] | None = None,
     seed: int = 0,
     backend: Backend | None = None,
+    judge: EmbeddingJudge | None = None,
     progress: bool = False,
 ) -> list[ExplanationResult]:
     """Explain and score each feature of ``feature_results``; one result per feature, in order.
@@ -141,20 +111,17 @@ def generate_explanations(
     explainer (loaded from ``llm_name`` when None; an object with ``complete_many`` is used as
     the chat model itself). ``explanation_cfg``: ``config.explanation`` or a dict of its keys.
     ``stats`` (collection) gives exemplars and held-out evidence: without it only refined
-    prompts are evidence and nothing is scored. ``backend`` overrides the configured explainer.
+    prompts are evidence and nothing is scored. ``backend`` overrides the configured explainer;
+    ``judge`` the embedding judge (loaded once per process when ``explanation.judge`` is on).
     """
     start = time.perf_counter()
-    s = resolve_settings(explanation_cfg)
+    cfg = as_section(explanation_cfg, ExplanationConfig)
     fids = feature_ids_of(feature_results)
     if not fids:
         return []
     by_id = _inversions_by_id(feature_results, inversions)
-    backend = backend or make_backend(s, lm, tokenizer)
-    evidence = build_evidence(
-        model, sae, fids, stats, inversions=by_id, n_heldout=int(s.n_heldout),
-        n_exemplars=int(s.n_exemplars), n_decile_samples=int(s.n_decile_samples),
-        n_top_tokens=int(s.n_top_tokens), context_window=s.context_window, seed=seed,
-    )  # fmt: skip
+    backend = backend or make_backend(cfg, lm, tokenizer)
+    evidence = build_evidence(model, sae, fids, stats, cfg, inversions=by_id, seed=seed)
     explanations = backend.explainer.explain_many([e.explain for e in evidence])
     for fid, text in zip(fids, explanations, strict=True):
         logger.info("feature %d (%s): %s", fid, backend.name, text)
@@ -169,8 +136,11 @@ def generate_explanations(
         )
         for ev, text in zip(evidence, explanations, strict=True)
     ]
-    if s.score:
-        _score(backend, evidence, explanations, results, seed, progress)
+    scorable = any(ev.heldout.positives for ev in evidence)
+    if cfg.score and scorable:
+        _score(backend, evidence, explanations, results, seed, cfg.n_bootstrap, progress)
+        if cfg.judge:
+            _judge(judge, evidence, explanations, results, seed, cfg.n_bootstrap)
     for result in results:
         if result.feature_id in by_id:
             result.inversion = inversion_check(
@@ -188,9 +158,10 @@ def _score(
     explanations: list[str],
     results: list[ExplanationResult],
     seed: int,
+    n_boot: int,
     progress: bool,
 ) -> None:
-    """Fill each result's scores and baseline scores (in place)."""
+    """Fill each result's scores, intervals, baselines and verdicts (in place)."""
     from tqdm.auto import tqdm
 
     shuffle = derangement(len(evidence), seed)
@@ -198,63 +169,31 @@ def _score(
     with bar:
         for i, (ev, result) in enumerate(zip(evidence, results, strict=True)):
             item_seed = seed * 1_000_003 + ev.feature_id
-            own = score_explanation(backend.scorer, explanations[i], ev.heldout, item_seed)
-            result.detection = own["detection"]["balanced_accuracy"]
-            result.fuzzing = own["fuzzing"]["balanced_accuracy"]
-            result.scores = {"detection": own["detection"], "fuzzing": own["fuzzing"]}
-            if shuffle is not None:
-                other = shuffle[i]
-                base = score_explanation(backend.scorer, explanations[other], ev.heldout, item_seed)
-                result.baseline_feature = evidence[other].feature_id
-                result.baseline_detection = base["detection"]["balanced_accuracy"]
-                result.baseline_fuzzing = base["fuzzing"]["balanced_accuracy"]
-                result.scores["baseline_detection"] = base["detection"]
-                result.scores["baseline_fuzzing"] = base["fuzzing"]
+            other = None if shuffle is None else shuffle[i]
+            baseline = None if other is None else explanations[other]
+            scores = score_explanation(
+                backend.scorer, explanations[i], ev.heldout, item_seed, baseline, n_boot=n_boot
+            )
+            for name, record in scores.items():
+                result.set_score(name, record)
+            result.baseline_feature = None if other is None else evidence[other].feature_id
             bar.update(1)
 
 
-# ----------------------------------------------------------------------------- artifacts
+def _judge(
+    judge: EmbeddingJudge | None,
+    evidence: list[FeatureEvidence],
+    explanations: list[str],
+    results: list[ExplanationResult],
+    seed: int,
+    n_boot: int,
+) -> None:
+    """Fill each result's embedding-judge scores (in place)."""
+    from saeinverse.explain.judge import EmbeddingJudge
 
-
-def save_explanations(directory: str | Path, results: Iterable[ExplanationResult]) -> Path:
-    """Write ``<directory>/explanations.jsonl`` atomically (one JSON object per feature)."""
-    path = Path(directory) / EXPLANATIONS_FILE
-    with atomic_open(path, "w") as handle:
-        for result in results:
-            handle.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
-    return path
-
-
-def load_explanations(directory: str | Path) -> list[ExplanationResult]:
-    """Read what ``save_explanations`` wrote (``ArtifactError`` naming the file and line)."""
-    path = Path(directory)
-    path = path if path.suffix == ".jsonl" else path / EXPLANATIONS_FILE
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError as err:
-        raise ArtifactError(f"artifact {path} does not exist") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"artifact {path} is unreadable: {err}") from err
-    results = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-            results.append(ExplanationResult.from_dict(data))
-        except (json.JSONDecodeError, TypeError, AttributeError) as err:
-            raise ArtifactError(f"artifact {path} line {number} is malformed: {err}") from err
-    return results
-
-
-def summarize(results: Sequence[ExplanationResult]) -> dict[str, float | None]:
-    """Mean scores and baselines over the features that have them."""
-
-    def mean(values):
-        values = [v for v in values if v is not None]
-        return sum(values) / len(values) if values else None
-
-    return {
-        name: mean(getattr(r, name) for r in results)
-        for name in ("detection", "fuzzing", "baseline_detection", "baseline_fuzzing")
-    }
+    judge = judge or EmbeddingJudge()
+    shuffle = derangement(len(evidence), seed)
+    scored = judge.score_all(explanations, evidence, shuffle, n_boot=n_boot, seed=seed)
+    for result, scores in zip(results, scored, strict=True):
+        for name, record in scores.items():
+            result.set_score(name, record)

@@ -1,0 +1,273 @@
+"""Explanations as rules a program can check: the `context` and `tokens` explainers' language.
+
+An explanation names the tokens a feature fires on and, optionally, the context it needs::
+
+    Fires on "Paris", "London" right after "in", "to" at the start of a word (as in: “…”).
+
+- ``Fires on "a", "b"``: the target tokens (JSON-quoted; compared case- and space-insensitively);
+- ``right after "x", "y"``: the token just before must be one of these;
+- ``at the start of a word`` / ``inside a word``: the target token begins a word (it starts
+  with a space, or follows punctuation) or continues one;
+- ``(as in: “…”)``: examples for a reader; never read back.
+
+``parse_rule`` reads that back (an explanation with nothing quoted becomes its content words),
+``RuleSimulator`` scores with it: detection says "fires" when some token of the window satisfies
+the rule, fuzzing says "correct" when at least half of the marked tokens do.
+
+``ContextExplainer`` (the ``context`` explainer) writes such rules. From the explaining side only
+(exemplars and decile samples as positives, silent windows as negatives, random ones and ones
+that hold the top tokens) it builds candidates: the top 1, 2, … tokens, each alone, right after
+the tokens that precede its firing occurrences, at a word's start or inside a word; and keeps
+the candidate with the best balanced accuracy there (ties: the simpler rule). The held-out
+windows never take part in the choice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from saeinverse.explain.evidence import (
+    MARK_CLOSE,
+    MARK_OPEN,
+    ExplainEvidence,
+    TokenSequence,
+    normalise,
+)
+
+TOKEN_MASS_COVERED = 0.8
+"""A plain token list stops once its tokens carry this share of the mass."""
+AFTER_COVERED = 0.8
+"""The 'right after' set grows until it precedes this share of the firing occurrences."""
+MAX_AFTER = 6
+N_CONTEXTS = 2
+CONTEXT_RADIUS = 4
+WORD_CLAUSES = {"start": " at the start of a word", "inside": " inside a word"}
+
+
+def quote(token: str) -> str:
+    """A token in double quotes, JSON-escaped (the form ``parse_rule`` reads back)."""
+    return json.dumps(token.replace(MARK_OPEN, "<<").replace(MARK_CLOSE, ">>"), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Where a feature fires: target tokens, optionally right after given tokens, at a word part."""
+
+    targets: tuple[str, ...]
+    after: tuple[str, ...] = ()
+    word: str | None = None
+    """'start', 'inside' or None (either)."""
+
+    def text(self) -> str:
+        """The rule in words, without examples."""
+        if not self.targets:
+            return "Fires on nothing seen in the evidence"
+        text = "Fires on " + ", ".join(quote(t) for t in self.targets)
+        if self.after:
+            text += " right after " + ", ".join(quote(t) for t in self.after)
+        return text + WORD_CLAUSES.get(self.word or "", "")
+
+    def positions(self, tokens: Sequence[str]) -> list[bool]:
+        """Which tokens of a window satisfy the rule."""
+        targets = {normalise(t) for t in self.targets}
+        after = {normalise(t) for t in self.after}
+        out = []
+        for i, token in enumerate(tokens):
+            hit = normalise(token) in targets
+            if hit and after:
+                hit = i > 0 and normalise(tokens[i - 1]) in after
+            if hit and self.word is not None:
+                hit = starts_word(tokens, i) == (self.word == "start")
+            out.append(hit)
+        return out
+
+    def complexity(self) -> int:
+        return len(self.targets) + len(self.after) + (self.word is not None)
+
+
+def starts_word(tokens: Sequence[str], i: int) -> bool:
+    """Whether token ``i`` begins a word: it starts with whitespace, or follows a token that does
+    not end in a letter or digit (the window's first token counts as a start)."""
+    token = tokens[i]
+    if i == 0 or not token or token[0].isspace():
+        return True
+    previous = tokens[i - 1]
+    return not previous or not previous[-1].isalnum()
+
+
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_FILLER = frozenset(
+    "fires on the a an of in as and or tokens token like right after at start word inside "
+    "feature it is to".split()
+)
+
+
+def _quoted(text: str) -> tuple[str, ...]:
+    found = []
+    for body in _QUOTED.findall(text):
+        try:
+            found.append(json.loads(f'"{body}"'))
+        except json.JSONDecodeError:
+            found.append(body)
+    return tuple(found)
+
+
+def parse_rule(explanation: str) -> Rule:
+    """The rule an explanation states (see the module docstring); content words when it quotes
+    nothing."""
+    text = explanation.split(" (as in:")[0]
+    head, _, tail = text.partition(" right after ")
+    targets, after = _quoted(head), _quoted(tail)
+    word = next((k for k, clause in WORD_CLAUSES.items() if clause in text), None)
+    if not targets:
+        words = [w for w in re.findall(r"\w+", explanation.lower()) if w not in _FILLER]
+        return Rule(tuple(dict.fromkeys(words)))
+    return Rule(targets, after, word)
+
+
+class RuleSimulator:
+    """Scores with no language model: does the window (or its marked tokens) satisfy the rule?"""
+
+    def predict(self, explanation: str, items: Sequence, task: str) -> list[float | None]:
+        rule = parse_rule(explanation)
+        out: list[float | None] = []
+        for item in items:
+            hits = rule.positions(item.sequence.tokens)
+            if task == "detection":
+                out.append(float(any(hits)))
+            else:
+                marked = [h for h, m in zip(hits, item.marks or (), strict=True) if m]
+                out.append(float(bool(marked) and sum(marked) * 2 >= len(marked)))
+        return out
+
+
+# ----------------------------------------------------------------------------- explainers
+
+
+def short_context(seq: TokenSequence) -> str:
+    """A few tokens either side of the peak, marked, with no straight double quotes."""
+    peak = max(range(len(seq.activations)), key=lambda i: seq.activations[i], default=0)
+    lo, hi = max(0, peak - CONTEXT_RADIUS), peak + CONTEXT_RADIUS + 1
+    part = TokenSequence(
+        seq.tokens[lo:hi], seq.token_ids[lo:hi], seq.activations[lo:hi], seq.source
+    )
+    return part.render().strip().replace('"', "'")
+
+
+def with_examples(rule: Rule, evidence: ExplainEvidence) -> str:
+    """The rule's text followed by up to ``N_CONTEXTS`` marked contexts from the evidence."""
+    text = rule.text()
+    contexts = [short_context(s) for s in evidence.sequences()[:N_CONTEXTS]]
+    if rule.targets and contexts:
+        text += " (as in: " + "; ".join(f"“{c}”" for c in contexts) + ")"
+    return text + "."
+
+
+def token_list(evidence: ExplainEvidence, max_tokens: int) -> Rule:
+    """The top tokens until they carry ``TOKEN_MASS_COVERED`` of the mass (at most ``max_tokens``)."""
+    chosen, seen, covered = [], set(), 0.0
+    for token, share in evidence.top_tokens:
+        if covered >= TOKEN_MASS_COVERED or len(chosen) >= max_tokens:
+            break
+        if normalise(token) not in seen:
+            chosen.append(token)
+            seen.add(normalise(token))
+        covered += share
+    return Rule(tuple(chosen))
+
+
+class TokensExplainer:
+    """'Fires on "a", "b" (as in: “…«a»…”)': the top tokens, deterministic."""
+
+    def __init__(self, max_tokens: int = 8):
+        self.max_tokens = max_tokens
+
+    def explain_many(self, evidence: Sequence[ExplainEvidence]) -> list[str]:
+        return [with_examples(token_list(e, self.max_tokens), e) for e in evidence]
+
+
+class ContextExplainer:
+    """The rule that best separates the explaining side's positives from its silent windows."""
+
+    def __init__(self, max_tokens: int = 8):
+        self.max_tokens = max_tokens
+
+    def explain_many(self, evidence: Sequence[ExplainEvidence]) -> list[str]:
+        return [with_examples(self.choose(e)[0], e) for e in evidence]
+
+    def choose(self, evidence: ExplainEvidence) -> tuple[Rule, float]:
+        """The best candidate rule and its explain-side balanced accuracy."""
+        positives = [
+            s for s in evidence.exemplars + evidence.decile_samples if s.max_activation > 0
+        ]
+        negatives = [s for s in evidence.silent if s.source == "silent"]
+        near = [s for s in evidence.silent if s.source != "silent"]
+        fallback = token_list(evidence, self.max_tokens)
+        if not positives or not (negatives or near):
+            return fallback, float("nan")
+        best, best_score = fallback, explain_side_score(fallback, positives, negatives, near)
+        for rule in self.candidates(evidence, positives):
+            score = explain_side_score(rule, positives, negatives, near)
+            if score > best_score + 1e-9 or (
+                abs(score - best_score) <= 1e-9 and rule.complexity() < best.complexity()
+            ):
+                best, best_score = rule, score
+        return best, best_score
+
+    def candidates(self, evidence: ExplainEvidence, positives: list[TokenSequence]) -> list[Rule]:
+        tokens: list[str] = []
+        for token, _ in evidence.top_tokens:
+            if normalise(token) not in {normalise(t) for t in tokens}:
+                tokens.append(token)
+        rules = []
+        for k in range(1, min(len(tokens), self.max_tokens) + 1):
+            base = Rule(tuple(tokens[:k]))
+            after = preceding(base, positives)
+            rules += [base, replace(base, word="start"), replace(base, word="inside")]
+            if after:
+                rules += [replace(base, after=after), replace(base, after=after, word="start")]
+        return rules
+
+
+def preceding(rule: Rule, positives: list[TokenSequence]) -> tuple[str, ...]:
+    """The tokens just before the rule's firing target occurrences, most frequent first, until
+    they cover ``AFTER_COVERED`` of them (at most ``MAX_AFTER``; empty when that is not reached)."""
+    counts: Counter[str] = Counter()
+    spelling: dict[str, str] = {}
+    total = 0
+    for seq in positives:
+        for i, (hit, value) in enumerate(zip(rule.positions(seq.tokens), seq.activations,
+                                              strict=True)):  # fmt: skip
+            if hit and value > 0 and i > 0:
+                key = normalise(seq.tokens[i - 1])
+                counts[key] += 1
+                spelling.setdefault(key, seq.tokens[i - 1])
+                total += 1
+    chosen, covered = [], 0
+    for key, count in counts.most_common(MAX_AFTER):
+        chosen.append(spelling[key])
+        covered += count
+        if covered >= AFTER_COVERED * total:
+            return tuple(chosen)
+    return ()
+
+
+def explain_side_score(
+    rule: Rule,
+    positives: list[TokenSequence],
+    negatives: list[TokenSequence],
+    near: list[TokenSequence],
+) -> float:
+    """Balanced accuracy of the rule's detection on the explaining side: true-positive rate
+    against the mean true-negative rate of random and near (top-token) silent windows."""
+
+    def fires(seq: TokenSequence) -> bool:
+        return any(rule.positions(seq.tokens))
+
+    tpr = sum(map(fires, positives)) / len(positives)
+    tnrs = [1 - sum(map(fires, group)) / len(group) for group in (negatives, near) if group]
+    return 0.5 * (tpr + sum(tnrs) / len(tnrs))

@@ -1,0 +1,95 @@
+"""Rules: what a context explanation says, how it is read back and simulated, how it is chosen."""
+
+from __future__ import annotations
+
+import random
+
+from saeinverse.explain.evidence import ExplainEvidence, HeldoutEvidence, TokenSequence
+from saeinverse.explain.rules import (
+    ContextExplainer,
+    Rule,
+    RuleSimulator,
+    TokensExplainer,
+    parse_rule,
+    starts_word,
+)
+from saeinverse.explain.scoring import score_explanation
+
+WORDS = [" the", " cat", " sat", " on", " a", " mat", " new", " York", " bank", " river"]
+
+
+def window(rng: random.Random, plant: list[str] | None = None, fire_after: str = " new"):
+    """Random words; ' York' fires only right after ' new' (the planted context rule)."""
+    tokens = [rng.choice(WORDS) for _ in range(12)]
+    if plant:
+        at = rng.randrange(1, 12 - len(plant))
+        tokens[at : at + len(plant)] = plant
+    acts = [
+        1.0 if t == " York" and i > 0 and tokens[i - 1] == fire_after else 0.0
+        for i, t in enumerate(tokens)
+    ]
+    return TokenSequence(tokens, list(range(12)), acts, "exemplar" if any(acts) else "silent")
+
+
+def contextual_case(seed: int, n: int = 50):
+    """Positives hold 'new York'; hard negatives hold 'York' after another word; random ones
+    hold no 'York'."""
+    rng = random.Random(seed)
+    positives = [window(rng, [" new", " York"]) for _ in range(n)]
+    near = []
+    while len(near) < n:
+        seq = window(rng, [rng.choice([" the", " cat", " river"]), " York"])
+        if not any(seq.activations):
+            seq.source = "silent:token"
+            near.append(seq)
+    silent = []
+    while len(silent) < n:
+        seq = window(rng)
+        if " York" not in seq.tokens:
+            silent.append(seq)
+    return positives, silent, near
+
+
+def test_rule_text_round_trips_and_matches_in_context():
+    rule = Rule((" York",), (" new",), "start")
+    text = rule.text() + " (as in: “a «b»”)."
+    assert text.startswith('Fires on " York" right after " new" at the start of a word')
+    assert parse_rule(text) == rule
+    assert rule.positions([" new", " York", " York", "new", "York"]) == [
+        False, True, False, False, False,
+    ]  # fmt: skip
+    assert starts_word([" a", "b", "-", "c"], 1) is False and starts_word([" a", "-", "c"], 2)
+    assert parse_rule("The feature fires on dates and years.").targets == ("dates", "years")
+
+
+def test_context_explainer_finds_the_context_a_token_list_misses():
+    positives, silent, near = contextual_case(seed=0)
+    evidence = ExplainEvidence(
+        0,
+        exemplars=positives[:30],
+        top_tokens=[(" York", 1.0)],
+        silent=silent[:30] + near[:30],
+    )
+    context = ContextExplainer().explain_many([evidence])[0]
+    tokens = TokensExplainer().explain_many([evidence])[0]
+    assert parse_rule(context).after == (" new",) and parse_rule(context).targets == (" York",)
+    assert parse_rule(tokens) == Rule((" York",))
+    held_pos, held_silent, held_near = contextual_case(seed=1)
+    held = HeldoutEvidence(held_pos, held_silent, held_near)
+    smart = score_explanation(RuleSimulator(), context, held, seed=0, n_boot=200)
+    naive = score_explanation(RuleSimulator(), tokens, held, seed=0, n_boot=200)
+    assert smart["detection"]["value"] == 1.0 and smart["detection_hard"]["value"] == 1.0
+    assert naive["detection"]["value"] == 1.0  # lexical match passes random negatives...
+    assert naive["detection_hard"]["value"] == 0.5  # ...and fails every hard one
+
+
+def test_context_explainer_keeps_the_plain_list_when_context_adds_nothing():
+    rng = random.Random(3)
+    positives = [window(rng, [" new", " York"]) for _ in range(20)]
+    for seq in positives:  # now ' York' fires everywhere
+        seq.activations = [float(t == " York") for t in seq.tokens]
+    silent = [s for s in (window(rng) for _ in range(60)) if " York" not in s.tokens][:20]
+    evidence = ExplainEvidence(0, exemplars=positives, top_tokens=[(" York", 0.9), (" the", 0.1)],
+                               silent=silent)  # fmt: skip
+    rule, score = ContextExplainer().choose(evidence)
+    assert rule == Rule((" York",)) and score == 1.0
