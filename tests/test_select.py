@@ -141,6 +141,15 @@ def test_out_of_range_ids_are_a_clear_error():
         selection_cfg(feature_ids=[3, -1])
 
 
+def test_an_empty_explicit_list_is_an_error_not_an_empty_selection():
+    """Issue 14.11: nothing selected must not pass silently (max_features=0 is a range error)."""
+    cfg = selection_cfg(feature_ids=[]).selection
+    with pytest.raises(ConfigError, match="feature_ids is an empty list"):
+        select_features(CLUSTERED, constructed_stats(), cfg)
+    with pytest.raises(ConfigError, match="max_features must be ≥ 1, got 0"):
+        selection_cfg(max_features=0)
+
+
 def test_selection_round_trips(tmp_path):
     selection = select_features(CLUSTERED, constructed_stats(), selection_cfg().selection)
     selection.save(tmp_path)

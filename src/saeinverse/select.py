@@ -229,6 +229,11 @@ def _explicit(
     cluster_result: ClusterResult | None, stats: Any, cfg: SelectionConfig, d_sae: int
 ) -> Selection:
     ids = [int(i) for i in cfg.feature_ids]
+    if not ids:
+        raise ConfigError(
+            "clustering.selection.feature_ids is an empty list: give at least one SAE feature id, "
+            "or null to let clustering choose"
+        )
     bad = sorted({i for i in ids if not 0 <= i < d_sae})
     if bad:
         raise ConfigError(
