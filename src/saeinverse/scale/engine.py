@@ -97,9 +97,11 @@ def _check_capacity(ray, scale: ScaleConfig) -> None:
             )
 
 
-def forwarded_env() -> dict[str, str]:
-    """The driver's cache and hub-mode variables, for workers started elsewhere."""
-    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+def forwarded_env(config: Config) -> dict[str, str]:
+    """The driver's cache and hub-mode variables and the explanation endpoint's key variable,
+    for workers started on other machines (kept in memory there, never written)."""
+    key = config.explanation.api_key_env
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV) or k == key}
 
 
 # ----------------------------------------------------------------------------- unit store
@@ -166,9 +168,10 @@ class WorkerPool:
         if self.scale.gpus_per_worker:
             options["num_gpus"] = self.scale.gpus_per_worker
         self._remote = self.ray.remote(actor_class).options(**options)
-        self._init_args = (config, self.scale.threads_per_worker, forwarded_env(), *init_args)
+        self._init_args = (config, self.scale.threads_per_worker, forwarded_env(config), *init_args)
         self.actors = [self._spawn() for _ in range(self.scale.workers)]
         self.restarts = 0
+        """Workers replaced since the pool started (all stages)."""
         self.busy: dict[Any, tuple[int, Unit]] = {}
         """In-flight result ref -> (actor slot, unit)."""
 
@@ -186,7 +189,7 @@ class WorkerPool:
         ray = self.ray
         queue = list(reversed(units))
         idle = list(range(len(self.actors)))
-        limit = MAX_RESTARTS_PER_WORKER * len(self.actors)
+        limit, deaths = MAX_RESTARTS_PER_WORKER * len(self.actors), 0
         while queue or self.busy:
             while queue and idle:
                 slot, unit = idle.pop(), queue.pop()
@@ -198,9 +201,10 @@ class WorkerPool:
                 result = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as err:
                 self.restarts += 1
-                if self.restarts > limit:
+                deaths += 1
+                if deaths > limit:
                     raise ScaleError(
-                        f"Ray workers died {self.restarts} times (limit {limit}); last: {err}"
+                        f"Ray workers died {deaths} times in one stage (limit {limit}); last: {err}"
                     ) from err
                 logger.warning(
                     "worker %d died during unit %d: starting a new one, resending the unit",
@@ -240,7 +244,7 @@ def pool_key(config: Config) -> str:
     return plan_hash(
         config.model.to_dict(), sae_identity(config), config.hardware.to_dict(),
         [scale.address, scale.workers, scale.gpus_per_worker, scale.threads_per_worker],
-        forwarded_env(),
+        forwarded_env(config),  # hashed, never stored
     )  # fmt: skip
 
 

@@ -44,13 +44,16 @@ def invert_fanned(
 
     ``dataset_max``, ``reference_max`` and ``exemplar_tokens`` are read per feature (dicts by id,
     tensors / lists over all features, or for ``exemplar_tokens`` a list aligned with the ids);
-    the other keyword arguments go to every batch as they are. Without a ``fluency_bound`` one
-    worker measures the default bound once and every batch uses it.
+    the other keyword arguments (``seed``: ``config.seed`` by default) go to every batch as they
+    are; the settings are ``config.optimization``. Without a ``fluency_bound`` one worker
+    measures the default bound once and every batch uses it.
     """
     from saeinverse.invert import load_inversions, save_inversions
     from saeinverse.invert.result import INVERSIONS_FILE
 
     ids = [int(f) for f in feature_ids]
+    invert_kwargs.pop("progress", None)  # the driver's bar stands for the workers'
+    invert_kwargs.setdefault("seed", config.seed)
     per_feature = {
         key: _by_id(invert_kwargs.pop(key), ids, aligned=key == "exemplar_tokens")
         for key in PER_FEATURE
@@ -72,7 +75,8 @@ def invert_fanned(
         if invert_kwargs.get("fluency_bound") is None:
             exclude_bos = bool(invert_kwargs.get("exclude_bos", True))
             actor = pool.actors[0]
-            bound = pool.ray.get(actor.fluency_bound.remote(config, exclude_bos))
+            seed = int(invert_kwargs["seed"])
+            bound = pool.ray.get(actor.fluency_bound.remote(config, exclude_bos, seed))
             for unit in units:
                 unit.args[1]["fluency_bound"] = bound
         return ()

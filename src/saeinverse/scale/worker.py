@@ -66,16 +66,16 @@ class StageWorker:
 
         return optimize_features(
             self.model, self.sae, list(feature_ids), config.optimization,
-            seed=config.seed, progress=False, **kwargs,
+            **{"seed": config.seed, **kwargs, "progress": False},
         )  # fmt: skip
 
-    def fluency_bound(self, config: Config, exclude_bos: bool):
+    def fluency_bound(self, config: Config, exclude_bos: bool, seed: int):
         """The default real-text fluency bound inversion measures when it is given none."""
         from saeinverse.invert import FeatureTarget
         from saeinverse.invert.fluency import default_bound
 
         target = FeatureTarget(self.model, self.sae, config.optimization.position, exclude_bos)
-        return default_bound(target, config.optimization, config.seed)
+        return default_bound(target, config.optimization, seed)
 
     def explain(self, feature_ids: Sequence[int], inversions: Any, config: Config, stats: Any):
         """``generate_explanations`` over one batch of features."""
