@@ -102,6 +102,7 @@ def generate_explanations(
     seed: int = 0,
     backend: Backend | None = None,
     judge: EmbeddingJudge | None = None,
+    evidence: list[FeatureEvidence] | None = None,
     progress: bool = False,
 ) -> list[ExplanationResult]:
     """Explain and score each feature of ``feature_results``; one result per feature, in order.
@@ -112,7 +113,9 @@ def generate_explanations(
     the chat model itself). ``explanation_cfg``: ``config.explanation`` or a dict of its keys.
     ``stats`` (collection) gives exemplars and held-out evidence: without it only refined
     prompts are evidence and nothing is scored. ``backend`` overrides the configured explainer;
-    ``judge`` the embedding judge (loaded once per process when ``explanation.judge`` is on).
+    ``judge`` the embedding judge (loaded once per process when ``explanation.judge`` is on);
+    ``evidence`` evidence already built for these features (``build_evidence`` with the same
+    settings and seed), so several explainers can be compared on the very same windows.
     """
     start = time.perf_counter()
     cfg = as_section(explanation_cfg, ExplanationConfig)
@@ -121,7 +124,10 @@ def generate_explanations(
         return []
     by_id = _inversions_by_id(feature_results, inversions)
     backend = backend or make_backend(cfg, lm, tokenizer)
-    evidence = build_evidence(model, sae, fids, stats, cfg, inversions=by_id, seed=seed)
+    if evidence is None:
+        evidence = build_evidence(model, sae, fids, stats, cfg, inversions=by_id, seed=seed)
+    elif [ev.feature_id for ev in evidence] != fids:
+        raise ValueError("evidence must hold one entry per feature, in the features' order")
     explanations = backend.explainer.explain_many([e.explain for e in evidence])
     for fid, text in zip(fids, explanations, strict=True):
         logger.info("feature %d (%s): %s", fid, backend.name, text)

@@ -1,0 +1,179 @@
+"""Explanation scores on the default model and SAE: the table of issue 12, measured.
+
+Collects the default run's statistics (``--n-prompts`` prompts of the bundled corpus, cached),
+filters the features as the default run does, draws ``--features`` of the kept ones with the
+seed, and builds their evidence once: held-out positives, random negatives and hard negatives
+(``--n-heldout`` of each, topped up from bundled-corpus prompts the run never collected). Every
+explainer is then scored on those very same windows, so the rows compare like with like:
+
+- ``context`` (the default explainer), ``tokens`` and ``llm`` (SmolLM2-135M-Instruct, embedded);
+- each by its own scorer (the rule simulator; ``llm`` by SmolLM2's P(yes) unless ``--llm-scorer
+  context``) and by the embedding judge (all-MiniLM-L6-v2), which never sees any rule;
+- each against its shuffled baseline (another feature's explanation on the same windows).
+
+A cell is the mean over features with a 95% interval by bootstrap over features; "items" is the
+median number of held-out windows per score (positives + negatives); "beats" counts the features
+whose own 95% interval of (score − shuffled score) lies above 0.
+
+    python bench/explain.py                                    # 2000 prompts, 32 features
+    python bench/explain.py --n-prompts 500 --features 8 --explainers context tokens
+    python bench/explain.py --stats runs/default/collect --features 8   # reuse a run's collection
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+SCORES = (
+    ("detection", "detection (random)"),
+    ("detection_hard", "detection (hard)"),
+    ("fuzzing", "fuzzing"),
+    ("embedding", "judge AUC (random)"),
+    ("embedding_hard", "judge AUC (hard)"),
+)
+
+
+def mean_interval(values: list[float], seed: int) -> str:
+    """'mean [low, high]' with a 95% bootstrap interval over features ('—' without values)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    data = np.array(values)
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), size=(2000, len(data)))].mean(1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return f"{data.mean():.2f} [{low:.2f}, {high:.2f}]"
+
+
+def table(rows: dict[str, list], seed: int) -> str:
+    head = ["explainer", *(label for _, label in SCORES)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, results in rows.items():
+        for kind in ("own", "shuffled"):
+            cells = [name if kind == "own" else f"{name}, shuffled baseline"]
+            for score, _ in SCORES:
+                key = score if kind == "own" else f"baseline_{score}"
+                cells.append(mean_interval([getattr(r, key) for r in results], seed))
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| explainer | " + " | ".join(f"{label}: items, beats" for _, label in SCORES) + " |",
+              "|" + "---|" * (len(SCORES) + 1)]  # fmt: skip
+    for name, results in rows.items():
+        cells = [name]
+        for score, _ in SCORES:
+            records = [r.scores.get(score) or {} for r in results]
+            items = [rec["n_positive"] + rec["n_negative"] for rec in records if rec]
+            decided = [rec.get("verdict") for rec in records if rec.get("verdict")]
+            beats = sum(v == "beats" for v in decided)
+            median = statistics.median(items) if items else 0
+            cells.append(f"{median:g}, {beats}/{len(decided)}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n-prompts", type=int, default=2000)
+    parser.add_argument("--features", type=int, default=32)
+    parser.add_argument("--n-heldout", type=int, default=50)
+    parser.add_argument("--heldout-prompts", type=int, default=2000)
+    parser.add_argument("--explainers", nargs="*", default=["context", "tokens", "llm"])
+    parser.add_argument("--llm-scorer", choices=["llm", "context"], default="llm")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", default=str(Path.home() / ".cache/saeinverse/bench-explain"))
+    parser.add_argument("--out", default=None, help="write every result as JSON here")
+    parser.add_argument(
+        "--stats", default=None, help="a collect/ folder of a finished default run to reuse"
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    from saeinverse.api import collect_or_load
+    from saeinverse.config import get_default_config, update_config
+    from saeinverse.data.sources import load_prompts
+    from saeinverse.explain import EmbeddingJudge, build_evidence, generate_explanations
+    from saeinverse.filter import filter_features
+    from saeinverse.models.from_config import load_experiment_models
+
+    start = time.perf_counter()
+    config = update_config(
+        get_default_config(),
+        {
+            "seed": args.seed,
+            "data": {"n_prompts": args.n_prompts},
+            "explanation": {"n_heldout": args.n_heldout, "heldout_prompts": args.heldout_prompts},
+        },
+    )
+    model, sae, _, _ = load_experiment_models(config)
+    if args.stats:
+        from saeinverse.collect.stats import FeatureStats
+
+        stats = FeatureStats.load(args.stats)
+    else:
+        prompts = load_prompts(config.data, config.seed)
+        stats = collect_or_load(
+            model, sae, prompts, config.data, seed=config.seed, cache_dir=args.cache
+        )
+    kept = filter_features(stats, config.data.filtering).kept.tolist()
+    rng = np.random.default_rng(args.seed)
+    fids = sorted(
+        int(f) for f in rng.choice(kept, size=min(args.features, len(kept)), replace=False)
+    )
+    t0 = time.perf_counter()
+    evidence = build_evidence(model, sae, fids, stats, config.explanation, seed=config.seed)
+    evidence_s = time.perf_counter() - t0
+    judge = EmbeddingJudge()
+    rows, seconds = {}, {}
+    for name in args.explainers:
+        overrides = {"explainer": name}
+        if name == "llm" and args.llm_scorer == "context":
+            overrides["scorer"] = "context"
+        cfg = update_config(config, {"explanation": overrides}).explanation
+        lm = tok = None
+        if name == "llm":
+            from saeinverse.explain.llm import load_chat_lm
+
+            lm, tok = load_chat_lm(cfg.llm_name)
+        t0 = time.perf_counter()
+        rows[name] = generate_explanations(
+            model, sae, fids, lm, tok, cfg, stats=stats, seed=config.seed,
+            judge=judge, evidence=evidence, progress=True,
+        )  # fmt: skip
+        seconds[name] = time.perf_counter() - t0
+
+    print(f"# Explanation scores: default model and SAE, {stats.n_prompts} prompts "
+          f"({stats.n_tokens} tokens), {len(fids)} features drawn from {len(kept)} kept, "
+          f"seed {args.seed}")  # fmt: skip
+    held = [ev.heldout for ev in evidence]
+    print(
+        "held-out windows per feature (median): positives "
+        f"{statistics.median(len(h.positives) for h in held):g}, random negatives "
+        f"{statistics.median(len(h.negatives) for h in held):g}, hard negatives "
+        f"{statistics.median(len(h.hard_negatives) for h in held):g}; evidence built in "
+        f"{evidence_s:.0f} s"
+    )
+    print()
+    print(table(rows, args.seed))
+    print()
+    print("seconds per explainer (explain + score + judge): "
+          + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
+          + f"; total {time.perf_counter() - start:.0f} s")  # fmt: skip
+    for name, results in rows.items():
+        print(f"\n{name}: first explanations")
+        for r in results[:4]:
+            print(f"  feature {r.feature_id}: {r.explanation[:140]}")
+    if args.out:
+        blob = {name: [r.to_dict() for r in results] for name, results in rows.items()}
+        Path(args.out).write_text(json.dumps(blob, indent=1))
+
+
+if __name__ == "__main__":
+    main()
