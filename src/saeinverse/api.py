@@ -46,9 +46,9 @@ from saeinverse.data.sources import load_prompts
 from saeinverse.errors import ArtifactError
 from saeinverse.filter import filter_features
 from saeinverse.invert import optimize_feature
+from saeinverse.io import digest
 from saeinverse.models.from_config import load_experiment_models
 from saeinverse.models.weights import weights_fingerprint
-from saeinverse.run.rundir import digest
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -137,7 +137,7 @@ def collect_or_load(
 def collection_key(
     model: HookedTransformer, sae: SAE, prompts: Sequence[str], data_cfg: Mapping[str, Any]
 ) -> str:
-    """The digest (``run.rundir.digest``) of what the collected statistics depend on."""
+    """The digest (``saeinverse.io.digest``) of what the collected statistics depend on."""
     settings = {k: data_cfg[k] for k in data_cfg if k not in NOT_IN_KEY}
     sae_cfg = {k: v for k, v in sae.cfg.to_dict().items() if k != "device"}
     return digest(

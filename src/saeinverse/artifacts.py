@@ -20,6 +20,9 @@ CONFIG_FILE = "config.yaml"
 META_FILE = "meta.json"
 LOCK_FILE = ".lock"
 """Held by the run that writes the directory (``filelock``); never an artifact."""
+CHECKPOINT_DIR = "units"
+"""A stage folder's checkpoints (finished units of a long stage, e.g. the Ray engine's): kept
+when an attempt died so the rerun reuses them, and not part of the stage's checksums."""
 
 MODELS_FILE = "models.json"
 STATS_FILE = "feature_stats.json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -11,6 +12,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from saeinverse.errors import ArtifactError
+
+
+def digest(*parts: Any) -> str:
+    """THE hash of the project: a short stable sha256 of JSON-serialisable parts (config dicts,
+    stage outputs, names, weight fingerprints). Every cache key and stage hash uses it."""
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @contextlib.contextmanager

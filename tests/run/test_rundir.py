@@ -83,3 +83,36 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
         raise RuntimeError("interrupted")
     assert path.read_text() == "old"
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_checkpoints_survive_a_dead_attempt_but_not_a_forced_one(tmp_path):
+    from saeinverse.artifacts import CHECKPOINT_DIR
+
+    run = Run.create(get_default_config(), root=tmp_path)
+    seen = []
+
+    def compute(folder, die=False):
+        unit = folder / CHECKPOINT_DIR / "plan" / "unit-0.json"
+        seen.append(unit.exists())
+        save_json(unit, {"done": True})
+        if die:
+            raise KeyboardInterrupt  # killed mid-stage: the marker is never written
+        save_json(folder / "out.json", {"value": 1})
+
+    with pytest.raises(KeyboardInterrupt):
+        run.run_stage("s", "h", lambda f: compute(f, die=True), lambda f: None)
+    run.run_stage("s", "h", compute, lambda f: None)
+    assert seen == [False, True]  # the rerun found the unit the dead attempt finished
+    marker = load_json(run.stage_dir("s") / MARKER)
+    assert set(marker["files"]) == {"out.json"}  # checkpoints are not part of the checksums
+    forced = Run.create(get_default_config(), root=tmp_path, force={"s"})
+    forced.run_stage("s", "h", compute, lambda f: None)
+    assert seen == [False, True, False]  # a forced stage starts empty
+
+
+def test_digest_is_the_one_hash(tmp_path):
+    from saeinverse import io
+
+    assert digest is io.digest
+    assert digest({"a": 1, "b": [2]}) == digest({"b": [2], "a": 1}) != digest({"a": 2, "b": [2]})
+    assert len(digest("x")) == 16

@@ -11,14 +11,14 @@ A stage's marker (``_SUCCESS.json``) records:
 
 A finished stage is reused only when its hash matches and its files still match their
 checksums (a file changed by hand recomputes the stage, with a warning). A stage that crashed
-left no marker (it is removed before the stage starts), so it is never mistaken for finished.
+left no marker (it is removed before the stage starts), so it is never mistaken for finished;
+its ``units/`` checkpoints are kept for the rerun (a forced or changed stage starts empty).
 One run at a time writes a directory: ``lock`` holds ``.lock`` with ``filelock``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import platform
 import shutil
@@ -30,10 +30,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from saeinverse.artifacts import CONFIG_FILE, LOCK_FILE, MARKER, META_FILE
+from saeinverse.artifacts import CHECKPOINT_DIR, CONFIG_FILE, LOCK_FILE, MARKER, META_FILE
 from saeinverse.config import Config, dump_config
 from saeinverse.errors import ArtifactError, RunDirError, one_line
-from saeinverse.io import load_json, save_json, write_text
+from saeinverse.io import digest, load_json, save_json, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -42,23 +42,18 @@ __all__ = ["CONFIG_FILE", "MARKER", "META_FILE", "Run", "digest", "file_digests"
 T = TypeVar("T")
 
 
-def digest(*parts: Any) -> str:
-    """THE hash of the project: a short stable sha256 of JSON-serialisable parts (config dicts,
-    upstream outputs, names, weight fingerprints)."""
-    blob = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def file_digests(folder: Path) -> dict[str, str]:
-    """``{relative path: sha256}`` of every file under ``folder`` but the marker."""
+    """``{relative path: sha256}`` of every file under ``folder`` but the marker and the
+    checkpoints."""
     found = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.name != MARKER:
+        relative = path.relative_to(folder)
+        if path.is_file() and path.name != MARKER and relative.parts[0] != CHECKPOINT_DIR:
             sha = hashlib.sha256()
             with path.open("rb") as handle:
                 for block in iter(lambda h=handle: h.read(1 << 20), b""):
                     sha.update(block)
-            found[path.relative_to(folder).as_posix()] = sha.hexdigest()
+            found[relative.as_posix()] = sha.hexdigest()
     return found
 
 
@@ -206,9 +201,7 @@ class Run:
         previous = self.stage_hash(name)
         reason = "forced" if previous == stage_hash else ("inputs changed" if previous else "new")
         logger.info("stage %s: computing (%s)", name, reason)
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
+        _clear(folder, keep_checkpoints=previous is None)
         start = time.perf_counter()
         result = compute(folder)
         seconds = time.perf_counter() - start
@@ -242,6 +235,22 @@ class Run:
                 "finished": _now(),
             }
         save_json(path, meta)
+
+
+def _clear(folder: Path, keep_checkpoints: bool) -> None:
+    """Empty ``folder`` (create it); an attempt that died (no marker) keeps its checkpoints."""
+    if folder.exists():
+        for path in folder.iterdir():
+            if keep_checkpoints and path.name == CHECKPOINT_DIR and path.is_dir():
+                logger.info(
+                    "stage %s: keeping the checkpoints of the attempt that stopped", folder.name
+                )
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
 
 
 def _now() -> str:
