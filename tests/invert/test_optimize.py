@@ -228,3 +228,28 @@ def test_inversions_round_trip_through_json(tiny_model, tiny_sae, tmp_path):
     loaded = load_inversions(tmp_path)
     assert [r.to_dict() for r in loaded] == [r.to_dict() for r in records]
     assert all(isinstance(t, int) for t in loaded[0].refined_tokens)
+
+
+def test_fluent_row_starts_from_the_real_window_closest_to_firing(tiny_model, tiny_topk_sae):
+    from saeinverse.invert.fluency import measure_bound, text_token_rows
+    from saeinverse.invert.optimize import FLUENT_START, fluent_starts, generator
+
+    texts = ["The quick brown fox jumps over the lazy dog near the river bank."] * 4 + [
+        "def add(a, b):\n    return a + b  # the sum of two numbers"
+    ] * 4
+    target = FeatureTarget(tiny_model, tiny_topk_sae)
+    bound = measure_bound(target, text_token_rows(tiny_model, texts), 6, 0.5, 300, seed=0)
+    pool = bound.fluent_windows(bound.cross_entropy)
+    assert pool is not None and (bound.window_ce[: len(bound.windows)] >= 0).all()
+    features = [3, 9]
+    starts, screened = fluent_starts(target, bound, bound.cross_entropy, features, seed=4)
+    for i, f in enumerate(features):
+        picks = torch.randperm(len(pool), generator=generator(4, f, FLUENT_START))[:64]
+        keys = target.read_ids(pool[picks], torch.full((len(picks),), f)).key
+        assert torch.equal(starts[i], pool[picks[int(keys.argmax())]])
+        assert screened[i] == len(picks)
+    # the screening is paid from the fluent row's budget, and its start is within the bound
+    settings = {**FAST, "refine_steps": 0}
+    record = optimize_feature(tiny_model, tiny_topk_sae, 9, settings, seed=4, fluency_bound=bound)
+    assert record.forward_passes_by_stage["refine"] == 1 + 2 + screened[1]
+    assert record.trajectory["fluent_cross_entropy"][0] <= bound.cross_entropy + 1e-5

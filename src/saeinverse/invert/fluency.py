@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import torch
 from jaxtyping import Float, Int
@@ -108,13 +108,24 @@ class FluencyBound:
     p50: float
     p90: float
     """The windows' 10th / 50th / 90th percentiles (interpolated), for the reader."""
+    windows: Tensor | None = field(default=None, repr=False, compare=False)
+    """The measured windows (Int[Tensor, "n pos"]); fluent rows start from them. Not saved."""
+    window_ce: Tensor | None = field(default=None, repr=False, compare=False)
+    """Each window's cross-entropy. Not saved."""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
 
     @classmethod
     def from_dict(cls, data: dict | None) -> FluencyBound | None:
         return None if data is None else cls(**data)
+
+    def fluent_windows(self, hinge: float) -> Tensor | None:
+        """The measured windows whose cross-entropy is at or below ``hinge`` (None if unknown)."""
+        if self.windows is None or self.window_ce is None:
+            return None
+        kept = self.windows[self.window_ce <= hinge]
+        return kept if len(kept) else None
 
 
 def real_windows(
@@ -154,7 +165,9 @@ def measure_bound(
     windows = real_windows(token_rows, length, n_windows, seed)
     ce = Fluency(target).cross_entropy(windows).float().cpu()
     q = torch.quantile(ce, torch.tensor([quantile, 0.1, 0.5, 0.9])).tolist()
-    bound = FluencyBound(q[0], float(quantile), int(len(ce)), int(length), q[1], q[2], q[3])
+    bound = FluencyBound(
+        q[0], float(quantile), int(len(ce)), int(length), q[1], q[2], q[3], windows, ce
+    )
     logger.info(
         "real %d-token text over %d windows: cross-entropy p10/p50/p90 = %.2f / %.2f / %.2f; "
         "fluency bound (q%.2f) %.2f nats",

@@ -6,8 +6,12 @@ one. Per feature, the search is:
 
 1. a soft prompt (``soft.optimize_soft``, PEZ-style), whose best projected prompt starts
 2. two refinement rows run in the same batch (``refine.refine``): an **unconstrained** row
-   (activation only) and, with ``fluency_weight > 0``, a **fluent** row (activation with a
-   cross-entropy hinge at ``fluency_target``, by default the real-text bound);
+   (activation only), starting from the soft prompt, and, with ``fluency_weight > 0``, a
+   **fluent** row (activation with a cross-entropy hinge at ``fluency_target``, by default the
+   real-text bound), starting from real text: of ``FLUENT_START_SCREEN`` random windows among
+   those the bound was measured on whose cross-entropy is within the hinge, the one closest to
+   firing (highest key; the screening forwards count against the row). Without measured windows
+   it starts from the soft prompt too;
 3. a check: every prompt either row accepted or put on its front, and the projected prompt, is
    re-scored by a fresh forward (activation, and the model's own cross-entropy); the **front** is
    their Pareto set, the **headline** the most active of them at or below the bound, and the
@@ -47,8 +51,11 @@ from saeinverse.invert.soft import initial_ids, optimize_soft
 
 logger = logging.getLogger(__name__)
 
-SOFT, UNCONSTRAINED, FLUENT = 0, 1, 2
-"""Random streams per feature: the soft start, the unconstrained row, the fluent row."""
+SOFT, UNCONSTRAINED, FLUENT, FLUENT_START = 0, 1, 2, 3
+"""Random streams per feature: the soft start, the unconstrained row, the fluent row and the
+real windows its start is chosen from."""
+FLUENT_START_SCREEN = 64
+"""Real text windows (within the hinge) screened per feature for the fluent row's start."""
 
 
 def _check_feature_ids(feature_ids: Sequence[int], d_sae: int) -> list[int]:
@@ -114,7 +121,7 @@ def plan_budget(s: OptimizationConfig, share_prefix: bool = True) -> BudgetPlan:
     n_fluent = min(s.fluency_candidates, s.refine_candidates)
     rows = []
     for stream, share in shares:
-        need = start_cost(stream == FLUENT)
+        need = start_cost(stream == FLUENT) + (FLUENT_START_SCREEN if stream == FLUENT else 0)
         if s.refine_steps > 0:
             need += step_cost(s.refine_candidates, n_fluent, stream == FLUENT, share_prefix)
         budget = int(rest * share)
@@ -199,19 +206,28 @@ def optimize_features(
         owners = [i for i in range(len(ids)) for _ in plan.rows]
         streams = [stream for _ in ids for stream, _ in plan.rows]
         hinge = s.fluency_target if s.fluency_target is not None else bound.cross_entropy
+        starts, screened = fluent_starts(target, bound, hinge, ids, seed)
+        init = soft.best_ids[owners].clone()
+        budgets = [budget for _ in ids for _, budget in plan.rows]
+        for row, (o, st) in enumerate(zip(owners, streams, strict=True)):
+            if st == FLUENT and starts is not None:
+                init[row] = starts[o]
+                budgets[row] = None if budgets[row] is None else budgets[row] - screened[o]
         pop = Population(
             feature_ids=fids[owners],
-            init_ids=soft.best_ids[owners],
+            init_ids=init,
             generators=[generator(seed, ids[o], st) for o, st in zip(owners, streams, strict=True)],
             scale=[float(scale[o]) for o in owners],
             hinge=[hinge if st == FLUENT else None for st in streams],
-            budget=[budget for _ in ids for _, budget in plan.rows],
+            budget=budgets,
         )
         refined = refine(target, vocab, pop, s, progress=bar)
     finally:
         bar.close()
+    if starts is None or FLUENT not in streams:
+        screened = [0] * len(ids)
     records = _checked_records(model, target, ids, maxima, references, soft, refined, owners,
-                               streams, s, bound, reference_tokens)  # fmt: skip
+                               streams, s, bound, reference_tokens, screened)  # fmt: skip
     seconds = (time.perf_counter() - start) / len(ids)
     for record in records:
         record.seconds = seconds
@@ -271,8 +287,46 @@ def _candidates(i, soft, refined, owners, streams, size) -> list[list[int]]:
     return list(unique.values())
 
 
+def fluent_starts(target, bound, hinge, ids, seed):
+    """Per feature, the real window (within the hinge) closest to firing; (starts, screened).
+
+    ``(None, zeros)`` when the bound carries no measured windows of the prompt's length.
+    """
+    pool = bound.fluent_windows(hinge) if bound is not None else None
+    if pool is None:
+        return None, [0] * len(ids)
+    picks = [
+        torch.randperm(len(pool), generator=generator(seed, f, FLUENT_START))[:FLUENT_START_SCREEN]
+        for f in ids
+    ]
+    rows = torch.cat([pool[p] for p in picks]).to(target.device)
+    owners = torch.tensor([f for f, p in zip(ids, picks, strict=True) for _ in p])
+    keys = torch.cat([
+        target.read_ids(rows[lo : lo + 256], owners[lo : lo + 256].to(target.device)).key
+        for lo in range(0, len(rows), 256)
+    ]).cpu()  # fmt: skip
+    starts, cursor = [], 0
+    for p in picks:
+        best = int(keys[cursor : cursor + len(p)].argmax())
+        starts.append(pool[p[best]])
+        cursor += len(p)
+    return torch.stack(starts).to(target.device), [len(p) for p in picks]
+
+
 def _checked_records(
-    model, target, ids, maxima, references, soft, refined, owners, streams, s, bound, ref_tokens
+    model,
+    target,
+    ids,
+    maxima,
+    references,
+    soft,
+    refined,
+    owners,
+    streams,
+    s,
+    bound,
+    ref_tokens,
+    screened,
 ) -> list[Inversion]:
     """Re-score every candidate prompt with fresh forwards and build the records."""
     n = len(ids)
@@ -294,7 +348,7 @@ def _checked_records(
         rows = [r for r, o in enumerate(owners) if o == i]
         passes = {
             "soft": soft.forward_passes[i],
-            "refine": sum(refined.forward_passes[r] for r in rows),
+            "refine": sum(refined.forward_passes[r] for r in rows) + screened[i],
             "check": 2 * count,  # one activation forward, one full forward per prompt
         }
         trajectory = {
