@@ -11,7 +11,7 @@ random with `seed` (reservoir sampling, so a large file or a stream is never hel
   `check_dataset_folder`: it must hold UTF-8 data files `datasets` reads), streamed with
   ``datasets.load_dataset(source, split=data.split, streaming=True)``. The draw is uniform over
   the first ``max(10 × n_prompts, 10_000)`` rows of the stream (a stream has no known end).
-  Hub access follows `saeinverse.models.paths.hub_should_be_offline` (HF_HUB_OFFLINE if set,
+  Hub access follows `saeinverse.hub.hub_should_be_offline` (HF_HUB_OFFLINE if set,
   else a quick reachability probe); offline, a hub name fails at once with a DataError.
 
 Empty or whitespace-only texts are skipped. The result is in the order drawn (random).
@@ -248,7 +248,7 @@ def check_dataset_folder(folder: Path) -> None:
 
 def _hf_stream(name: str, split: str, text_column: str) -> Iterator[str]:
     """Stream `text_column` of a Hugging Face dataset; DataError if it cannot be opened."""
-    from saeinverse.models.paths import hub_should_be_offline
+    from saeinverse.hub import hub_should_be_offline
 
     local = Path(name).expanduser().is_dir()
     offline = False if local else hub_should_be_offline()
@@ -297,7 +297,7 @@ def _datasets_hub_mode(offline: bool) -> Iterator[None]:
     """`hub_mode` plus `datasets`' own offline flag (which it reads once, at import)."""
     import datasets.config
 
-    from saeinverse.models.paths import hub_mode
+    from saeinverse.hub import hub_mode
 
     saved = datasets.config.HF_HUB_OFFLINE
     datasets.config.HF_HUB_OFFLINE = offline
