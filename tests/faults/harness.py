@@ -19,6 +19,7 @@ session by ``tests/faults/conftest.py``, and written as JSON to ``$SAEINVERSE_FA
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -41,6 +42,17 @@ RUN_TIMEOUT_S = 600
 
 CAMPAIGN: Counter[str] = Counter()
 """Fault class → cases tried in this session."""
+
+
+def record(fault_class: str, **detail: object) -> None:
+    """Count one case of ``fault_class``; with $SAEINVERSE_FAULTS_RECORD set, also append it as
+    a JSON line to ``<that path>.jsonl`` at once (a long campaign cut short keeps its counts)."""
+    CAMPAIGN[fault_class] += 1
+    path = os.environ.get("SAEINVERSE_FAULTS_RECORD")
+    if path:
+        line = json.dumps({"class": fault_class, **detail}, default=str)
+        with open(f"{path}.jsonl", "a") as handle:
+            handle.write(line + "\n")
 
 
 def full_campaign() -> bool:
@@ -84,8 +96,8 @@ def schedule(seed: int, full: bool) -> list[Point]:
             Point(stage, "after"),
             Point(stage, "within", round(rng.uniform(0.05, 0.95), 2), signal.SIGINT),
         ]
-    if full:
-        return points
+    if full:  # shuffled: a campaign cut short has still visited every stage
+        return rng.sample(points, len(points))
     kills = [p for p in points if p.signal == signal.SIGKILL and p.stage != "report"]
     split = STAGES.index("cluster") + 1
     return [

@@ -55,10 +55,11 @@ def test_interrupted_run_resumes_to_the_uninterrupted_artifacts(
     env = harness.campaign_env(campaign_cache)
     run_dir = tmp_path / "run"
     outcome = harness.interrupt_at(point, run_dir, env, reference)
-    harness.CAMPAIGN[_fault_class(point, outcome)] += 1
+    harness.record(_fault_class(point, outcome), point=point.id, hit=outcome.hit)
     harness.CAMPAIGN[f"  … of which hit stage {outcome.hit}"] += 1
     _check_signal_effect(point, outcome)
     _check_resumed(run_dir, env, reference, outcome)
+    harness.record("  … resumed equal to the uninterrupted run", point=point.id)
 
 
 @FULL_ONLY
@@ -69,7 +70,7 @@ def test_kill_during_first_use_sae_training(reference, campaign_cache, tmp_path)
     env = harness.campaign_env(cache)
     point = harness.Point("models", "within", 0.6)
     outcome = harness.interrupt_at(point, tmp_path / "run", env, reference)
-    harness.CAMPAIGN["kill -9 during the SAE's first-use training"] += 1
+    harness.record("kill -9 during the SAE's first-use training", hit=outcome.hit)
     assert outcome.signalled and outcome.hit == "models"
     _check_resumed(tmp_path / "run", env, reference, outcome)
 
@@ -80,6 +81,6 @@ def test_the_rerun_killed_too(reference, campaign_cache, tmp_path):
     run_dir = tmp_path / "run"
     first = harness.interrupt_at(harness.Point("collect", "within", 0.5), run_dir, env, reference)
     second = harness.interrupt_at(harness.Point("invert", "within", 0.5), run_dir, env, reference)
-    harness.CAMPAIGN["kill -9 of a run, then of its rerun"] += 1
+    harness.record("kill -9 of a run, then of its rerun", hit=second.hit)
     assert first.signalled and second.signalled
     _check_resumed(run_dir, env, reference, second)
