@@ -54,6 +54,7 @@ def config(tmp_path_factory):
             "sae": {"path": str(folder)},
             "data": {"n_prompts": 60, "max_length": 24, "batch_size": 8},
             "optimization": {"length": 4, "max_steps": 8, "refine_steps": 2},
+            "explanation": {"judge": False, "heldout_prompts": 0, "n_bootstrap": 100},
             "scale": {"engine": "ray", "workers": 2, "shard_prompts": 16, "feature_batch": 2},
         },
     )
@@ -142,20 +143,28 @@ def test_inversion_of_four_features_on_two_workers_equals_local(
     assert max(r.refined_activation for r in fanned) > 0
 
 
-def test_explanations_on_two_workers_equal_local(
+def test_explanations_on_two_workers_equal_local_but_for_the_baseline_partner(
     ray_session, config, models, local_stats, tmp_path
 ):
     from saeinverse.explain import generate_explanations
 
     ids = [3, 7, 11, 20]
-    cfg = update_config(config, {"scale": {"feature_batch": 4}})  # one batch: same baseline pairs
     local = generate_explanations(
-        *models, ids, None, None, cfg.explanation, stats=local_stats, seed=cfg.seed
+        *models, ids, None, None, config.explanation, stats=local_stats, seed=config.seed
     )
-    fanned = scale.explain_fanned(cfg, tmp_path, ids, stats=local_stats, progress=False)
-    strip = [{**r.to_dict(), "seconds": 0} for r in local]
-    assert [{**r.to_dict(), "seconds": 0} for r in fanned] == strip
+    fanned = scale.explain_fanned(config, tmp_path, ids, stats=local_stats, progress=False)
+    assert len(list((tmp_path / "units").glob("*/batch-*"))) == 2  # batches of 2 features
+
+    def own(result):  # all but timing and what the shuffled baseline (a batch partner) gives
+        data = result.to_dict()
+        return {
+            k: v for k, v in data.items() if k not in ("seconds", "scores") and "baseline" not in k
+        }
+
+    assert [own(r) for r in fanned] == [own(r) for r in local]
     assert all(r.explanation for r in fanned)
+    partners = {r.feature_id: r.baseline_feature for r in fanned}
+    assert partners == {3: 7, 7: 3, 11: 20, 20: 11}
 
 
 def test_more_workers_than_the_cluster_holds_is_a_clear_error(ray_session, config):
