@@ -1,11 +1,12 @@
 """The Ray engine: a pool of actors that each load the model and SAE once, fed units of work.
 
 A stage split into *units* (a shard of prompts, a batch of features) runs as follows: units
-already saved under ``<stage folder>/units/<plan>/`` are read back, the missing ones are sent to
-the actors one at a time per actor, and each result is saved (atomically) by the driver as soon
-as it arrives, so a rerun after a worker or the driver died redoes only the missing units.
-``<plan>`` is a hash of everything that decides the units' results (config slice, unit
-boundaries), so units of an older plan are never mistaken for this one's.
+already saved under ``<stage folder>/units/<plan>/`` are read back, the missing ones are sent
+to the actors one at a time per actor, and each result is saved (atomically) by the driver as
+soon as it arrives, so a rerun after a worker or the driver died redoes only the missing units.
+``units/`` is ``artifacts.CHECKPOINT_DIR``: the run directory keeps it when an attempt died and
+leaves it out of the stage's checksums. ``<plan>`` is a hash of everything that decides the
+units' results (config slice, unit boundaries), so units of another plan are never reused.
 
 A worker that dies mid-unit (killed, out of memory, its node lost) is replaced by a fresh actor
 and its unit is sent again; a unit that raises an ordinary exception fails the stage (a bug or a
@@ -25,13 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from saeinverse.artifacts import CHECKPOINT_DIR
 from saeinverse.config import Config, ScaleConfig
 from saeinverse.errors import ConfigError, SaeInverseError
 
 logger = logging.getLogger(__name__)
 
-UNITS_DIR = "units"
-"""Sub-folder of a stage folder holding its finished units."""
 FORWARDED_ENV = ("SAEINVERSE_", "HF_", "TRANSFORMERS_")
 """Environment variables (by prefix) a worker gets from the driver: caches and hub mode."""
 MAX_RESTARTS_PER_WORKER = 3
@@ -130,7 +130,7 @@ class UnitStore:
         save: Callable[[Path, Any], None],
         load: Callable[[Path], Any],
     ) -> None:
-        root = Path(folder) / UNITS_DIR
+        root = Path(folder) / CHECKPOINT_DIR
         for old in root.glob("*"):
             if old.is_dir() and old.name != plan:
                 shutil.rmtree(old, ignore_errors=True)
