@@ -5,6 +5,8 @@ a local Ray. Both arms do identical work: the same prompts cut into the same sha
 features in the same batches, the same seed (the script checks that both give equal results).
 Workers are started and have loaded the models before the clock starts: the figures are steady
 throughput, not start-up. One process without Ray (1 thread) is timed too, for Ray's overhead.
+The workers' own CPU seconds are read too: "busy N cores" is the CPU the workers obtained, and
+tokens per CPU-second / CPU-ms per sequence are per-worker costs that other load cannot inflate.
 
     python bench/scale.py                        # 64 prompts × 64 tokens, 4 features
     python bench/scale.py --prompts 128 --features 8 --gpus-per-worker 1   # on a GPU machine
@@ -38,6 +40,15 @@ def warm_pool(config):
     pool = worker_pool(config)
     ray.get([actor.ready.remote() for actor in pool.actors])
     return pool
+
+
+def worker_cpu(config) -> float:
+    """CPU seconds used so far by the live pool's workers, summed."""
+    import ray
+
+    from saeinverse.scale import worker_pool
+
+    return sum(ray.get([a.cpu_seconds.remote() for a in worker_pool(config).actors]))
 
 
 def pick_features(stats, n: int) -> list[int]:
@@ -110,9 +121,11 @@ def main() -> None:
         config = update_config(base, {"scale": {"workers": workers}})
         start_s, _ = timed(lambda c=config: warm_pool(c))
         with tempfile.TemporaryDirectory() as tmp:
+            cpu0 = worker_cpu(config)
             collect_s, stats = timed(
                 lambda c=config, t=tmp: collect_sharded(c, f"{t}/collect", prompts, progress=False)
             )
+            cpu1 = worker_cpu(config)
             invert_s, inversions = timed(
                 lambda c=config, t=tmp: invert_fanned(
                     c,
@@ -123,13 +136,17 @@ def main() -> None:
                     progress=False,
                 )
             )
+            cpu2 = worker_cpu(config)
         assert torch.equal(stats.firing_count, local.firing_count), "collection differs"
         figures[workers] = (collect_s, invert_s, inversions)
         passes = sum(r.forward_passes for r in inversions)
         print(
             f"{workers} worker(s): start {start_s:5.1f} s | collect {collect_s:6.1f} s "
-            f"({stats.n_tokens / collect_s:7.1f} tokens/s) | invert {invert_s:6.1f} s "
-            f"({invert_s / len(features):5.1f} s/feature, {passes} sequences)",
+            f"({stats.n_tokens / collect_s:7.1f} tokens/s; workers busy "
+            f"{(cpu1 - cpu0) / collect_s:4.2f} cores, {stats.n_tokens / (cpu1 - cpu0):6.1f} tokens "
+            f"per CPU-second) | invert {invert_s:6.1f} s ({invert_s / len(features):5.1f} "
+            f"s/feature, {passes} sequences; workers busy {(cpu2 - cpu1) / invert_s:4.2f} cores, "
+            f"{(cpu2 - cpu1) / passes * 1000:5.1f} CPU-ms per sequence)",
             flush=True,
         )
     close_pools()

@@ -40,6 +40,12 @@ class StageWorker:
 
         return f"{socket.gethostname()} pid {os.getpid()} on {self.model.cfg.device}"
 
+    def cpu_seconds(self) -> float:
+        """CPU time this worker process has used (benchmarks: cores actually obtained)."""
+        import time
+
+        return time.process_time()
+
     def collect(self, prompts: Sequence[str], config: Config):
         """``collect_activations`` over one shard: ``FeatureStats`` with shard-local prompt ids,
         or None when no prompt of the shard holds a token after the start token."""
