@@ -128,7 +128,9 @@ def main() -> None:
         int(f) for f in rng.choice(kept, size=min(args.features, len(kept)), replace=False)
     )
     t0 = time.perf_counter()
-    evidence = build_evidence(model, sae, fids, stats, config.explanation, seed=config.seed)
+    evidence = build_evidence(
+        model, sae, fids, stats, config.explanation, seed=config.seed, progress=True
+    )
     evidence_s = time.perf_counter() - t0
     judge = EmbeddingJudge()
     rows, seconds = {}, {}

@@ -22,7 +22,7 @@ MODEL_ALIAS = "smollm2-gguf"
 
 
 @pytest.fixture(scope="module")
-def llama_server():
+def llama_server(tmp_path_factory):
     from saeinverse.models.paths import gguf_path
 
     with socket.socket() as sock:
@@ -33,7 +33,9 @@ def llama_server():
         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2",
         "--model_alias", MODEL_ALIAS, "--seed", "0",
     ]  # fmt: skip
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path_factory.mktemp("llama") / "server.log"  # a file: a full pipe would block it
+    handle = log.open("wb")
+    server = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 120
@@ -44,7 +46,7 @@ def llama_server():
                         break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    err = server.stderr.read().decode(errors="replace")[-2000:]
+                    err = log.read_text(errors="replace")[-2000:]
                     pytest.fail(f"llama-cpp server did not start: {err}")
                 time.sleep(0.5)
         yield url
@@ -54,6 +56,7 @@ def llama_server():
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server.kill()
+        handle.close()
 
 
 def test_the_sdk_client_talks_to_a_real_server(llama_server, monkeypatch):

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ def draw_extra_prompts(
     limit: int,
     first: int,
     seed: int,
+    progress: bool = False,
 ) -> PromptSet:
     """Bundled-corpus texts the run never collected, forwarded until feature ``j`` fires in at
     least ``needed[j]`` of them for every ``j`` (or ``limit`` texts are spent).
@@ -175,9 +177,11 @@ def draw_extra_prompts(
     acts: dict[int, Tensor] = {}
     found: dict[int, str] = {}
     firing = np.zeros(len(feature_ids), dtype=np.int64)
+    bar = tqdm(total=len(order), desc="held-out prompts", unit="prompt", disable=not progress)
     for lo in range(0, len(order), EXTRA_CHUNK):
         if np.all(firing >= needed):
             break
+        bar.update(min(EXTRA_CHUNK, len(order) - lo))
         chunk = [texts[i] for i in order[lo : lo + EXTRA_CHUNK]]
         try:
             batch = tokenize_prompts(model, chunk, max_length, first)
@@ -190,6 +194,7 @@ def draw_extra_prompts(
             found[len(all_rows)] = genres[text]
             all_rows.append(row)
             firing += (act[first:] > 0).any(0).numpy()
+    bar.close()
     logger.info("drew %d extra prompts from the bundled corpus for held-out scoring", len(all_rows))
     lengths = np.array([len(r) for r in all_rows], dtype=np.int64)
     tokens = np.zeros((len(all_rows), int(lengths.max(initial=1))), dtype=np.int64)

@@ -8,7 +8,8 @@ An explanation names the tokens a feature fires on and, optionally, the context 
 - ``right after "x", "y"``: the token just before must be one of these;
 - ``at the start of a word`` / ``inside a word``: the target token begins a word (it starts
   with a space, or follows punctuation) or continues one;
-- ``(as in: “…”)``: examples for a reader; never read back.
+- ``, mostly in <genre> text`` and ``(as in: “…”)``: for a reader (and the embedding judge);
+  never read back.
 
 ``parse_rule`` reads that back (an explanation with nothing quoted becomes its content words),
 ``RuleSimulator`` scores with it: detection says "fires" when some token of the window satisfies
@@ -43,8 +44,11 @@ TOKEN_MASS_COVERED = 0.8
 AFTER_COVERED = 0.8
 """The 'right after' set grows until it precedes this share of the firing occurrences."""
 MAX_AFTER = 6
-N_CONTEXTS = 2
+N_CONTEXTS = 3
 CONTEXT_RADIUS = 4
+GENRE_SHARE = 0.6
+"""The `context` explainer names the genre its firing windows come from when this share of
+them share one (a phrase for readers and the embedding judge; the simulator ignores it)."""
 WORD_CLAUSES = {"start": " at the start of a word", "inside": " inside a word"}
 
 
@@ -158,9 +162,21 @@ def short_context(seq: TokenSequence) -> str:
     return part.render().strip().replace('"', "'")
 
 
-def with_examples(rule: Rule, evidence: ExplainEvidence) -> str:
-    """The rule's text followed by up to ``N_CONTEXTS`` marked contexts from the evidence."""
+def main_genre(evidence: ExplainEvidence) -> str | None:
+    """The genre most of the firing windows come from (``GENRE_SHARE`` of them), else None."""
+    genres = [s.genre for s in evidence.exemplars + evidence.decile_samples if s.max_activation > 0]
+    if not genres:
+        return None
+    genre, count = Counter(genres).most_common(1)[0]
+    return genre if genre is not None and count >= GENRE_SHARE * len(genres) else None
+
+
+def with_examples(rule: Rule, evidence: ExplainEvidence, genre: str | None = None) -> str:
+    """The rule's text, the genre it mostly fires in (when given), then up to ``N_CONTEXTS``
+    marked contexts from the evidence."""
     text = rule.text()
+    if genre and rule.targets:
+        text += ", mostly in " + genre.replace("_", " ") + " text"
     contexts = [short_context(s) for s in evidence.sequences()[:N_CONTEXTS]]
     if rule.targets and contexts:
         text += " (as in: " + "; ".join(f"“{c}”" for c in contexts) + ")"
@@ -197,7 +213,7 @@ class ContextExplainer:
         self.max_tokens = max_tokens
 
     def explain_many(self, evidence: Sequence[ExplainEvidence]) -> list[str]:
-        return [with_examples(self.choose(e)[0], e) for e in evidence]
+        return [with_examples(self.choose(e)[0], e, main_genre(e)) for e in evidence]
 
     def choose(self, evidence: ExplainEvidence) -> tuple[Rule, float]:
         """The best candidate rule and its explain-side balanced accuracy."""

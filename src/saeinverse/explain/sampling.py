@@ -126,6 +126,7 @@ def build_evidence(
     *,
     inversions: dict[int, Inversion] | None = None,
     seed: int = 0,
+    progress: bool = False,
 ) -> list[FeatureEvidence]:
     """Evidence for each feature (see the module docstring); batched forwards for them all.
 
@@ -164,8 +165,9 @@ def build_evidence(
     extra = None
     if needed.any() and cfg.heldout_prompts > 0:
         extra = draw_extra_prompts(
-            model, sae, stats, fids, needed, limit=cfg.heldout_prompts, first=first, seed=seed
-        )
+            model, sae, stats, fids, needed, limit=cfg.heldout_prompts, first=first, seed=seed,
+            progress=progress,
+        )  # fmt: skip
     evidence = []
     for j, (fid, plan) in enumerate(zip(fids, plans, strict=True)):
         cut = _Windows(window, first, j, np.random.default_rng([int(seed), fid, 1]))

@@ -125,7 +125,9 @@ def generate_explanations(
     by_id = _inversions_by_id(feature_results, inversions)
     backend = backend or make_backend(cfg, lm, tokenizer)
     if evidence is None:
-        evidence = build_evidence(model, sae, fids, stats, cfg, inversions=by_id, seed=seed)
+        evidence = build_evidence(
+            model, sae, fids, stats, cfg, inversions=by_id, seed=seed, progress=progress
+        )
     elif [ev.feature_id for ev in evidence] != fids:
         raise ValueError("evidence must hold one entry per feature, in the features' order")
     explanations = backend.explainer.explain_many([e.explain for e in evidence])
