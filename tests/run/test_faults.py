@@ -240,3 +240,30 @@ def test_an_unreadable_artifact_suggests_force(run_dir):
     assert code == 2
     assert main(["report", str(run_dir)]) == 0
     assert "--force collect" in (run_dir / "report" / "report.html").read_text()
+
+
+def test_two_real_runs_never_interleave(tmp_path, finished, capsys):
+    """The issue's case: seed 0 and seed 1 into one directory at once; the second refuses and
+    the directory holds the first one's results under the first one's config."""
+    import os
+
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "SAEINVERSE_CACHE": str(finished / "cache"), "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "saeinverse", "run", "--run-dir", str(run_dir), *TINY_RUN],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "config.yaml").exists():  # written under the lock
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        assert not (run_dir / "report" / MARKER).exists(), "the first run is still going"
+        assert run(run_dir, "seed=1") == 2
+        assert "in use by another saeinverse run" in capsys.readouterr().err
+    finally:
+        assert first.wait(timeout=600) == 0
+    assert "seed: 0" in (run_dir / "config.yaml").read_text()
+    assert load_run(run_dir).status["invert"] == "done"
