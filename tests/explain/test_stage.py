@@ -262,3 +262,22 @@ def test_a_separate_scorer_checks_another_backends_explanations(planted):
     assert result.explanation == "Fires on x." and result.detection == 1.0
     with pytest.raises(ConfigError, match="explanation.scorer expects one of .*got 'judge'"):
         generate_explanations(model, sae, [0], explanation_cfg={"scorer": "judge"}, stats=stats)
+
+
+def test_every_alias_of_the_embedded_model_loads_the_embedded_model(monkeypatch):
+    from saeinverse.explain import llm
+    from saeinverse.models import default
+
+    class Stub:
+        def to(self, device):
+            return self
+
+        def eval(self):
+            return self
+
+    loaded = []
+    monkeypatch.setattr(default, "load_default_hf", lambda: loaded.append(1) or (Stub(), "tok"))
+    for name in ("smollm2-135m", "SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"):
+        lm, tokenizer = llm.load_chat_lm(name)
+        assert isinstance(lm, Stub) and tokenizer == "tok"
+    assert len(loaded) == 3  # never a hub download

@@ -234,10 +234,11 @@ def _greedy(lm) -> dict[str, Any]:
 
 def load_chat_lm(llm_name: str, device: str = "cpu"):
     """``(lm, tokenizer)`` for ``explanation.llm_name``: the embedded SmolLM2 (any of its aliases,
-    ``HuggingFaceTB/SmolLM2-135M-Instruct`` included) or a Hugging Face name / local path."""
-    from saeinverse.models.loading import EMBEDDED_ALIASES
+    ``HuggingFaceTB/SmolLM2-135M-Instruct`` included: ``models.default.is_embedded``) or a
+    Hugging Face name / local path."""
+    from saeinverse.models.default import is_embedded
 
-    if llm_name.lower() in EMBEDDED_ALIASES:
+    if is_embedded(llm_name):
         from saeinverse.models.default import load_default_hf
 
         lm, tokenizer = load_default_hf()
