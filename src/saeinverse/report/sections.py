@@ -253,13 +253,17 @@ def _card(run: RunArtifacts, fid: int, table: dict[str, Any], chosen: Any, figur
 def _explanation_html(run: RunArtifacts, explanation: Any) -> str:
     if explanation is None:
         return f'<h3>Explanation</h3><p class="note">{esc(_omitted(run, "explain"))}</p>'
-    rows = [
-        ("detection", explanation.detection),
-        ("detection, shuffled baseline", explanation.baseline_detection),
-        ("fuzzing", explanation.fuzzing),
-        ("fuzzing, shuffled baseline", explanation.baseline_fuzzing),
-        ("baseline explanation from", explanation.baseline_feature),
-    ]
+    rows = [(label, _score_cell(explanation, name)) for name, label in EXPLANATION_SCORES
+            if getattr(explanation, name, None) is not None]  # fmt: skip
+    rows += [("baseline explanation from", explanation.baseline_feature)]
+    held = explanation.evidence or {}
+    if held.get("n_heldout_positive") is not None:
+        kinds = ", ".join(f"{k} {v}" for k, v in (held.get("hard_negative_kinds") or {}).items())
+        origins = ", ".join(f"{k} {v}" for k, v in (held.get("heldout_origins") or {}).items())
+        rows += [("held-out windows", f"{held['n_heldout_positive']} positives, "
+                  f"{held.get('n_heldout_negative', 0)} random negatives, "
+                  f"{held.get('n_heldout_hard_negative', 0)} hard negatives"
+                  + (f" ({kinds})" if kinds else "") + (f"; prompts: {origins}" if origins else ""))]  # fmt: skip
     check = explanation.inversion or {}
     if check:
         rows += [("refined prompt fires again", "yes" if check.get("fires") else "no"),
@@ -269,6 +273,31 @@ def _explanation_html(run: RunArtifacts, explanation: Any) -> str:
         f'<blockquote class="explanation">{esc(explanation.explanation)}</blockquote>'
         + kv_table(rows)
     )
+
+
+EXPLANATION_SCORES = (
+    ("detection", "detection (random negatives)"),
+    ("detection_hard", "detection (hard negatives)"),
+    ("fuzzing", "fuzzing"),
+    ("embedding", "embedding judge AUC (random)"),
+    ("embedding_hard", "embedding judge AUC (hard)"),
+)
+"""Explanation scores shown on a feature card, by result attribute."""
+
+
+def _score_cell(explanation: Any, name: str) -> str:
+    """'0.84 [0.77, 0.90] · shuffled 0.52 [0.45, 0.60] · beats (50 + 50 items)', or the bare value
+    for an artifact without intervals."""
+    value = getattr(explanation, name)
+    record = (getattr(explanation, "scores", None) or {}).get(name) or {}
+    if record.get("low") is None:
+        base = getattr(explanation, f"baseline_{name}", None)
+        return f"{value:.2f}" + ("" if base is None else f" · shuffled {base:.2f}")
+    text = f"{value:.2f} [{record['low']:.2f}, {record['high']:.2f}]"
+    if record.get("baseline") is not None:
+        text += (f" · shuffled {record['baseline']:.2f} [{record['baseline_low']:.2f}, "
+                 f"{record['baseline_high']:.2f}] · {record.get('verdict')}")  # fmt: skip
+    return text + f" ({record.get('n_positive')} + {record.get('n_negative')} items)"
 
 
 def _inversion_html(
