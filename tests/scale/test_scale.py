@@ -185,3 +185,37 @@ def test_a_token_budget_is_counted_by_a_worker_as_collection_counts(
     assert stats.prompts == draw_prompts(budget, token_counter(models[0], budget))
     last = int(stats.lengths[-1]) - stats.first_position
     assert stats.n_tokens >= 400 > stats.n_tokens - last
+
+
+def test_a_ray_run_writes_the_same_artifacts_as_a_local_run(ray_session, tmp_path, monkeypatch):
+    """Every artifact equal, but the collection's float64 sums (equal to rounding)."""
+    from saeinverse.cli import main
+    from saeinverse.collect.stats import FeatureStats
+    from tests.run.golden import artifact_digests
+    from tests.test_cli import TINY_RUN
+
+    monkeypatch.setenv("SAEINVERSE_CACHE", str(tmp_path / "cache"))  # one SAE for both runs
+    common = [
+        *TINY_RUN,
+        "pipeline.run_visualization=false",
+        "explanation={judge: false, heldout_prompts: 0, n_bootstrap: 100}",
+    ]
+    ray_keys = ["scale.engine=ray", "scale.workers=2", "scale.shard_prompts=8"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker: float32 reductions in the same order
+    try:
+        assert main(["run", "--run-dir", str(tmp_path / "local"), *common]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert main(["run", "--run-dir", str(tmp_path / "ray"), *common, *ray_keys]) == 0
+    assert len(list((tmp_path / "ray" / "collect" / "units").glob("*/shard-*"))) == 4
+    local, fanned = artifact_digests(tmp_path / "local"), artifact_digests(tmp_path / "ray")
+    sums = "collect/feature_stats.safetensors"
+    assert {k: v for k, v in fanned.items() if k != sums} == {
+        k: v for k, v in local.items() if k != sums
+    }
+    assert "invert/inversions.json" in local and "explain/explanations.jsonl" in local
+    assert_same_stats(
+        FeatureStats.load(tmp_path / "ray" / "collect"),
+        FeatureStats.load(tmp_path / "local" / "collect"),
+    )

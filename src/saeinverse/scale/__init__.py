@@ -14,7 +14,7 @@ from saeinverse.scale.engine import (
     ensure_ray,
     worker_pool,
 )
-from saeinverse.scale.fanout import explain_fanned, invert_fanned
+from saeinverse.scale.fanout import explain_fanned, explainer, invert_fanned, inverter
 from saeinverse.scale.sharded import collect_sharded, ensure_default_sae, merge_in_order
 
 __all__ = [
@@ -27,7 +27,9 @@ __all__ = [
     "ensure_default_sae",
     "ensure_ray",
     "explain_fanned",
+    "explainer",
     "invert_fanned",
+    "inverter",
     "merge_in_order",
     "worker_pool",
 ]

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from saeinverse.config import Config
+from saeinverse.config import Config, update_config
 from saeinverse.scale.engine import Unit, UnitStore, WorkerPool, plan_hash, run_units, split
 from saeinverse.scale.sharded import ensure_default_sae
 
@@ -174,3 +174,48 @@ def _model_part(config: Config) -> tuple[Any, ...]:
         sae_identity(config),
         config.hardware.dtype,
     )
+
+
+def inverter(config: Config, folder: str | Path) -> Callable[..., list]:
+    """``optimize_features`` with its signature, run by ``invert_fanned`` (units in ``folder``).
+
+    The model and SAE arguments are not used (each worker loads its own from ``config``); an
+    ``opt_cfg`` other than ``config.optimization`` replaces it.
+    """
+
+    def invert(model, sae, feature_ids, opt_cfg=None, **kwargs):
+        del model, sae
+        return invert_fanned(
+            _with_section(config, "optimization", opt_cfg), folder, feature_ids, **kwargs
+        )
+
+    return invert
+
+
+def explainer(config: Config, folder: str | Path) -> Callable[..., list]:
+    """``generate_explanations`` with its signature, run by ``explain_fanned`` (units in ``folder``).
+
+    The model, SAE and explanation LM arguments are not used (each worker loads its own from
+    ``config``); an ``explanation_cfg`` other than ``config.explanation`` replaces it.
+    """
+
+    def explain(model, sae, feature_results, lm=None, tokenizer=None, explanation_cfg=None, *,
+                stats=None, inversions=None, seed=None, progress=True, **unused):  # fmt: skip
+        del model, sae, lm, tokenizer
+        if unused:
+            raise TypeError(f"the Ray engine cannot pass {sorted(unused)} to its workers")
+        cfg = _with_section(config, "explanation", explanation_cfg)
+        if seed is not None and seed != cfg.seed:
+            cfg = update_config(cfg, {"seed": int(seed)})
+        return explain_fanned(
+            cfg, folder, feature_results, stats=stats, inversions=inversions, progress=progress
+        )
+
+    return explain
+
+
+def _with_section(config: Config, name: str, section: Any) -> Config:
+    if section is None or section is config[name]:
+        return config
+    values = section.to_dict() if hasattr(section, "to_dict") else dict(section)
+    return update_config(config, {name: values})
