@@ -61,10 +61,15 @@ def _collect_part(config: Config) -> Any:
 
 def _collect(ctx: Context, folder: Path):
     from saeinverse.collect.activations import collect_activations
-    from saeinverse.data.sources import load_prompts
+    from saeinverse.scale.prompts import draw_prompts, token_counter
 
-    prompts = load_prompts(ctx.config.data, seed=ctx.config.seed)
-    stats = collect_activations(ctx.model, ctx.sae, prompts, ctx.config.data, seed=ctx.config.seed)
+    if ctx.config.scale.engine == "ray":
+        from saeinverse.scale import collect_sharded
+
+        stats = collect_sharded(ctx.config, folder)  # draws the prompts as below, on workers
+    else:
+        prompts = draw_prompts(ctx.config, token_counter(ctx.model, ctx.config))
+        stats = collect_activations(ctx.model, ctx.sae, prompts, ctx.config.data, seed=ctx.config.seed)
     stats.save(folder)
     return stats
 
@@ -192,6 +197,10 @@ def _invert(ctx: Context, folder: Path):
     opt = ctx.config.optimization
     maxima = dataset_maxima(stats, ids) if stats is not None else None
     exemplars = exemplar_tails(stats, ids, opt.length) if stats is not None else None
+    if ctx.config.scale.engine == "ray":
+        from saeinverse.scale import inverter
+
+        optimize_features = inverter(ctx.config, folder)  # noqa: F811 (same call, on Ray workers)
     inversions = optimize_features(
         ctx.model,
         ctx.sae,
@@ -220,6 +229,10 @@ def _explain(ctx: Context, folder: Path):
     inversions = ctx.results.get("invert")
     targets = inversions if inversions is not None else target_features(ctx)
     _, _, lm, tokenizer = ctx.models()
+    if ctx.config.scale.engine == "ray":
+        from saeinverse.scale import explainer
+
+        generate_explanations = explainer(ctx.config, folder)  # noqa: F811 (on Ray workers)
     results = generate_explanations(
         ctx.model,
         ctx.sae,
