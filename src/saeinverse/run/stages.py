@@ -190,28 +190,61 @@ def _targeted_part(section: str) -> Any:
 
 
 def _invert(ctx: Context, folder: Path):
-    from saeinverse.invert import dataset_maxima, exemplar_tails, optimize_features, save_inversions
+    from saeinverse.collect.reference import cached_reference_max, larger_of, reference_folder
+    from saeinverse.invert import (
+        FeatureTarget,
+        dataset_maxima,
+        exemplar_tails,
+        measure_bound,
+        optimize_features,
+        save_inversions,
+    )
+    from saeinverse.invert.fluency import default_bound, stats_token_rows
 
     ids = target_features(ctx)
     stats = ctx.results.get("collect")
-    opt = ctx.config.optimization
+    opt, data, seed = ctx.config.optimization, ctx.config.data, ctx.config.seed
     maxima = dataset_maxima(stats, ids) if stats is not None else None
-    exemplars = exemplar_tails(stats, ids, opt.length) if stats is not None else None
+    exemplars = None
+    if stats is not None and opt.init == "exemplar":
+        held_out = _explain_heldout(ctx, stats, ids)  # never start from a prompt explain scores on
+        exemplars = exemplar_tails(stats, ids, opt.length, exclude_prompts=held_out)
+    reference = cached_reference_max(
+        ctx.model, ctx.sae, reference_folder(ctx.config), seed=seed,
+        max_tokens=opt.reference_tokens, window=data.max_length, exclude_bos=data.exclude_bos,
+    )  # fmt: skip
+    reference = larger_of(reference, stats)
+    target = FeatureTarget(ctx.model, ctx.sae, opt.position, data.exclude_bos)
+    if stats is not None:  # the bound from the run's own text, stored in every record
+        rows = stats_token_rows(stats, ctx.model)
+        bound = measure_bound(
+            target, rows, opt.length, opt.fluency_quantile, opt.fluency_windows, seed
+        )
+    else:
+        bound = default_bound(target, opt, seed)
     if ctx.config.scale.engine == "ray":
         from saeinverse.scale import inverter
 
         optimize_features = inverter(ctx.config, folder)  # noqa: F811 (same call, on Ray workers)
     inversions = optimize_features(
-        ctx.model,
-        ctx.sae,
-        ids,
-        opt,
-        seed=ctx.config.seed,
-        dataset_max=maxima,
-        exemplar_tokens=exemplars,
-    )
+        ctx.model, ctx.sae, ids, opt, seed=seed, dataset_max=maxima,
+        reference_max=reference.for_features(ids), reference_tokens=reference.n_tokens,
+        exemplar_tokens=exemplars, fluency_bound=bound, exclude_bos=data.exclude_bos,
+    )  # fmt: skip
     save_inversions(folder, inversions)
     return inversions
+
+
+def _explain_heldout(ctx: Context, stats, ids) -> dict[int, set[int]]:
+    """The prompts the explain stage holds out per feature (``explain.sampling.plan_feature``)."""
+    from saeinverse.explain.sampling import plan_feature
+
+    dense = stats.prompt_feature_dense(ids).numpy()
+    plans = [
+        plan_feature(stats, f, dense[:, j], ctx.config.explanation, ctx.config.seed)
+        for j, f in enumerate(ids)
+    ]
+    return {f: set(p.heldout) | set(p.negative_candidates) for f, p in zip(ids, plans, strict=True)}
 
 
 def _load_invert(ctx: Context, folder: Path):
