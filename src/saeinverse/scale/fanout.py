@@ -5,8 +5,9 @@ Each batch is the local stage function on those features (``optimize_features``,
 
 What depends on the batching: inversion draws each feature's randomness from its own stream
 (seed and feature id), so a feature gets the same start alone or in a batch; the batched
-forward passes may still differ from a lone one in float32 rounding, which can tip a discrete
-token choice (tested: equal to a local run on the tiny model). Explanations are per feature,
+forward passes may still differ from a lone one in float32 rounding, as may a worker's thread
+count (``scale.threads_per_worker``) from the local process's, which can tip a discrete token
+choice (tested: equal to a local one-thread run on the tiny model). Explanations are per feature,
 except the shuffled baseline, which pairs each feature with another feature *of its batch*:
 with more features than ``scale.feature_batch`` the baseline partners differ from one local
 batch (each still a different feature's explanation).
