@@ -31,18 +31,23 @@ def _fault_class(point: harness.Point, outcome: harness.Outcome) -> str:
 def _check_signal_effect(point: harness.Point, outcome: harness.Outcome) -> None:
     if not outcome.signalled:
         return
+    seen = f"exit {outcome.returncode}, hit {outcome.hit}; the run's output ends:\n{outcome.log}"
     if point.signal == signal.SIGKILL:
-        assert outcome.returncode == -signal.SIGKILL
+        assert outcome.returncode == -signal.SIGKILL, seen
     elif outcome.returncode == 130:  # caught by the CLI: one line, no traceback
-        assert "saeinverse: interrupted" in outcome.log and "Traceback" not in outcome.log
+        assert "saeinverse: interrupted" in outcome.log, seen
+        assert "Traceback" not in outcome.log, seen
     else:  # SIGINT before the CLI's handler was installed (during imports)
-        assert outcome.returncode in (-signal.SIGINT, 1), outcome.log
+        assert outcome.returncode in (-signal.SIGINT, 1), seen
 
 
 def _check_resumed(run_dir, env, reference, outcome: harness.Outcome) -> None:
     rerun = harness.finish(run_dir, env)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert artifact_digests(run_dir) == reference.digests
+    digests = artifact_digests(run_dir)
+    differ = sorted(k for k in digests.keys() | reference.digests.keys()
+                    if digests.get(k) != reference.digests.get(k))  # fmt: skip
+    assert not differ, f"artifacts differ from the uninterrupted run: {differ}"
     after = harness.marker_times(run_dir)
     recomputed = [s for s, t in outcome.markers_at_kill.items() if after.get(s) != t]
     assert not recomputed, f"finished stages were recomputed after the interruption: {recomputed}"
