@@ -80,10 +80,10 @@ class Inversion:
 
     @property
     def reference_name(self) -> str:
-        """'reference max over N tokens' (or the collection's maximum when no reference pass ran)."""
+        """'reference max over N tokens', or 'dataset max' (the run's collection) without one."""
         if self.reference_max is not None:
             return f"reference max over {self.reference_tokens:,} tokens"
-        return "the run's collection max" if self.dataset_max is not None else "no reference max"
+        return "dataset max" if self.dataset_max is not None else "no reference max"
 
     @property
     def projected_ratio(self) -> float | None:

@@ -64,27 +64,35 @@ def optimisation_curve(inversion: Any) -> go.Figure | None:
     return fig
 
 
+def _names(records: Sequence[Any]) -> str:
+    return ", ".join(sorted({getattr(r, "reference_name", "dataset max") for r in records}))
+
+
 def activation_ratios(inversions: dict[int, Any], order: Sequence[int] | None = None):
     """Per feature, the activation its prompts reach as a ratio to its dataset maximum."""
     ids = [f for f in (order or sorted(inversions)) if f in inversions]
     if not ids:
         return None
     records = [inversions[f] for f in ids]
-    with_max = all(r.dataset_max and r.dataset_max > 0 for r in records)
+    with_max = all(getattr(r, "reference", r.dataset_max) for r in records)
     names = [f"f{f}" for f in ids]
     fig = new_figure(
         "Activation reached per feature"
-        + (" ÷ its dataset max" if with_max else " (no dataset max: raw activations)"),
+        + (f" ÷ its {_names(records)}" if with_max else " (no reference max: raw activations)"),
         height=400,
         barmode="group",
         xaxis=dict(title="feature", type="category"),
-        yaxis_title="ratio to dataset max" if with_max else "activation",
+        yaxis_title="ratio to reference max" if with_max else "activation",
     )
 
     def value(record: Any, activation: float | None) -> float | None:
         if activation is None:
             return None
-        return activation / record.dataset_max if with_max else activation
+        return (
+            activation / getattr(record, "reference", record.dataset_max)
+            if with_max
+            else activation
+        )
 
     series = [
         ("projected prompt", [r.projected_activation for r in records], COLORS[0]),
@@ -100,7 +108,7 @@ def activation_ratios(inversions: dict[int, Any], order: Sequence[int] | None = 
     if any(f is not None for f in fluent):
         fig.add_trace(
             go.Scatter(x=names, y=[value(r, a) for r, a in zip(records, fluent, strict=True)],
-                       mode="markers", name="best Pareto prompt",
+                       mode="markers", name="best front prompt",
                        marker=dict(symbol="diamond", size=9, color=COLORS[2]))
         )  # fmt: skip
     fig.add_trace(
@@ -110,7 +118,7 @@ def activation_ratios(inversions: dict[int, Any], order: Sequence[int] | None = 
     )  # fmt: skip
     if with_max:
         fig.add_hline(y=1.0, line=dict(color="#111827", dash="dot", width=1),
-                      annotation_text="dataset max", annotation_position="top left")  # fmt: skip
+                      annotation_text="reference max", annotation_position="top left")  # fmt: skip
     return fig
 
 
@@ -143,4 +151,63 @@ def explanation_scores(explanations: dict[int, Any], order: Sequence[int] | None
                    hovertemplate="%{x}: %{y:.2f}<br>%{text}<extra>%{fullData.name}</extra>")
         )  # fmt: skip
     fig.add_hline(y=0.5, line=dict(color="#111827", dash="dot", width=1))
+    return fig
+
+
+def front_plot(inversion: Any) -> go.Figure | None:
+    """One feature's front: activation ÷ reference max against the prompt's cross-entropy.
+
+    The real-text band (the 10th–90th percentile of real windows' cross-entropy) is shaded, the
+    headline bound drawn as a line; the headline and the unconstrained best are marked.
+    """
+    points = [p for p in (inversion.pareto or []) if p.get("cross_entropy") is not None]
+    if not points:
+        return None
+    reference = getattr(inversion, "reference", None) or None
+    name = getattr(inversion, "reference_name", "reference max")
+
+    def y(activation: float) -> float:
+        return activation / reference if reference else activation
+
+    fig = new_figure(
+        f"Feature {inversion.feature_id}: fluent ↔ unconstrained front",
+        height=320,
+        margin=dict(l=55, r=20, t=45, b=45),
+        xaxis_title="cross-entropy of the prompt (nats; lower reads more like text)",
+        yaxis_title=f"activation ÷ {name}" if reference else "activation",
+        legend=dict(orientation="h", y=-0.3),
+    )
+    bound = inversion.fluency_bound or {}
+    if bound:
+        fig.add_vrect(
+            x0=bound["p10"], x1=bound["p90"], fillcolor="#10b981", opacity=0.12, line_width=0,
+            annotation_text=f"real text p10–p90 ({bound['n_windows']} windows)",
+            annotation_position="top left",
+        )  # fmt: skip
+        fig.add_vline(
+            x=bound["cross_entropy"], line=dict(color="#047857", dash="dash", width=1),
+            annotation_text=f"bound q{bound['quantile']:g}", annotation_position="bottom right",
+        )  # fmt: skip
+    fig.add_trace(
+        go.Scatter(
+            x=[p["cross_entropy"] for p in points], y=[y(p["activation"]) for p in points],
+            mode="lines+markers", name="front", line=dict(color=COLORS[1], shape="hv"),
+            text=[plot_text(p.get("text", ""), 80) for p in points],
+            hovertemplate="CE %{x:.2f}: %{y:.3f}<br>%{text}<extra></extra>",
+        )
+    )  # fmt: skip
+    marks = [("unconstrained best", inversion.refined_activation, inversion.refined_cross_entropy,
+              "x", COLORS[3])]  # fmt: skip
+    if inversion.headline:
+        h = inversion.headline
+        marks.insert(0, ("headline", h["activation"], h["cross_entropy"], "star", COLORS[2]))
+    for label, activation, ce, symbol, color in marks:
+        if ce is None:
+            continue
+        fig.add_trace(
+            go.Scatter(x=[ce], y=[y(activation)], mode="markers", name=label,
+                       marker=dict(symbol=symbol, size=13, color=color))
+        )  # fmt: skip
+    if reference:
+        fig.add_hline(y=1.0, line=dict(color="#111827", dash="dot", width=1))
     return fig

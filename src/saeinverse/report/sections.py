@@ -154,6 +154,11 @@ def _median(values: list[float | None]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def _reference_names(records: list[Any]) -> str:
+    """The reference maxima the ratios divide by, named ("reference max over N tokens")."""
+    return ", ".join(sorted({getattr(r, "reference_name", "dataset max") for r in records}))
+
+
 def _results_section(run: RunArtifacts, figures: Sink) -> str:
     order = run.selected_ids
     parts = []
@@ -161,8 +166,20 @@ def _results_section(run: RunArtifacts, figures: Sink) -> str:
         records = list(run.inversions.values())
         rows = [
             ("features inverted", len(records)),
-            ("median refined ÷ dataset max", _median([r.refined_ratio for r in records])),
-            ("median projected ÷ dataset max", _median([r.projected_ratio for r in records])),
+            ("ratios divide by", _reference_names(records)),
+            (
+                "median headline (fluent) ÷ reference max",
+                _median([r.headline_ratio for r in records]),
+            ),
+            (
+                "features with a headline within the real-text bound",
+                f"{sum(r.headline is not None for r in records)} of {len(records)}",
+            ),
+            (
+                "median unconstrained best ÷ reference max",
+                _median([r.refined_ratio for r in records]),
+            ),
+            ("median projected ÷ reference max", _median([r.projected_ratio for r in records])),
             ("median sequences evaluated", _median([r.forward_passes for r in records])),
             ("seconds per feature", _median([r.seconds for r in records])),
         ]
@@ -308,13 +325,21 @@ def _inversion_html(
     rows = inversion_rows(inversion, run.stats, explanation)
     block = token_block_html(rows, scale, "No prompt was saved.")
     passes = ", ".join(f"{k} {v}" for k, v in (inversion.forward_passes_by_stage or {}).items())
+    bound = getattr(inversion, "fluency_bound", None) or {}
     info = kv_table([
+        ("headline bound (real-text cross-entropy)",
+         f"≤ {bound['cross_entropy']:.2f} nats: q{bound['quantile']:g} of {bound['n_windows']} real "
+         f"{bound['length']}-token windows (p10 / p50 / p90 = {bound['p10']:.2f} / "
+         f"{bound['p50']:.2f} / {bound['p90']:.2f})" if bound else "not measured"),
+        (getattr(inversion, "reference_name", "dataset max"), getattr(inversion, "reference", None)),
         ("soft prompt activation (not a real prompt)", inversion.soft_activation),
         ("activation read at", f"{inversion.position} position"),
-        ("dataset max", inversion.dataset_max),
+        ("dataset max (the run's collection)", inversion.dataset_max),
         ("sequences evaluated", f"{inversion.forward_passes} ({passes})" if passes else inversion.forward_passes),
         ("seconds", inversion.seconds),
     ])  # fmt: skip
+    front = figures(R.front_plot(inversion), f"front-{inversion.feature_id}",
+                    "No front was saved.")  # fmt: skip
     curve = figures(R.optimisation_curve(inversion), f"optimisation-{inversion.feature_id}",
                     "No optimisation trajectory was saved.")  # fmt: skip
-    return block + info + curve
+    return block + front + info + curve

@@ -89,12 +89,22 @@ def inversion_rows(
         ),
         {},
     )
-    prompts = [
+    headline = getattr(inversion, "headline", None)
+    bound = (getattr(inversion, "fluency_bound", None) or {}).get("cross_entropy")
+    prompts = []
+    if bound is not None:
+        prompts.append(
+            (f"headline: most active within real-text cross-entropy ≤ {bound:.2f}",
+             (headline or {}).get("tokens") or [], (headline or {}).get("text")
+             or "(no prompt fires within the bound)", (headline or {}).get("activation"),
+             (headline or {}).get("cross_entropy"), None, None)
+        )  # fmt: skip
+    prompts += [
         ("projected (soft stage, nearest tokens)", inversion.projected_tokens,
          inversion.projected_text, inversion.projected_activation, None,
          getattr(inversion, "projected_token_activations", None),
          getattr(inversion, "projected_token_strings", None)),
-        ("refined (discrete search)", refined_ids, inversion.refined_text,
+        ("unconstrained best (any cross-entropy)", refined_ids, inversion.refined_text,
          inversion.refined_activation, inversion.refined_cross_entropy,
          getattr(inversion, "refined_token_activations", None) or saved.get("activations"),
          getattr(inversion, "refined_token_strings", None) or saved.get("tokens")),
@@ -112,7 +122,9 @@ def inversion_rows(
             row = TokenRow(label, [text], [None], value)
         else:
             row = _prompt_row(label, tokens, value, per_token, inversion.position)
-        row.detail = _detail(value, inversion.dataset_max, cross_entropy)
+        reference = getattr(inversion, "reference", inversion.dataset_max)
+        name = getattr(inversion, "reference_name", "dataset max")
+        row.detail = _detail(value, reference, cross_entropy, name)
         rows.append(row)
     return rows
 
@@ -156,10 +168,15 @@ def _row_from_sequence(seq: dict[str, Any], label: str) -> TokenRow:
     return TokenRow(label + where, list(seq.get("tokens", [])), acts, max(known, default=None))
 
 
-def _detail(value: float | None, dataset_max: float | None, cross_entropy: float | None) -> str:
+def _detail(
+    value: float | None,
+    dataset_max: float | None,
+    cross_entropy: float | None,
+    name: str = "dataset max",
+) -> str:
     parts = []
     if value is not None and dataset_max:
-        parts.append(f"{value / dataset_max:.2f}× dataset max")
+        parts.append(f"{value / dataset_max:.2f}× {name}")
     if cross_entropy is not None:
         parts.append(f"cross-entropy {cross_entropy:.2f} nats")
     return " · ".join(parts)
