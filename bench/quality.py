@@ -96,6 +96,15 @@ def main() -> None:
     parser.add_argument("--cache", default=str(Path.home() / ".cache/saeinverse/bench-collection"))
     parser.add_argument("--set", nargs="*", default=[], help="optimization overrides key=value")
     parser.add_argument("--out", default=None, help="write every record as JSON here")
+    parser.add_argument(
+        "--stats", default=None, help="a saved FeatureStats folder (a run's collect/) to reuse"
+    )
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=16,
+        help="features per batch; results per feature do not depend on it (printed per chunk)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -105,7 +114,12 @@ def main() -> None:
     from saeinverse.invert.fluency import stats_token_rows
 
     config, model, sae = load_default()
-    stats = collection(config, model, sae, Path(args.cache))
+    if args.stats:
+        from saeinverse.collect.stats import FeatureStats
+
+        stats = FeatureStats.load(args.stats)
+    else:
+        stats = collection(config, model, sae, Path(args.cache))
     chosen = choose_features(stats, args.features, args.seed)
     features = [f for f, _ in chosen]
     settings = as_section(
@@ -137,12 +151,21 @@ def main() -> None:
         flush=True,
     )
     start = time.perf_counter()
-    records = optimize_features(
-        model, sae, features, settings, seed=args.seed,
-        dataset_max=stats.max_activation, reference_max=reference.for_features(features),
-        reference_tokens=reference.n_tokens, fluency_bound=bound,
-        exclude_bos=config.data.exclude_bos,
-    )  # fmt: skip
+    records = []
+    for lo in range(0, len(features), args.chunk):
+        chunk = features[lo : lo + args.chunk]
+        records += optimize_features(
+            model, sae, chunk, settings, seed=args.seed,
+            dataset_max=stats.max_activation, reference_max=reference.for_features(chunk),
+            reference_tokens=reference.n_tokens, fluency_bound=bound,
+            exclude_bos=config.data.exclude_bos, progress=False,
+        )  # fmt: skip
+        for r in records[lo:]:
+            print(
+                f"  done {r.feature_id}: unconstrained {r.refined_ratio:.2f} "
+                f"headline {r.headline_ratio:.2f} ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
     seconds = time.perf_counter() - start
     ref = reference.for_features(features)
     unconstrained = [r.refined_activation / ref[r.feature_id] for r in records]
