@@ -8,60 +8,26 @@ Configs are never changed in place: ``update_config`` returns a new tree.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import types
-import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import yaml
 
+from saeinverse.config_tree import (  # noqa: F401  (Section, field_docs: re-exported)
+    Bound,
+    S,
+    Section,
+    above,
+    at_least,
+    between,
+    field_docs,
+    flatten,
+    mark_paths,
+    merge,
+)
 from saeinverse.errors import ConfigError
-
-
-class Section(Mapping):
-    """Base of every config section: a frozen-by-convention dataclass that also reads as a dict."""
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self._field_names():
-            raise _unknown_key(key, self._field_names(), self._path())
-        return getattr(self, key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._field_names())
-
-    def __len__(self) -> int:
-        return len(self._field_names())
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        raise TypeError("config sections are read-only: use update_config(config, {...})")
-
-    @classmethod
-    def _field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    def _path(self) -> str:
-        return getattr(self, "_section_path", "") or "<root>"
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain nested dict (YAML / JSON ready)."""
-        return {
-            name: value.to_dict() if isinstance(value, Section) else _plain(value)
-            for name, value in ((n, getattr(self, n)) for n in self._field_names())
-        }
-
-
-S = TypeVar("S", bound="Section")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return list(value)
-    return value
-
 
 # ----------------------------------------------------------------------------- sections
 
@@ -394,48 +360,6 @@ class Config(Section):
 
 # ----------------------------------------------------------------------------- ranges
 
-
-@dataclass(frozen=True)
-class Bound:
-    """A numeric range a config value must lie in (None: unbounded on that side)."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    """True: the value must be > low (else >= low)."""
-
-    def holds(self, value: Any) -> bool:
-        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
-            return True  # types are checked elsewhere; None means "not set" where allowed
-        if value != value or value in (float("inf"), float("-inf")):
-            return False
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return self.high is None or value <= self.high
-
-    def describe(self) -> str:
-        def num(x: float) -> str:
-            return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-        if self.low is not None and self.high is not None:
-            return f"in [{num(self.low)}, {num(self.high)}]"
-        if self.low is not None:
-            return f"{'>' if self.low_open else '≥'} {num(self.low)}"
-        return f"≤ {num(self.high)}"
-
-
-def at_least(low: float) -> Bound:
-    return Bound(low=low)
-
-
-def above(low: float) -> Bound:
-    return Bound(low=low, low_open=True)
-
-
-def between(low: float, high: float) -> Bound:
-    return Bound(low=low, high=high)
-
-
 RANGES: dict[str, Bound] = {
     "seed": between(0, 2**32 - 1),
     "hardware.threads": at_least(1),
@@ -519,7 +443,7 @@ ORDERED: list[tuple[str, str]] = [
 def check_ranges(config: Section) -> None:
     """Raise ``ConfigError`` for the first value of ``config`` outside its range."""
     prefix = getattr(config, "_section_path", "")
-    values = _flatten(config, prefix)
+    values = flatten(config, prefix)
     for key, bound in RANGES.items():
         if key not in values:
             continue
@@ -536,24 +460,12 @@ def check_ranges(config: Section) -> None:
             )
 
 
-def _flatten(section: Section, prefix: str) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for name in section._field_names():
-        value = getattr(section, name)
-        key = f"{prefix}.{name}" if prefix else name
-        if isinstance(value, Section):
-            flat |= _flatten(value, key)
-        else:
-            flat[key] = value
-    return flat
-
-
 # ----------------------------------------------------------------------------- public API
 
 
 def get_default_config() -> Config:
     """A fresh default configuration tree."""
-    return _mark_paths(Config(), "")
+    return mark_paths(Config(), "")
 
 
 def update_config(config: Config | Section, overrides: Mapping[str, Any]) -> Config:
@@ -564,8 +476,8 @@ def update_config(config: Config | Section, overrides: Mapping[str, Any]) -> Con
     """
     if not isinstance(overrides, Mapping):
         raise ConfigError(f"overrides must be a nested dict, got {type(overrides).__name__}")
-    merged = _merge(config, overrides, config._path().replace("<root>", ""))
-    merged = _mark_paths(merged, getattr(config, "_section_path", ""))
+    merged = merge(config, overrides, config._path().replace("<root>", ""))
+    merged = mark_paths(merged, getattr(config, "_section_path", ""))
     check_ranges(merged)
     return merged
 
@@ -601,7 +513,7 @@ def as_section(value: Any, section_type: type[S]) -> S:
         return value
     if isinstance(value, Config):
         return _get(value, section_path(section_type))
-    default = _mark_paths(section_type(), section_path(section_type))
+    default = mark_paths(section_type(), section_path(section_type))
     if value is None:
         return default
     if isinstance(value, Section):
@@ -679,116 +591,3 @@ def yaml_problem(err: yaml.YAMLError) -> str:
     problem = getattr(err, "problem", None) or " ".join(str(err).split())
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
     return f"{where}{problem}"
-
-
-# ----------------------------------------------------------------------------- internals
-
-
-def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
-    close = difflib.get_close_matches(str(key), valid, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return ConfigError(
-        f"unknown config key {key!r} in {where}; valid keys: {', '.join(valid)}{hint}"
-    )
-
-
-def _merge(section: Section, overrides: Mapping[str, Any], path: str) -> Section:
-    hints = typing.get_type_hints(type(section))
-    names = section._field_names()
-    changes: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if key not in names:
-            raise _unknown_key(key, names, path or "<root>")
-        key_path = f"{path}.{key}" if path else key
-        current = getattr(section, key)
-        if isinstance(current, Section):
-            if isinstance(value, Section):
-                value = value.to_dict()
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{key_path} is a section; give it a mapping, not {value!r}")
-            changes[key] = _merge(current, value, key_path)
-        else:
-            changes[key] = _check_type(value, hints[key], key_path)
-    return dataclasses.replace(section, **changes)
-
-
-def _check_type(value: Any, hint: Any, key_path: str) -> Any:
-    ok, coerced = _coerce(value, hint)
-    if not ok:
-        raise ConfigError(
-            f"config key {key_path} expects {_describe(hint)}, got {value!r} "
-            f"({type(value).__name__})"
-        )
-    return coerced
-
-
-def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        for arg in args:
-            ok, coerced = _coerce(value, arg)
-            if ok:
-                return True, coerced
-        return False, value
-    if hint is type(None):
-        return value is None, value
-    if origin is Literal:
-        return value in args, value
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            return False, value
-        items = [_coerce(v, args[0]) for v in value]
-        return all(ok for ok, _ in items), [v for _, v in items]
-    if hint is bool:
-        return isinstance(value, bool), value
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            try:
-                return True, float(value)
-            except OverflowError:  # an int beyond float's range
-                return False, value
-        return False, value
-    if hint is str:
-        return isinstance(value, str), value
-    return isinstance(value, hint), value
-
-
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin is list:
-        return f"a list of {_describe(args[0])}"
-    if hint is type(None):
-        return "null"
-    return getattr(hint, "__name__", str(hint))
-
-
-def _mark_paths(section: Section, path: str) -> Section:
-    object.__setattr__(section, "_section_path", path)
-    for name in section._field_names():
-        child = getattr(section, name)
-        if isinstance(child, Section):
-            _mark_paths(child, f"{path}.{name}" if path else name)
-    return section
-
-
-def field_docs(section_type: type[Section]) -> dict[str, str]:
-    """Each field's one-line documentation (the string literal after it in the source)."""
-    import ast
-    import inspect
-
-    tree = ast.parse(inspect.getsource(section_type))
-    body = tree.body[0].body
-    docs: dict[str, str] = {}
-    for node, nxt in zip(body, body[1:], strict=False):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr):
-            if isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
-                docs[node.target.id] = nxt.value.value
-    return docs

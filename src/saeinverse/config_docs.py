@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import typing
 
-from saeinverse.config import Section, _describe, field_docs, get_default_config
+from saeinverse.config import get_default_config
+from saeinverse.config_tree import Section, describe_type, field_docs
 
 
 def config_reference() -> str:
@@ -28,7 +29,9 @@ def _rows(section: Section, path: str) -> list[str]:
         if isinstance(value, Section):
             rows += _rows(value, key)
         else:
-            rows.append(f"| `{key}` | `{_show(value)}` | {_describe(hints[name])} | {docs[name]} |")
+            rows.append(
+                f"| `{key}` | `{_show(value)}` | {describe_type(hints[name])} | {docs[name]} |"
+            )
     return rows
 
 
