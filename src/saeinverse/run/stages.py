@@ -59,17 +59,20 @@ def _collect_part(config: Config) -> Any:
     }
 
 
+def _local_pool(ctx: Context):
+    """The local engine's in-process pool over the loaded models (``saeinverse.scale.local``)."""
+    from saeinverse.scale import LocalPool
+
+    return LocalPool(ctx.config, *ctx.models(), identity=ctx.identity)
+
+
 def _collect(ctx: Context, folder: Path):
-    from saeinverse.collect.activations import collect_activations
-    from saeinverse.scale.prompts import draw_prompts, token_counter
+    from saeinverse.scale import collect_local, collect_sharded
 
     if ctx.config.scale.engine == "ray":
-        from saeinverse.scale import collect_sharded
-
-        stats = collect_sharded(ctx.config, folder)  # draws the prompts as below, on workers
+        stats = collect_sharded(ctx.config, folder)  # the same shards, on workers
     else:
-        prompts = draw_prompts(ctx.config, token_counter(ctx.model, ctx.config))
-        stats = collect_activations(ctx.model, ctx.sae, prompts, ctx.config.data, seed=ctx.config.seed)
+        stats = collect_local(ctx.config, folder, _local_pool(ctx))  # shard by shard, saved
     stats.save(folder)
     return stats
 
@@ -196,10 +199,10 @@ def _invert(ctx: Context, folder: Path):
         dataset_maxima,
         exemplar_tails,
         measure_bound,
-        optimize_features,
         save_inversions,
     )
     from saeinverse.invert.fluency import default_bound, stats_token_rows
+    from saeinverse.scale import inverter, local_inverter
 
     ids = target_features(ctx)
     stats = ctx.results.get("collect")
@@ -222,10 +225,10 @@ def _invert(ctx: Context, folder: Path):
         )
     else:
         bound = default_bound(target, opt, seed)
-    if ctx.config.scale.engine == "ray":
-        from saeinverse.scale import inverter
-
-        optimize_features = inverter(ctx.config, folder)  # noqa: F811 (same call, on Ray workers)
+    if ctx.config.scale.engine == "ray":  # optimize_features by feature batch, saved as done
+        optimize_features = inverter(ctx.config, folder)  # on Ray workers
+    else:
+        optimize_features = local_inverter(ctx.config, folder, _local_pool(ctx))
     inversions = optimize_features(
         ctx.model, ctx.sae, ids, opt, seed=seed, dataset_max=maxima,
         reference_max=reference.for_features(ids), reference_tokens=reference.n_tokens,
@@ -257,15 +260,16 @@ def _load_invert(ctx: Context, folder: Path):
 
 
 def _explain(ctx: Context, folder: Path):
-    from saeinverse.explain import generate_explanations, save_explanations
+    from saeinverse.explain import save_explanations
+    from saeinverse.scale import explainer, local_explainer
 
     inversions = ctx.results.get("invert")
     targets = inversions if inversions is not None else target_features(ctx)
     _, _, lm, tokenizer = ctx.models()
-    if ctx.config.scale.engine == "ray":
-        from saeinverse.scale import explainer
-
-        generate_explanations = explainer(ctx.config, folder)  # noqa: F811 (on Ray workers)
+    if ctx.config.scale.engine == "ray":  # generate_explanations by feature batch, saved
+        generate_explanations = explainer(ctx.config, folder)  # on Ray workers
+    else:  # one unit when scored: the shuffled baseline spans all features
+        generate_explanations = local_explainer(ctx.config, folder, _local_pool(ctx))
     results = generate_explanations(
         ctx.model,
         ctx.sae,

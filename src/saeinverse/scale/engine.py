@@ -7,6 +7,8 @@ soon as it arrives, so a rerun after a worker or the driver died redoes only the
 ``units/`` is ``artifacts.CHECKPOINT_DIR``: the run directory keeps it when an attempt died and
 leaves it out of the stage's checksums. ``<plan>`` is a hash of everything that decides the
 units' results (config slice, unit boundaries), so units of another plan are never reused.
+The local engine (``scale.engine: local``, ``saeinverse.scale.local``) runs the same plan through
+an in-process pool with ``WorkerPool``'s interface, over the models already loaded.
 
 A worker that dies mid-unit (killed, out of memory, its node lost) is replaced by a fresh actor
 and its unit is sent again; a unit that raises an ordinary exception fails the stage (a bug or a
@@ -218,6 +220,10 @@ class WorkerPool:
             idle.append(slot)
             yield unit.index, result
 
+    def call(self, method: str, *args: Any) -> Any:
+        """``method(*args)`` on one worker (a one-off: a token count, the default fluency bound)."""
+        return self.ray.get(getattr(self.actors[0], method).remote(*args))
+
     def in_flight(self) -> list[tuple[Any, int]]:
         """``(actor, unit index)`` of every unit being computed now."""
         return [(self.actors[slot], unit.index) for slot, unit in self.busy.values()]
@@ -277,8 +283,13 @@ def run_units(
     unit_name: str,
     progress: bool = True,
     on_unit: Callable[[WorkerPool, int], None] | None = None,
+    pool: Any = None,
 ) -> Iterator[Any]:
     """Every unit's result, in unit order: saved ones read back, missing ones computed on a pool.
+
+    ``pool``: a pool with ``WorkerPool``'s ``run``, ``put`` and ``restarts`` (the local engine's
+    ``LocalPool``); None: the Ray pool for ``config`` (``worker_pool``), started only when a unit
+    is missing.
 
     Results are yielded as soon as every earlier unit is available, so a caller that folds them
     holds only the few that finished out of order. The pool starts only when a unit is missing.
@@ -292,8 +303,8 @@ def run_units(
     missing = [u for u in units if not store.has(u.index)]
     if len(missing) < len(units):
         logger.info(
-            "%s: %d of %d units already saved under %s",
-            desc, len(units) - len(missing), len(units), store.root,
+            "%s: reused %d of %d units saved under %s (computing %d)",
+            desc, len(units) - len(missing), len(units), store.root, len(missing),
         )  # fmt: skip
     computed: dict[int, Any] = {}
     position = 0
@@ -317,7 +328,9 @@ def run_units(
     sizes = {u.index: u.size for u in units}
     total, left = sum(sizes.values()), sum(u.size for u in missing)
     bar = tqdm(total=total, initial=total - left, unit=unit_name, desc=desc, disable=not progress)
-    pool = worker_pool(config)
+    on_ray = pool is None
+    if on_ray:
+        pool = worker_pool(config)
     try:
         with bar:
             yield from ready()
@@ -331,7 +344,8 @@ def run_units(
                     on_unit(pool, index)
                 yield from ready()
     except BaseException:
-        close_pools()  # its workers may still be busy with units nobody waits for
+        if on_ray:
+            close_pools()  # its workers may still be busy with units nobody waits for
         raise
     if pool.restarts:
         logger.warning("%s: %d worker restart(s) so far", desc, pool.restarts)

@@ -1,4 +1,5 @@
-"""Inversion and explanation fanned out over Ray workers in batches of ``scale.feature_batch``.
+"""Inversion and explanation fanned out in batches of ``scale.feature_batch``: over Ray workers,
+or (``pool``: ``saeinverse.scale.local.LocalPool``) in this process, one batch after another.
 
 Each batch is the local stage function on those features (``optimize_features``,
 ``generate_explanations``); results are concatenated in the order of the feature ids.
@@ -10,7 +11,8 @@ count (``scale.threads_per_worker``) from the local process's, which can tip a d
 choice (tested: equal to a local one-thread run on the tiny model). Explanations are per feature,
 except the shuffled baseline, which pairs each feature with another feature *of its batch*:
 with more features than ``scale.feature_batch`` the baseline partners differ from one local
-batch (each still a different feature's explanation).
+batch (each still a different feature's explanation). ``whole_when_scored`` (the local engine)
+keeps the baseline as one call: when explanations are scored, all features form one unit.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def invert_fanned(
     *,
     progress: bool = True,
     on_unit: Callable[[WorkerPool, int], None] | None = None,
+    pool: Any = None,
     **invert_kwargs: Any,
 ):
     """``optimize_features(feature_ids, **invert_kwargs)`` on Ray workers; one ``Inversion`` per
@@ -47,7 +50,7 @@ def invert_fanned(
     tensors / lists over all features, or for ``exemplar_tokens`` a list aligned with the ids);
     the other keyword arguments (``seed``: ``config.seed`` by default) go to every batch as they
     are; the settings are ``config.optimization``. Without a ``fluency_bound`` one worker
-    measures the default bound once and every batch uses it.
+    measures the default bound once and every batch uses it. ``pool``: see ``run_units``.
     """
     from saeinverse.invert import load_inversions, save_inversions
     from saeinverse.invert.result import INVERSIONS_FILE
@@ -67,24 +70,24 @@ def invert_fanned(
     plan = plan_hash(
         "invert", config.optimization.to_dict(), ids, per_feature,
         {k: getattr(v, "to_dict", lambda v=v: v)() for k, v in invert_kwargs.items()},
-        *_model_part(config),
+        *_model_part(config, pool),
     )  # fmt: skip
     store = UnitStore(folder, plan, "batch", INVERSIONS_FILE, save_inversions, load_inversions)
-    ensure_default_sae(config)
+    if pool is None:  # a local pool holds its models already
+        ensure_default_sae(config)
 
     def with_bound(pool: WorkerPool) -> tuple:
         if invert_kwargs.get("fluency_bound") is None:
             exclude_bos = bool(invert_kwargs.get("exclude_bos", True))
-            actor = pool.actors[0]
             seed = int(invert_kwargs["seed"])
-            bound = pool.ray.get(actor.fluency_bound.remote(config, exclude_bos, seed))
+            bound = pool.call("fluency_bound", config, exclude_bos, seed)
             for unit in units:
                 unit.args[1]["fluency_bound"] = bound
         return ()
 
     results = run_units(
         config, store, units, "invert", shared=with_bound,
-        desc="invert", unit_name="feature", progress=progress, on_unit=on_unit,
+        desc="invert", unit_name="feature", progress=progress, on_unit=on_unit, pool=pool,
     )  # fmt: skip
     return [record for batch in results for record in batch]
 
@@ -98,11 +101,15 @@ def explain_fanned(
     inversions: Sequence[Any] | None = None,
     progress: bool = True,
     on_unit: Callable[[WorkerPool, int], None] | None = None,
+    pool: Any = None,
+    whole_when_scored: bool = False,
 ):
     """``generate_explanations(targets)`` on Ray workers; one result per feature, in order.
 
     ``targets``: feature ids, a ``Selection`` or ``Inversion`` records; ``stats`` is put in
-    Ray's object store once and read by every batch.
+    Ray's object store once and read by every batch. ``pool``: see ``run_units``;
+    ``whole_when_scored``: one unit of all features when ``explanation.score`` is on (the
+    shuffled baseline then pairs features across the whole set, as one local call does).
     """
     from saeinverse.explain import load_explanations, save_explanations
     from saeinverse.explain.stage import EXPLANATIONS_FILE, feature_ids_of
@@ -112,9 +119,12 @@ def explain_fanned(
     if inversions is None and isinstance(targets, Sequence):
         inversions = [t for t in targets if isinstance(t, Inversion)]
     by_id = {int(inv.feature_id): inv for inv in inversions or []}
+    size = config.scale.feature_batch
+    if whole_when_scored and config.explanation.score:
+        size = max(1, len(ids))
     units = [
         Unit(i, len(b), (b, [by_id[f] for f in b if f in by_id]))
-        for i, b in enumerate(split(ids, config.scale.feature_batch))
+        for i, b in enumerate(split(ids, size))
     ]
     stats_key = None if stats is None else _stats_digest(stats)
     plan = plan_hash(
@@ -123,16 +133,18 @@ def explain_fanned(
         ids,
         sorted((f, inv.refined_tokens) for f, inv in by_id.items()),
         stats_key,
-        *_model_part(config),
+        size,
+        *_model_part(config, pool),
     )
     store = UnitStore(
         folder, plan, "batch", EXPLANATIONS_FILE, save_explanations, load_explanations
     )
-    ensure_default_sae(config)
+    if pool is None:
+        ensure_default_sae(config)
     results = run_units(
         config, store, units, "explain",
         shared=lambda pool: (pool.put(stats),),
-        desc="explain", unit_name="feature", progress=progress, on_unit=on_unit,
+        desc="explain", unit_name="feature", progress=progress, on_unit=on_unit, pool=pool,
     )  # fmt: skip
     return [record for batch in results for record in batch]
 
@@ -165,7 +177,7 @@ def _subsets(per_feature: Mapping[str, Mapping[int, Any]], ids: Sequence[int]) -
     return {key: {f: v[f] for f in ids if f in v} for key, v in per_feature.items()}
 
 
-def _model_part(config: Config) -> tuple[Any, ...]:
+def _model_part(config: Config, pool: Any) -> tuple[Any, ...]:
     from saeinverse.models.from_config import sae_identity
 
     return (
@@ -174,30 +186,37 @@ def _model_part(config: Config) -> tuple[Any, ...]:
         config.model.to_dict(),
         sae_identity(config),
         config.hardware.dtype,
+        getattr(pool, "identity", None),  # a local pool's models (weights passed in)
     )
 
 
-def inverter(config: Config, folder: str | Path) -> Callable[..., list]:
+def inverter(config: Config, folder: str | Path, pool: Any = None) -> Callable[..., list]:
     """``optimize_features`` with its signature, run by ``invert_fanned`` (units in ``folder``).
 
-    The model and SAE arguments are not used (each worker loads its own from ``config``); an
-    ``opt_cfg`` other than ``config.optimization`` replaces it.
+    The model and SAE arguments are not used (each worker, or ``pool``, has its own from
+    ``config``); an ``opt_cfg`` other than ``config.optimization`` replaces it.
     """
 
     def invert(model, sae, feature_ids, opt_cfg=None, **kwargs):
         del model, sae
         return invert_fanned(
-            _with_section(config, "optimization", opt_cfg), folder, feature_ids, **kwargs
+            _with_section(config, "optimization", opt_cfg),
+            folder,
+            feature_ids,
+            pool=pool,
+            **kwargs,
         )
 
     return invert
 
 
-def explainer(config: Config, folder: str | Path) -> Callable[..., list]:
+def explainer(
+    config: Config, folder: str | Path, pool: Any = None, whole_when_scored: bool = False
+) -> Callable[..., list]:
     """``generate_explanations`` with its signature, run by ``explain_fanned`` (units in ``folder``).
 
-    The model, SAE and explanation LM arguments are not used (each worker loads its own from
-    ``config``); an ``explanation_cfg`` other than ``config.explanation`` replaces it.
+    The model, SAE and explanation LM arguments are not used (each worker, or ``pool``, has its
+    own from ``config``); an ``explanation_cfg`` other than ``config.explanation`` replaces it.
     """
 
     def explain(model, sae, feature_results, lm=None, tokenizer=None, explanation_cfg=None, *,
@@ -209,8 +228,9 @@ def explainer(config: Config, folder: str | Path) -> Callable[..., list]:
         if seed is not None and seed != cfg.seed:
             cfg = update_config(cfg, {"seed": int(seed)})
         return explain_fanned(
-            cfg, folder, feature_results, stats=stats, inversions=inversions, progress=progress
-        )
+            cfg, folder, feature_results, stats=stats, inversions=inversions, progress=progress,
+            pool=pool, whole_when_scored=whole_when_scored,
+        )  # fmt: skip
 
     return explain
 

@@ -15,6 +15,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from saeinverse.collect.stats import STATS_META, FeatureStats
 from saeinverse.config import Config
@@ -45,34 +46,38 @@ def collect_sharded(
     progress: bool = True,
     on_unit: Callable[[WorkerPool, int], None] | None = None,
     count_tokens: TokenCounter | None = None,
+    pool: Any = None,
 ) -> FeatureStats:
-    """``collect_activations`` over ``prompts`` (default: the config's draw) on Ray workers.
+    """``collect_activations`` over ``prompts`` (default: the config's draw) on Ray workers, or
+    on ``pool`` (the local engine's in-process pool, see ``run_units``).
 
     Finished shards are saved under ``<folder>/units/`` as they arrive and reused by a rerun with
     the same prompts and collection settings. With ``data.n_tokens`` and no ``prompts``, tokens
     are counted by ``count_tokens`` (``token_counter(model, config)``), else by a worker.
     """
-    ensure_default_sae(config)
+    if pool is None:  # a local pool holds its models already
+        ensure_default_sae(config)
     if prompts is None:
         if config.data.n_tokens is not None and count_tokens is None:
-            count_tokens = _worker_counter(config)
+            count_tokens = _worker_counter(config, pool)
         prompts = draw_prompts(config, count_tokens)
     prompts = list(prompts)
     if not prompts:
         raise DataError("collection got no prompts")
     shards = split(prompts, config.scale.shard_prompts)
     units = [Unit(i, len(s), (s,)) for i, s in enumerate(shards)]
-    store = UnitStore(folder, _plan(config, prompts), "shard", STATS_META, _save_shard, _load_shard)
+    plan = _plan(config, prompts, getattr(pool, "identity", None))
+    store = UnitStore(folder, plan, "shard", STATS_META, _save_shard, _load_shard)
     results = run_units(
         config, store, units, "collect",
-        desc="collect", unit_name="prompt", progress=progress, on_unit=on_unit,
+        desc="collect", unit_name="prompt", progress=progress, on_unit=on_unit, pool=pool,
     )  # fmt: skip
     stats = merge_in_order(r for r in results if r is not None)
     if stats is None:
         raise DataError(f"none of the {len(prompts)} prompts holds a token after the start token")
     logger.info(
-        "collected %d tokens over %d prompts in %d shards on Ray",
-        stats.n_tokens, stats.n_prompts, len(shards),
+        "collected %d tokens over %d prompts in %d shards%s",
+        stats.n_tokens, stats.n_prompts, len(shards), " on Ray" if pool is None else "",
     )  # fmt: skip
     return stats
 
@@ -108,15 +113,14 @@ def ensure_default_sae(config: Config) -> None:
         train_default_sae(config)
 
 
-def _worker_counter(config: Config) -> TokenCounter:
+def _worker_counter(config: Config, pool: Any = None) -> TokenCounter:
     def count(prompts):
-        pool = worker_pool(config)
-        return pool.ray.get(pool.actors[0].count_tokens.remote(list(prompts), config))
+        return (pool or worker_pool(config)).call("count_tokens", list(prompts), config)
 
     return count
 
 
-def _plan(config: Config, prompts: Sequence[str]) -> str:
+def _plan(config: Config, prompts: Sequence[str], identity: object = None) -> str:
     from saeinverse.models.from_config import sae_identity
 
     digest = hashlib.sha256()
@@ -135,6 +139,7 @@ def _plan(config: Config, prompts: Sequence[str]) -> str:
         config.hardware.dtype,
         config.scale.shard_prompts,
         digest.hexdigest(),
+        identity,
     )
 
 

@@ -1,9 +1,10 @@
-"""The Ray actor: loads the subject model and SAE once, then collects, inverts or explains units.
+"""The unit workers: collect, invert or explain one unit over models loaded once (a Ray actor
+that loads its own, or the local engine's worker over the pipeline's).
 
 Each method is the local stage function applied to one unit (a shard of prompts, a batch of
 features): the same code as one process, so the engine changes where work runs, not what it
 computes. The stage's config travels with each unit, so one pool serves every stage of a run
-(models loaded once); the explanation LM is loaded on the first explanation unit only.
+(models loaded once); a Ray worker loads the explanation LM on its first explanation unit only.
 """
 
 from __future__ import annotations
@@ -18,21 +19,25 @@ from saeinverse.config import Config
 logger = logging.getLogger(__name__)
 
 
-class StageWorker:
-    """One worker process: ``config``'s model and SAE on its device, ``threads`` torch threads."""
+class UnitWorker:
+    """Runs units over models already loaded: ``model`` and ``sae``, and optionally the
+    explanation LM (``lm``, ``tokenizer``) for ``config``'s explainer (else loaded when needed).
 
-    def __init__(self, config: Config, threads: int, env: Mapping[str, str]) -> None:
-        import torch
+    The local engine's pool holds one over the pipeline's models; ``StageWorker`` (a Ray actor)
+    loads its own.
+    """
 
-        os.environ.update(env)  # caches and hub mode, as the driver has them
-        torch.set_num_threads(int(threads))
-        from saeinverse.models.from_config import load_experiment_sae, load_subject_model
-
-        self.config = config
-        self.model = load_subject_model(config)
-        self.sae = load_experiment_sae(config, self.model)
+    def __init__(
+        self, config: Config, model: Any, sae: Any, lm: Any = None, tokenizer: Any = None
+    ) -> None:
+        self.config, self.model, self.sae = config, model, sae
         self._lm: tuple[Any, Any] | None = None
         """((explainer, llm_name), (lm, tokenizer)) once an explanation unit ran."""
+        if lm is not None:
+            self._lm = (
+                (config.explanation.explainer, config.explanation.llm_name),
+                (lm, tokenizer),
+            )
 
     def ready(self) -> str:
         """Where this worker runs (for logs): host, pid and device."""
@@ -100,3 +105,17 @@ class StageWorker:
         if self._lm is None or self._lm[0] != key:
             self._lm = (key, load_explanation_lm(config))
         return self._lm[1]
+
+
+class StageWorker(UnitWorker):
+    """One Ray worker process: ``config``'s model and SAE on its device, ``threads`` torch threads."""
+
+    def __init__(self, config: Config, threads: int, env: Mapping[str, str]) -> None:
+        import torch
+
+        os.environ.update(env)  # caches and hub mode, as the driver has them
+        torch.set_num_threads(int(threads))
+        from saeinverse.models.from_config import load_experiment_sae, load_subject_model
+
+        model = load_subject_model(config)
+        super().__init__(config, model, load_experiment_sae(config, model))
