@@ -3,7 +3,8 @@ units of a stage (collection shards, inversion batches, unscored explanation bat
 the missing units, says how many it reused, and ends with the artifacts of an uninterrupted run.
 
 The kill is deterministic: the killed run is a subprocess whose ``UnitStore.save`` sends SIGKILL
-to its own process right after the K-th unit of the stage is saved.
+to its own process right after the K-th unit of the stage is saved. That subprocess cannot import
+Ray, so these runs also show the local engine never does.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ KILL_AFTER = textwrap.dedent(
                 os.kill(os.getpid(), signal.SIGKILL)
 
     engine.UnitStore.save = save_then_die
+    sys.modules["ray"] = None  # the local engine never imports Ray: importing it would fail
     torch.set_num_threads(1)
     sys.exit(main(sys.argv[3:]))
     """

@@ -138,10 +138,24 @@ def load_experiment_models(config: Config | Mapping[str, Any] | None = None):
     explanations are off or use no local LM.
     """
     config = as_config(config)
+    apply_threads(config.hardware)
     model = load_subject_model(config)
     sae = load_experiment_sae(config, model)
     lm, tokenizer = load_explanation_lm(config)
     return model, sae, lm, tokenizer
+
+
+def apply_threads(hardware: HardwareConfig) -> None:
+    """``torch.set_num_threads(hardware.threads)`` when it is set (None leaves torch's default).
+
+    Applied where the pipeline and the notebook calls load their models; a Ray worker uses
+    ``scale.threads_per_worker`` instead.
+    """
+    import torch
+
+    if hardware.threads is not None and torch.get_num_threads() != hardware.threads:
+        logger.info("torch CPU threads: %d (hardware.threads)", hardware.threads)
+        torch.set_num_threads(int(hardware.threads))
 
 
 def load_hf_lm(name: str):
