@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from saeinverse.config_docs import config_reference
+from saeinverse.config.docs import config_reference
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

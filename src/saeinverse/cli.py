@@ -83,7 +83,7 @@ def _report(args: argparse.Namespace) -> int:
 
 @command("config-keys")
 def _config_keys(args: argparse.Namespace) -> int:
-    from saeinverse.config_docs import config_reference
+    from saeinverse.config.docs import config_reference
 
     print(config_reference(), end="")
     return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 import typing
 
 from saeinverse.config import get_default_config
-from saeinverse.config_tree import Section, describe_type, field_docs
+from saeinverse.config.tree import Section, describe_type, field_docs
 
 
 def config_reference() -> str:
