@@ -125,13 +125,11 @@ def reused(caplog, stage: str) -> list[str]:
 
 
 def test_the_local_engine_saves_each_unit_and_equals_one_pass(reference, one_thread, tmp_path):
-    assert units(reference, "collect") == [f"shard-{i:05d}" for i in range(4)]
-    assert units(reference, "invert") == [f"batch-{i:05d}" for i in range(4)]
-    assert units(reference, "explain") == ["batch-00000"], "scored: one unit of all features"
+    for stage in ("collect", "invert", "explain"):  # saved while running (see the kill tests)
+        assert units(reference, stage) == [], "a finished stage keeps no units/"
     assert len(load_json(reference / "invert" / "inversions.json")["inversions"]) == 4
 
     assert run(tmp_path / "one", *ONE_PASS) == 0
-    assert units(tmp_path / "one", "collect") == ["shard-00000"]
     split, whole = artifact_digests(reference), artifact_digests(tmp_path / "one")
     assert "invert/inversions.json" in whole and "explain/explanations.jsonl" in whole
     assert {k: v for k, v in split.items() if k != SUMS} == {

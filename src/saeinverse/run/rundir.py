@@ -12,7 +12,8 @@ A stage's marker (``_SUCCESS.json``) records:
 A finished stage is reused only when its hash matches and its files still match their
 checksums (a file changed by hand recomputes the stage, with a warning). A stage that crashed
 left no marker (it is removed before the stage starts), so it is never mistaken for finished;
-its ``units/`` checkpoints are kept for the rerun (a forced or changed stage starts empty).
+its ``units/`` checkpoints are kept for the rerun (a forced or changed stage starts empty);
+once a stage's marker is written its ``units/`` are removed.
 One run at a time writes a directory: ``lock`` holds ``.lock`` with ``filelock``.
 """
 
@@ -216,6 +217,7 @@ class Run:
             "finished": _now(),
         }
         save_json(folder / MARKER, marker)
+        shutil.rmtree(folder / CHECKPOINT_DIR, ignore_errors=True)  # the stage is whole now
         self.computed.append(name)
         self._update_meta(stage=name, seconds=seconds)
         return result
