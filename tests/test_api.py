@@ -120,3 +120,26 @@ def test_visualize_results_draws_the_inversions(notebook, tmp_path):
     page = (tmp_path / "results.html").read_text()
     assert page.count('class="plotly-figure"') == len(figures)
     assert all(f"f{r.feature_id}" in figures[0].to_json() for r in results)
+
+
+DEFAULT_OVERRIDES = {
+    "data": {"n_prompts": 60, "max_length": 32},
+    "clustering": {"hdbscan": {"min_cluster_size": 3}, "selection": {"max_features": 2}},
+    "optimization": {"length": 6, "max_steps": 10, "refine_steps": 2, "refine_candidates": 16},
+}
+
+
+@pytest.mark.slow
+def test_the_seed_snippet_runs_verbatim_on_the_embedded_default(tmp_path, monkeypatch):
+    """The seed's text exactly, ``load_experiment_models(config['hardware'])`` included: the
+    hardware section alone loads the embedded default model and SAE."""
+    verbatim = SNIPPET.replace(
+        "load_experiment_models(config)", "load_experiment_models(config['hardware'])"
+    ).replace("TINY_OVERRIDES", "DEFAULT_OVERRIDES")
+    monkeypatch.chdir(tmp_path)
+    namespace = {"DEFAULT_OVERRIDES": DEFAULT_OVERRIDES}
+    exec(compile(verbatim, "seed-readme-snippet", "exec"), namespace)
+    assert namespace["model"].cfg.d_model == 576  # SmolLM2-135M, the embedded default
+    results = namespace["feature_results"]
+    assert [r.feature_id for r in results] == list(namespace["selected_features"][:2])
+    assert all(r.refined_activation >= r.projected_activation for r in results)
