@@ -195,7 +195,10 @@ def test_the_budget_bounds_the_soft_stage_too(tiny_model, tiny_sae):
     with pytest.raises(ConfigError, match=r"max_sequences=200.*max_steps \+ 1 = 301"):
         optimize_feature(tiny_model, tiny_sae, 0, settings, fluency_bound=BOUND)
     # One that fits spends at most the budget on the soft stage and every refinement row.
-    fits = {**FAST, "max_steps": 60, "refine_steps": 500, "patience": 1000, "max_sequences": 400}
+    fits = {
+        **FAST, "max_steps": 60, "refine_steps": 500, "patience": 1000, "max_sequences": 400,
+        "fluent_start": "text",
+    }  # fmt: skip
     record = optimize_feature(tiny_model, tiny_sae, 0, fits, fluency_bound=BOUND)
     spent = record.forward_passes_by_stage
     assert spent["soft"] == 61 and spent["soft"] + spent["refine"] <= 400
@@ -204,7 +207,8 @@ def test_the_budget_bounds_the_soft_stage_too(tiny_model, tiny_sae):
 
 def test_plan_budget_splits_the_rest_between_the_rows():
     s = as_section(
-        {"max_steps": 99, "max_sequences": 4000, "fluent_share": 0.25}, OptimizationConfig
+        {"max_steps": 99, "max_sequences": 4000, "fluent_share": 0.25, "fluent_start": "text"},
+        OptimizationConfig,
     )
     plan = plan_budget(s)
     assert plan.soft_steps == 99
@@ -249,7 +253,30 @@ def test_fluent_row_starts_from_the_real_window_closest_to_firing(tiny_model, ti
         assert torch.equal(starts[i], pool[picks[int(keys.argmax())]])
         assert screened[i] == len(picks)
     # the screening is paid from the fluent row's budget, and its start is within the bound
-    settings = {**FAST, "refine_steps": 0}
+    settings = {**FAST, "refine_steps": 0, "fluent_start": "text"}
     record = optimize_feature(tiny_model, tiny_topk_sae, 9, settings, seed=4, fluency_bound=bound)
     assert record.forward_passes_by_stage["refine"] == 1 + 2 + screened[1]
     assert record.trajectory["fluent_cross_entropy"][0] <= bound.cross_entropy + 1e-5
+    # fluent_start='soft': the fluent row starts where the unconstrained row does, unscreened;
+    # 'both': a second fluent row from the soft prompt beside the one from real text
+    for mode, spent in (("soft", 1 + 2), ("both", 1 + 2 + 2 + screened[1])):
+        record = optimize_feature(
+            tiny_model, tiny_topk_sae, 9, {**settings, "fluent_start": mode}, seed=4,
+            fluency_bound=bound,
+        )  # fmt: skip
+        t = record.trajectory
+        assert record.forward_passes_by_stage["refine"] == spent
+        from_soft = t["fluent_activation" if mode == "soft" else "fluent_soft_activation"]
+        assert from_soft[0] == t["refine_activation"][0]
+        if mode == "both":
+            assert t["fluent_cross_entropy"][0] <= bound.cross_entropy + 1e-5
+
+
+def test_fluent_start_both_splits_the_fluent_share_between_two_rows():
+    s = as_section(
+        {"max_steps": 99, "max_sequences": 4000, "fluent_share": 0.5, "fluent_start": "both"},
+        OptimizationConfig,
+    )
+    assert [b for _, b in plan_budget(s).rows] == [1950, 975, 975]
+    with pytest.raises(ConfigError, match="fluent_start"):
+        as_section({"fluent_start": "random"}, OptimizationConfig)

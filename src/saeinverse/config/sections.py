@@ -232,8 +232,10 @@ class OptimizationConfig(Section):
     """The headline bound: this quantile of real windows' cross-entropy (0.5 the median, 0.9 the 90th percentile)."""
     fluency_windows: int = 300
     """Random real text windows of the prompt's length the bound is measured on."""
+    fluent_start: Literal["text", "soft", "both"] = "both"
+    """Where the fluent row starts: the real text window (within the hinge) closest to firing, the soft prompt's best projection (as the unconstrained row), or both (two fluent rows, fluent_share split between them)."""
     fluent_share: float = 0.5
-    """Share of each feature's refinement budget spent by its fluent row (the rest: its unconstrained row)."""
+    """Share of each feature's refinement budget spent by its fluent row(s) (the rest: its unconstrained row)."""
     pareto_size: int = 8
     """About this many (activation, cross-entropy) prompts kept per feature on its front."""
     max_sequences: int | None = 4000

@@ -10,8 +10,9 @@ one. Per feature, the search is:
    **fluent** row (activation with a cross-entropy hinge at ``fluency_target``, by default the
    real-text bound), starting from real text: of ``FLUENT_START_SCREEN`` random windows among
    those the bound was measured on whose cross-entropy is within the hinge, the one closest to
-   firing (highest key; the screening forwards count against the row). Without measured windows
-   it starts from the soft prompt too;
+   firing (highest key; the screening forwards count against the row). Without measured windows,
+   or with ``fluent_start='soft'``, it starts from the soft prompt too; ``fluent_start='both'``
+   runs two fluent rows, one from each start, with half of ``fluent_share`` each;
 3. a check: every prompt either row accepted or put on its front, and the projected prompt, is
    re-scored by a fresh forward (activation, and the model's own cross-entropy); the **front** is
    their Pareto set, the **headline** the most active of them at or below the bound, and the
@@ -51,9 +52,12 @@ from saeinverse.invert.soft import initial_ids, optimize_soft
 
 logger = logging.getLogger(__name__)
 
-SOFT, UNCONSTRAINED, FLUENT, FLUENT_START = 0, 1, 2, 3
-"""Random streams per feature: the soft start, the unconstrained row, the fluent row and the
-real windows its start is chosen from."""
+SOFT, UNCONSTRAINED, FLUENT, FLUENT_START, FLUENT_SOFT = 0, 1, 2, 3, 4
+"""Random streams per feature: the soft start, the unconstrained row, the fluent row, the real
+windows its start is chosen from, and (``fluent_start='both'``) the second fluent row, which
+starts from the soft prompt."""
+FLUENT_STREAMS = (FLUENT, FLUENT_SOFT)
+TRAJECTORY_NAMES = {UNCONSTRAINED: "refine", FLUENT: "fluent", FLUENT_SOFT: "fluent_soft"}
 FLUENT_START_SCREEN = 64
 """Real text windows (within the hinge) screened per feature for the fluent row's start."""
 
@@ -111,7 +115,9 @@ def plan_budget(s: OptimizationConfig, share_prefix: bool = True) -> BudgetPlan:
     """Split ``max_sequences`` between the soft stage and the refinement rows, or refuse it."""
     fluent = s.fluency_weight > 0
     shares = [(UNCONSTRAINED, 1.0 - s.fluent_share if fluent else 1.0)]
-    if fluent:
+    if fluent and s.fluent_start == "both":
+        shares += [(FLUENT, s.fluent_share / 2), (FLUENT_SOFT, s.fluent_share / 2)]
+    elif fluent:
         shares.append((FLUENT, s.fluent_share))
     shares = [(stream, share) for stream, share in shares if share > 0]
     if s.max_sequences is None:
@@ -121,12 +127,14 @@ def plan_budget(s: OptimizationConfig, share_prefix: bool = True) -> BudgetPlan:
     n_fluent = min(s.fluency_candidates, s.refine_candidates)
     rows = []
     for stream, share in shares:
-        need = start_cost(stream == FLUENT) + (FLUENT_START_SCREEN if stream == FLUENT else 0)
+        is_fluent = stream in FLUENT_STREAMS
+        screen = stream == FLUENT and s.fluent_start != "soft"
+        need = start_cost(is_fluent) + (FLUENT_START_SCREEN if screen else 0)
         if s.refine_steps > 0:
-            need += step_cost(s.refine_candidates, n_fluent, stream == FLUENT, share_prefix)
+            need += step_cost(s.refine_candidates, n_fluent, is_fluent, share_prefix)
         budget = int(rest * share)
         if budget < need:
-            kind = "fluent" if stream == FLUENT else "unconstrained"
+            kind = "fluent" if is_fluent else "unconstrained"
             raise ConfigError(
                 f"optimization.max_sequences={s.max_sequences} cannot hold the search: the soft "
                 f"stage takes max_steps + 1 = {soft} sequences and the {kind} row's share "
@@ -206,7 +214,11 @@ def optimize_features(
         owners = [i for i in range(len(ids)) for _ in plan.rows]
         streams = [stream for _ in ids for stream, _ in plan.rows]
         hinge = s.fluency_target if s.fluency_target is not None else bound.cross_entropy
-        starts, screened = fluent_starts(target, bound, hinge, ids, seed)
+        starts, screened = (
+            fluent_starts(target, bound, hinge, ids, seed)
+            if s.fluent_start != "soft"
+            else (None, [0] * len(ids))
+        )
         init = soft.best_ids[owners].clone()
         budgets = [budget for _ in ids for _, budget in plan.rows]
         for row, (o, st) in enumerate(zip(owners, streams, strict=True)):
@@ -218,7 +230,7 @@ def optimize_features(
             init_ids=init,
             generators=[generator(seed, ids[o], st) for o, st in zip(owners, streams, strict=True)],
             scale=[float(scale[o]) for o in owners],
-            hinge=[hinge if st == FLUENT else None for st in streams],
+            hinge=[hinge if st in FLUENT_STREAMS else None for st in streams],
             budget=budgets,
         )
         refined = refine(target, vocab, pop, s, progress=bar)
@@ -356,7 +368,7 @@ def _checked_records(
             "soft_activation": soft.trajectory[i]["activation"],
         }
         for r in rows:
-            name = "fluent" if streams[r] == FLUENT else "refine"
+            name = TRAJECTORY_NAMES[streams[r]]
             trajectory[f"{name}_activation"] = refined.trajectory[r]["activation"]
             trajectory[f"{name}_cross_entropy"] = refined.trajectory[r]["cross_entropy"]
         records.append(
