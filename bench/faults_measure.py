@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-STAGES = ("models", "collect", "filter", "cluster", "select", "invert", "explain", "report")
-MARKER = "_SUCCESS.json"
+from saeinverse.artifacts import MARKER
+from saeinverse.artifacts import STAGE_NAMES as STAGES
 
 
 def uptime() -> str:
@@ -23,23 +23,23 @@ def uptime() -> str:
 
 def run(run_dir: Path, overrides: list[str], kill_after_select: float | None = None):
     cmd = [sys.executable, "-m", "saeinverse", "run", "--run-dir", str(run_dir), *overrides]
-    log = open(run_dir.parent / f"{run_dir.name}.log", "w")
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     ends, select_seen, killed = {}, None, None
-    while proc.poll() is None:
-        now = time.monotonic()
-        for s in STAGES:
-            if s not in ends and (run_dir / s / MARKER).exists():
-                ends[s] = now - start
-        if kill_after_select is not None and "select" in ends:
-            select_seen = select_seen or now
-            if now - select_seen >= kill_after_select:
-                proc.send_signal(signal.SIGKILL)
-                killed = now - start
-                break
-        time.sleep(0.05)
-    proc.wait()
+    with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        while proc.poll() is None:
+            now = time.monotonic()
+            for s in STAGES:
+                if s not in ends and (run_dir / s / MARKER).exists():
+                    ends[s] = now - start
+            if kill_after_select is not None and "select" in ends:
+                select_seen = select_seen or now
+                if now - select_seen >= kill_after_select:
+                    proc.send_signal(signal.SIGKILL)
+                    killed = now - start
+                    break
+            time.sleep(0.05)
+        proc.wait()
     wall = time.monotonic() - start
     for s in STAGES:
         if s not in ends and (run_dir / s / MARKER).exists():

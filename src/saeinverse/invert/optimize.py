@@ -111,6 +111,11 @@ class BudgetPlan:
     """(stream, budget) per refinement row: ``UNCONSTRAINED`` / ``FLUENT`` and its sequences."""
 
 
+def _from_text(s: OptimizationConfig) -> bool:
+    """Whether the ``FLUENT`` row starts from real text (and pays for screening the windows)."""
+    return s.fluent_start != "soft"
+
+
 def plan_budget(s: OptimizationConfig, share_prefix: bool = True) -> BudgetPlan:
     """Split ``max_sequences`` between the soft stage and the refinement rows, or refuse it."""
     fluent = s.fluency_weight > 0
@@ -128,7 +133,7 @@ def plan_budget(s: OptimizationConfig, share_prefix: bool = True) -> BudgetPlan:
     rows = []
     for stream, share in shares:
         is_fluent = stream in FLUENT_STREAMS
-        screen = stream == FLUENT and s.fluent_start != "soft"
+        screen = stream == FLUENT and _from_text(s)
         need = start_cost(is_fluent) + (FLUENT_START_SCREEN if screen else 0)
         if s.refine_steps > 0:
             need += step_cost(s.refine_candidates, n_fluent, is_fluent, share_prefix)
@@ -216,7 +221,7 @@ def optimize_features(
         hinge = s.fluency_target if s.fluency_target is not None else bound.cross_entropy
         starts, screened = (
             fluent_starts(target, bound, hinge, ids, seed)
-            if s.fluent_start != "soft"
+            if FLUENT in streams and _from_text(s)
             else (None, [0] * len(ids))
         )
         init = soft.best_ids[owners].clone()
@@ -236,7 +241,7 @@ def optimize_features(
         refined = refine(target, vocab, pop, s, progress=bar)
     finally:
         bar.close()
-    if starts is None or FLUENT not in streams:
+    if starts is None:
         screened = [0] * len(ids)
     records = _checked_records(model, target, ids, maxima, references, soft, refined, owners,
                                streams, s, bound, reference_tokens, screened)  # fmt: skip
