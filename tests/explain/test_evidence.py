@@ -21,11 +21,14 @@ def planted():
 
 
 def explain_prompts(evidence) -> set[int]:
-    return {s.prompt_index for s in evidence.explain.sequences() if s.prompt_index is not None}
+    ex = evidence.explain
+    seen = ex.sequences() + ex.firing + ex.silent
+    return {s.prompt_index for s in seen if s.prompt_index is not None}
 
 
 def heldout_prompts(evidence) -> set[int]:
-    return {s.prompt_index for s in evidence.heldout.positives + evidence.heldout.negatives}
+    held = evidence.heldout
+    return {s.prompt_index for s in held.positives + held.negatives + held.hard_negatives}
 
 
 def test_sequences_carry_each_tokens_activation(planted):
@@ -71,6 +74,10 @@ def test_heldout_is_disjoint_from_what_the_explainer_sees_and_follows_the_seed(p
     for ev, ev2, ev3 in zip(first, again, other, strict=True):
         assert explain_prompts(ev) and heldout_prompts(ev)
         assert not explain_prompts(ev) & heldout_prompts(ev)
+        assert ev.explain.firing and all(s.max_activation > 0 for s in ev.explain.firing)
+        fitted = {s.prompt_index for s in ev.explain.firing}
+        shown = {s.prompt_index for s in ev.explain.exemplars + ev.explain.decile_samples}
+        assert not fitted & shown
         assert heldout_prompts(ev) == heldout_prompts(ev2)
         assert heldout_prompts(ev) != heldout_prompts(ev3)
         assert all(s.max_activation > 0 for s in ev.heldout.positives)

@@ -10,6 +10,7 @@ from saeinverse.explain.rules import (
     Rule,
     RuleSimulator,
     TokensExplainer,
+    explain_side_score,
     parse_rule,
     starts_word,
 )
@@ -93,3 +94,68 @@ def test_context_explainer_keeps_the_plain_list_when_context_adds_nothing():
                                silent=silent)  # fmt: skip
     rule, score = ContextExplainer().choose(evidence)
     assert rule == Rule((" York",)) and score == 1.0
+
+
+def test_rules_with_several_clauses_read_back_even_when_a_token_holds_the_separator():
+    rule = Rule((" if", '"; or on "'), alternatives=(Rule((" return",), ("\n    ",)),
+                                                      Rule(("-",), word="inside")))  # fmt: skip
+    text = rule.text() + ", mostly in python source text (as in: “a «b»”)."
+    assert text.count("; or on ") == 3  # one inside the quoted token
+    assert parse_rule(text) == rule
+    assert rule.positions([" if", "x", "\n    ", " return", " return", "a", "-", " -"]) == [
+        True, False, False, True, False, False, True, False,
+    ]  # fmt: skip
+
+
+def two_context_case(seed: int, n: int = 60):
+    """' York' fires right after ' new' and ' bank' fires at the start of a word, never inside
+    one; negatives hold ' York' after another word, 'bank' inside a word, or neither."""
+    rng = random.Random(seed)
+    filler = [" the", " cat", " sat", " on", " a", " mat", " river"]
+
+    def make(plant, fires):
+        tokens = [rng.choice(filler) for _ in range(12)]
+        at = rng.randrange(1, 12 - len(plant))
+        tokens[at : at + len(plant)] = plant
+        acts = [float(fires and ((t == " York" and tokens[i - 1] == " new") or t == " bank"))
+                for i, t in enumerate(tokens)]  # fmt: skip
+        return TokenSequence(tokens, list(range(12)), acts, "exemplar" if fires else "silent")
+
+    positives = [make([" new", " York"] if i % 2 else [" bank"], True) for i in range(n)]
+    near = [make([" the", " York"] if i % 2 else [" river", "bank"], False) for i in range(n)]
+    for seq in near:
+        seq.source = "silent:token"
+    silent = [make([" cat"], False) for _ in range(n)]
+    return positives, silent, near
+
+
+def test_grown_rule_joins_clauses_that_no_single_clause_can_state():
+    positives, silent, near = two_context_case(seed=0)
+    evidence = ExplainEvidence(0, exemplars=positives, silent=silent + near,
+                               top_tokens=[(" York", 0.5), (" bank", 0.5)])  # fmt: skip
+    explainer = ContextExplainer()
+    rule, score = explainer.choose(evidence)
+    assert score == 1.0 and len(rule.clauses()) == 2
+    assert {(c.targets, c.after) for c in rule.clauses()} >= {((" York",), (" new",))}
+    best_single = max(explain_side_score(r, positives, silent, near)
+                      for r in explainer.candidates(explainer.tokens(evidence), positives))  # fmt: skip
+    assert best_single < 0.9
+    held_pos, held_silent, held_near = two_context_case(seed=1)
+    held = HeldoutEvidence(held_pos, held_silent, held_near)
+    scores = score_explanation(RuleSimulator(), rule.text(), held, seed=0, n_boot=100)
+    assert scores["detection"]["value"] == 1.0 and scores["detection_hard"]["value"] == 1.0
+
+
+def test_more_firing_windows_of_the_explaining_side_are_fitted_on_not_only_exemplars():
+    positives, silent, near = two_context_case(seed=2)
+    york = [p for p in positives if " York" in p.tokens]
+    bank = [p for p in positives if " York" not in p.tokens]
+    evidence = ExplainEvidence(0, exemplars=york[:8], firing=bank, silent=silent + near,
+                               top_tokens=[(" York", 0.5), (" bank", 0.5)])  # fmt: skip
+    assert len(evidence.positives()) == 8 + len(bank)
+    rule, _ = ContextExplainer().choose(evidence)
+    assert any(" bank" in c.targets for c in rule.clauses())
+    only_exemplars = ExplainEvidence(0, exemplars=york[:8], silent=silent + near,
+                                     top_tokens=[(" York", 0.5), (" bank", 0.5)])  # fmt: skip
+    narrow, _ = ContextExplainer().choose(only_exemplars)
+    assert not any(" bank" in c.targets for c in narrow.clauses())

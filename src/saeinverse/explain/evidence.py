@@ -87,6 +87,17 @@ class ExplainEvidence:
     silent: list[TokenSequence] = field(default_factory=list)
     """Windows of the explaining side where the feature never fires (random ones, then ones that
     hold its top tokens): what an explanation must not cover."""
+    firing: list[TokenSequence] = field(default_factory=list)
+    """More firing windows of the explaining side (around the peak of the other firing prompts
+    outside the held-out set): what a rule is fitted on, beside the exemplars and decile samples.
+    Not shown to a language model."""
+    candidate_tokens: list[tuple[str, float]] = field(default_factory=list)
+    """A longer ``top_tokens`` list (same order and shares) a rule may draw its targets from."""
+
+    def positives(self) -> list[TokenSequence]:
+        """Every firing window of the explaining side (exemplars, decile samples, ``firing``)."""
+        return [s for s in self.exemplars + self.decile_samples + self.firing
+                if s.max_activation > 0]  # fmt: skip
 
     def sequences(self) -> list[TokenSequence]:
         return [*self.exemplars, *self.decile_samples, *self.refined]

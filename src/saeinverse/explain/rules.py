@@ -3,11 +3,14 @@
 An explanation names the tokens a feature fires on and, optionally, the context it needs::
 
     Fires on "Paris", "London" right after "in", "to" at the start of a word (as in: “…”).
+    Fires on "if", "else"; or on "return" right after "\\n    "; or on "-" inside a word.
 
 - ``Fires on "a", "b"``: the target tokens (JSON-quoted; compared case- and space-insensitively);
 - ``right after "x", "y"``: the token just before must be one of these;
 - ``at the start of a word`` / ``inside a word``: the target token begins a word (it starts
   with a space, or follows punctuation) or continues one;
+- ``; or on …``: another clause of the same form; a token satisfies the rule when it satisfies
+  any clause;
 - ``, mostly in <genre> text`` and ``(as in: “…”)``: for a reader (and the embedding judge);
   never read back.
 
@@ -16,11 +19,12 @@ An explanation names the tokens a feature fires on and, optionally, the context 
 the rule, fuzzing says "correct" when at least half of the marked tokens do.
 
 ``ContextExplainer`` (the ``context`` explainer) writes such rules. From the explaining side only
-(exemplars and decile samples as positives, silent windows as negatives, random ones and ones
-that hold the top tokens) it builds candidates: the top 1, 2, … tokens, each alone, right after
-the tokens that precede its firing occurrences, at a word's start or inside a word; and keeps
-the candidate with the best balanced accuracy there (ties: the simpler rule). The held-out
-windows never take part in the choice.
+(exemplars, decile samples and the other firing windows there as positives; silent windows as
+negatives, random ones and ones that hold the top tokens) it builds candidates: single clauses
+over the top 1, 2, … tokens (alone, right after the tokens that precede their firing
+occurrences, at a word's start or inside a word), and a rule grown greedily clause by clause
+from the ``candidate_tokens``; it keeps the candidate with the best balanced accuracy there
+(ties: the simpler rule). The held-out windows never take part in the choice.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+
+import numpy as np
 
 from saeinverse.explain.evidence import (
     MARK_CLOSE,
@@ -44,12 +50,22 @@ TOKEN_MASS_COVERED = 0.8
 AFTER_COVERED = 0.8
 """The 'right after' set grows until it precedes this share of the firing occurrences."""
 MAX_AFTER = 6
+AFTER_LEVELS = (0.5,)
+"""Shares of a token's firing occurrences a grown clause's 'right after' set covers."""
+MAX_AFTER_GROWN = 4
+MIN_GAIN_WINDOWS = 1.0
+"""A grown rule takes a clause only when it gains at least this many positive windows' worth."""
+MAX_TARGETS = 24
+"""The `context` explainer's rules name at most this many target tokens (from the evidence's
+``candidate_tokens``)."""
 N_CONTEXTS = 3
 CONTEXT_RADIUS = 4
 GENRE_SHARE = 0.6
 """The `context` explainer names the genre its firing windows come from when this share of
 them share one (a phrase for readers and the embedding judge; the simulator ignores it)."""
 WORD_CLAUSES = {"start": " at the start of a word", "inside": " inside a word"}
+OR_CLAUSE = "; or on "
+"""Joins a rule's clauses (a token fires when any clause holds)."""
 
 
 def quote(token: str) -> str:
@@ -59,24 +75,39 @@ def quote(token: str) -> str:
 
 @dataclass(frozen=True)
 class Rule:
-    """Where a feature fires: target tokens, optionally right after given tokens, at a word part."""
+    """Where a feature fires: target tokens, optionally right after given tokens, at a word part;
+    or wherever one of the ``alternatives`` (clauses of their own) holds."""
 
     targets: tuple[str, ...]
     after: tuple[str, ...] = ()
     word: str | None = None
     """'start', 'inside' or None (either)."""
+    alternatives: tuple[Rule, ...] = ()
+
+    def clauses(self) -> tuple[Rule, ...]:
+        """This clause (without its alternatives), then each alternative."""
+        return (replace(self, alternatives=()), *self.alternatives)
+
+    def clause_text(self) -> str:
+        text = ", ".join(quote(t) for t in self.targets)
+        if self.after:
+            text += " right after " + ", ".join(quote(t) for t in self.after)
+        return text + WORD_CLAUSES.get(self.word or "", "")
 
     def text(self) -> str:
         """The rule in words, without examples."""
         if not self.targets:
             return "Fires on nothing seen in the evidence"
-        text = "Fires on " + ", ".join(quote(t) for t in self.targets)
-        if self.after:
-            text += " right after " + ", ".join(quote(t) for t in self.after)
-        return text + WORD_CLAUSES.get(self.word or "", "")
+        return "Fires on " + OR_CLAUSE.join(c.clause_text() for c in self.clauses())
 
     def positions(self, tokens: Sequence[str]) -> list[bool]:
         """Which tokens of a window satisfy the rule."""
+        out = self._own_positions(tokens)
+        for other in self.alternatives:
+            out = [a or b for a, b in zip(out, other._own_positions(tokens), strict=True)]
+        return out
+
+    def _own_positions(self, tokens: Sequence[str]) -> list[bool]:
         targets = {normalise(t) for t in self.targets}
         after = {normalise(t) for t in self.after}
         out = []
@@ -90,7 +121,8 @@ class Rule:
         return out
 
     def complexity(self) -> int:
-        return len(self.targets) + len(self.after) + (self.word is not None)
+        own = len(self.targets) + len(self.after) + (self.word is not None)
+        return own + sum(c.complexity() for c in self.alternatives)
 
 
 def starts_word(tokens: Sequence[str], i: int) -> bool:
@@ -120,17 +152,40 @@ def _quoted(text: str) -> tuple[str, ...]:
     return tuple(found)
 
 
+def _split_clauses(text: str) -> list[str]:
+    """``text`` cut at each ``OR_CLAUSE`` outside double quotes."""
+    parts, start, i, inside = [], 0, 0, False
+    while i < len(text):
+        char = text[i]
+        if inside and char == "\\":
+            i += 2
+            continue
+        if char == '"':
+            inside = not inside
+        elif not inside and text.startswith(OR_CLAUSE, i):
+            parts.append(text[start:i])
+            start = i = i + len(OR_CLAUSE)
+            continue
+        i += 1
+    return [*parts, text[start:]]
+
+
+def _parse_clause(text: str) -> Rule:
+    head, _, tail = text.partition(" right after ")
+    word = next((k for k, clause in WORD_CLAUSES.items() if clause in text), None)
+    return Rule(_quoted(head), _quoted(tail), word)
+
+
 def parse_rule(explanation: str) -> Rule:
     """The rule an explanation states (see the module docstring); content words when it quotes
     nothing."""
     text = explanation.split(" (as in:")[0]
-    head, _, tail = text.partition(" right after ")
-    targets, after = _quoted(head), _quoted(tail)
-    word = next((k for k, clause in WORD_CLAUSES.items() if clause in text), None)
-    if not targets:
+    clauses = [_parse_clause(part) for part in _split_clauses(text)]
+    clauses = [c for c in clauses if c.targets]
+    if not clauses:
         words = [w for w in re.findall(r"\w+", explanation.lower()) if w not in _FILLER]
         return Rule(tuple(dict.fromkeys(words)))
-    return Rule(targets, after, word)
+    return replace(clauses[0], alternatives=tuple(clauses[1:]))
 
 
 class RuleSimulator:
@@ -171,13 +226,20 @@ def main_genre(evidence: ExplainEvidence) -> str | None:
     return genre if genre is not None and count >= GENRE_SHARE * len(genres) else None
 
 
-def with_examples(rule: Rule, evidence: ExplainEvidence, genre: str | None = None) -> str:
-    """The rule's text, the genre it mostly fires in (when given), then up to ``N_CONTEXTS``
-    marked contexts from the evidence."""
+def with_examples(
+    rule: Rule,
+    evidence: ExplainEvidence,
+    genre: str | None = None,
+    examples: Sequence[TokenSequence] | None = None,
+) -> str:
+    """The rule's text, the genre it mostly fires in (when given), then marked contexts from
+    ``examples`` (default: the first ``N_CONTEXTS`` of the evidence's sequences)."""
     text = rule.text()
     if genre and rule.targets:
         text += ", mostly in " + genre.replace("_", " ") + " text"
-    contexts = [short_context(s) for s in evidence.sequences()[:N_CONTEXTS]]
+    if examples is None:
+        examples = evidence.sequences()[:N_CONTEXTS]
+    contexts = [short_context(s) for s in examples]
     if rule.targets and contexts:
         text += " (as in: " + "; ".join(f"“{c}”" for c in contexts) + ")"
     return text + "."
@@ -207,26 +269,33 @@ class TokensExplainer:
 
 
 class ContextExplainer:
-    """The rule that best separates the explaining side's positives from its silent windows."""
+    """The rule that best separates the explaining side's positives from its silent windows.
 
-    def __init__(self, max_tokens: int = 8):
-        self.max_tokens = max_tokens
+    Two families of candidates compete on the explain-side score (``explain_side_score``):
+    single clauses over the top 1, 2, … tokens (``candidates``), and a rule grown greedily from
+    one-token clauses (``grow``: each token bare, at a word's start, inside a word, or right after
+    the tokens that precede it), adding the clause that raises the score most until none raises
+    it by ``MIN_GAIN_WINDOWS`` positive windows' worth. Ties go to the simpler rule.
+    """
+
+    def __init__(self, max_tokens: int = 8, max_targets: int = MAX_TARGETS):
+        self.max_tokens, self.max_targets = max_tokens, max(max_targets, max_tokens)
 
     def explain_many(self, evidence: Sequence[ExplainEvidence]) -> list[str]:
         return [with_examples(self.choose(e)[0], e, main_genre(e)) for e in evidence]
 
     def choose(self, evidence: ExplainEvidence) -> tuple[Rule, float]:
         """The best candidate rule and its explain-side balanced accuracy."""
-        positives = [
-            s for s in evidence.exemplars + evidence.decile_samples if s.max_activation > 0
-        ]
+        positives = evidence.positives()
         negatives = [s for s in evidence.silent if s.source == "silent"]
         near = [s for s in evidence.silent if s.source != "silent"]
         fallback = token_list(evidence, self.max_tokens)
         if not positives or not (negatives or near):
             return fallback, float("nan")
+        tokens = self.tokens(evidence)
+        rules = [*self.candidates(tokens, positives), self.grow(tokens, positives, negatives, near)]
         best, best_score = fallback, explain_side_score(fallback, positives, negatives, near)
-        for rule in self.candidates(evidence, positives):
+        for rule in rules:
             score = explain_side_score(rule, positives, negatives, near)
             if score > best_score + 1e-9 or (
                 abs(score - best_score) <= 1e-9 and rule.complexity() < best.complexity()
@@ -234,11 +303,15 @@ class ContextExplainer:
                 best, best_score = rule, score
         return best, best_score
 
-    def candidates(self, evidence: ExplainEvidence, positives: list[TokenSequence]) -> list[Rule]:
+    def tokens(self, evidence: ExplainEvidence) -> list[str]:
+        """The candidate target tokens, largest mass first, one spelling each."""
         tokens: list[str] = []
-        for token, _ in evidence.top_tokens:
+        for token, _ in evidence.candidate_tokens or evidence.top_tokens:
             if normalise(token) not in {normalise(t) for t in tokens}:
                 tokens.append(token)
+        return tokens[: self.max_targets]
+
+    def candidates(self, tokens: list[str], positives: list[TokenSequence]) -> list[Rule]:
         rules = []
         for k in range(1, min(len(tokens), self.max_tokens) + 1):
             base = Rule(tuple(tokens[:k]))
@@ -248,10 +321,85 @@ class ContextExplainer:
                 rules += [replace(base, after=after), replace(base, after=after, word="start")]
         return rules
 
+    def grow(
+        self,
+        tokens: list[str],
+        positives: list[TokenSequence],
+        negatives: list[TokenSequence],
+        near: list[TokenSequence],
+    ) -> Rule:
+        """The greedy rule (see the class docstring); empty targets when no clause helps."""
+        units = []
+        for token in tokens:
+            base = Rule((token,))
+            units += [base, replace(base, word="start"), replace(base, word="inside")]
+            for covered in AFTER_LEVELS:
+                after = preceding(base, positives, covered, MAX_AFTER_GROWN)
+                if after and replace(base, after=after) not in units:
+                    units.append(replace(base, after=after))
+        groups = [g for g in (positives, negatives, near) if g]
+        windows = [w for g in groups for w in g]
+        hits = _unit_hits(units, windows)
+        bounds = np.cumsum([0] + [len(g) for g in groups])
+        weights = np.zeros(len(windows))
+        weights[: bounds[1]] = 0.5 / len(positives)
+        for lo, hi in zip(bounds[1:-1], bounds[2:], strict=True):
+            weights[lo:hi] = -0.5 / (hi - lo) / (len(groups) - 1)
+        fired = np.zeros(len(windows), dtype=bool)
+        chosen: list[Rule] = []
+        min_gain = MIN_GAIN_WINDOWS * 0.5 / len(positives)
+        while len(chosen) < self.max_targets:
+            gains = ((hits & ~fired) * weights).sum(1)
+            best = int(gains.argmax())
+            if gains[best] < min_gain:
+                break
+            chosen.append(units[best])
+            fired |= hits[best]
+        return _merge(chosen)
 
-def preceding(rule: Rule, positives: list[TokenSequence]) -> tuple[str, ...]:
+
+def _unit_hits(units: list[Rule], windows: list[TokenSequence]) -> np.ndarray:
+    """Bool[ndarray, "units windows"]: whether each one-token clause fires somewhere in each window."""
+    index = []
+    for seq in windows:
+        where: dict[str, list[int]] = {}
+        for i, token in enumerate(seq.tokens):
+            where.setdefault(normalise(token), []).append(i)
+        index.append(where)
+    hits = np.zeros((len(units), len(windows)), dtype=bool)
+    for u, unit in enumerate(units):
+        target = normalise(unit.targets[0])
+        after = {normalise(t) for t in unit.after}
+        for w, (seq, where) in enumerate(zip(windows, index, strict=True)):
+            for i in where.get(target, ()):
+                if after and not (i > 0 and normalise(seq.tokens[i - 1]) in after):
+                    continue
+                if unit.word is not None and starts_word(seq.tokens, i) != (unit.word == "start"):
+                    continue
+                hits[u, w] = True
+                break
+    return hits
+
+
+def _merge(units: list[Rule]) -> Rule:
+    """One rule from one-token clauses: those with the same context share a clause (bare first)."""
+    clauses: dict[tuple, list[str]] = {}
+    for unit in sorted(units, key=lambda u: (bool(u.after), u.word is not None)):
+        clauses.setdefault((unit.after, unit.word), []).extend(unit.targets)
+    rules = [Rule(tuple(targets), after, word) for (after, word), targets in clauses.items()]
+    if not rules:
+        return Rule(())
+    return replace(rules[0], alternatives=tuple(rules[1:]))
+
+
+def preceding(
+    rule: Rule,
+    positives: list[TokenSequence],
+    share: float = AFTER_COVERED,
+    max_after: int = MAX_AFTER,
+) -> tuple[str, ...]:
     """The tokens just before the rule's firing target occurrences, most frequent first, until
-    they cover ``AFTER_COVERED`` of them (at most ``MAX_AFTER``; empty when that is not reached)."""
+    they cover ``share`` of them (at most ``max_after``; empty when that is not reached)."""
     counts: Counter[str] = Counter()
     spelling: dict[str, str] = {}
     total = 0
@@ -264,10 +412,10 @@ def preceding(rule: Rule, positives: list[TokenSequence]) -> tuple[str, ...]:
                 spelling.setdefault(key, seq.tokens[i - 1])
                 total += 1
     chosen, covered = [], 0
-    for key, count in counts.most_common(MAX_AFTER):
+    for key, count in counts.most_common(max_after):
         chosen.append(spelling[key])
         covered += count
-        if covered >= AFTER_COVERED * total:
+        if covered >= share * total:
             return tuple(chosen)
     return ()
 

@@ -12,9 +12,11 @@ For each feature, the run's prompts are split with the seed (``plan_feature``):
   ('hard:token'), then, when those run short, silent windows from the genre of its exemplars
   ('hard:genre');
 - **explaining side**: the top exemplars and ``n_decile_samples`` prompts per decile, all from
-  prompts outside the held-out set; the refined prompts from inversion; the top tokens by
-  activation mass over the corpus *minus the held-out prompts*; silent windows (random, and
-  around top tokens) from the other half of the silent prompts.
+  prompts outside the held-out set, and up to ``FIT_PROMPTS`` of the other firing prompts there
+  (windows a rule is fitted on, never shown to a language model); the refined prompts from
+  inversion; the top tokens by activation mass over the corpus *minus the held-out prompts*
+  (``n_top_tokens`` shown, ``CANDIDATE_TOKENS`` for rules); ``FIT_SILENT`` silent windows of
+  each kind (random, and around a top token) from the other half of the silent prompts.
 
 A window is ``2 * context_window + 1`` tokens around its peak (positives), a random silent
 stretch (random negatives) or the stretch around a top token (hard negatives), with every
@@ -55,6 +57,12 @@ if TYPE_CHECKING:
 N_DECILES = 10
 NEGATIVE_SPARE = 2
 """Weakly firing prompts searched per missing silent prompt."""
+FIT_PROMPTS = 150
+"""Other firing prompts of the explaining side forwarded for a rule to be fitted on."""
+FIT_SILENT = 100
+"""Silent windows of the explaining side, of each kind (random, around a candidate token)."""
+CANDIDATE_TOKENS = 24
+"""Top tokens a rule may draw its targets from (``ExplainEvidence.candidate_tokens``)."""
 
 
 @dataclass
@@ -70,6 +78,8 @@ class FeaturePlan:
     """(prompt, position) of the top exemplars shown to the explainer."""
     deciles: list[tuple[int, int]]
     """(prompt, decile) of the decile samples."""
+    explain_firing: list[int]
+    """Other firing prompts of the explaining side (at most ``FIT_PROMPTS``, in a seeded order)."""
 
 
 # ----------------------------------------------------------------------------- planning
@@ -111,7 +121,9 @@ def plan_feature(
     weak = [int(p) for p in ascending if int(p) not in used]
     missing = max(0, n_heldout - len(held_silent))
     candidates = held_silent + weak[: NEGATIVE_SPARE * missing]
-    return FeaturePlan(heldout, candidates, explain_silent, exemplars, samples)
+    taken = used | set(candidates)
+    others = [int(p) for p in rng.permutation(firing) if int(p) not in taken][:FIT_PROMPTS]
+    return FeaturePlan(heldout, candidates, explain_silent, exemplars, samples, others)
 
 
 # ----------------------------------------------------------------------------- building
@@ -157,6 +169,7 @@ def build_evidence(
     plans = [plan_feature(stats, f, dense[:, j], cfg, seed) for j, f in enumerate(fids)]
     forward = {p for plan in plans for p in plan.heldout}
     forward |= {p for plan in plans for p, _ in plan.exemplars + plan.deciles}
+    forward |= {p for plan in plans for p in plan.explain_firing}
     # A prompt where collection saw the feature never fire needs no forward: it reads as silent.
     forward |= {p for j, plan in enumerate(plans) for p in plan.negative_candidates
                 if dense[p, j] > 0}  # fmt: skip
@@ -174,12 +187,16 @@ def build_evidence(
         explain = ExplainEvidence(fid, refined=refined.get(fid, []))
         explain.exemplars = [cut.around(run, p, "exemplar", pos) for p, pos in plan.exemplars]
         explain.decile_samples = [cut.around(run, p, f"decile:{d}") for p, d in plan.deciles]
+        explain.firing = [cut.around(run, p, "firing") for p in plan.explain_firing]
         ranked = _top_tokens_without(stats, fid, plan.heldout, run, j, first)
         explain.top_tokens = [(s, share) for _, s, share in ranked[: cfg.n_top_tokens]]
+        n_candidates = max(CANDIDATE_TOKENS, cfg.n_top_tokens)
+        explain.candidate_tokens = [(s, share) for _, s, share in ranked[:n_candidates]]
         top_ids = _surface_ids(stats, [s for _, s, _ in ranked[: cfg.n_top_tokens]])
         explain_side = [(run, p) for p in plan.explain_silent]
-        explain.silent = cut.silent(explain_side, cfg.n_heldout, "silent")
-        explain.silent += cut.around_tokens(explain_side, top_ids, cfg.n_heldout, "silent:token")
+        n_silent = max(FIT_SILENT, cfg.n_heldout)
+        explain.silent = cut.silent(explain_side, n_silent, "silent")
+        explain.silent += cut.around_tokens(explain_side, top_ids, n_silent, "silent:token")
         heldout = HeldoutEvidence()
         heldout.positives = [s for s in (cut.around(run, p, "heldout") for p in plan.heldout)
                              if s.max_activation > 0]  # fmt: skip
