@@ -53,3 +53,21 @@ def test_fewer_than_300_windows_is_refused_by_the_config():
         as_section({"fluency_windows": 64}, OptimizationConfig)
     with pytest.raises(ConfigError, match="fluency_quantile"):
         as_section({"fluency_quantile": 1.5}, OptimizationConfig)
+
+
+def test_bound_reads_its_cross_entropies_back_from_the_cache(tiny_model, tiny_sae, tmp_path,
+                                                            monkeypatch):  # fmt: skip
+    target = FeatureTarget(tiny_model, tiny_sae)
+    rows = text_token_rows(tiny_model, TEXTS)
+    first = measure_bound(target, rows, length=12, n_windows=300, seed=2, cache=tmp_path)
+    assert len(list(tmp_path.glob("window-ce-*.json"))) == 1
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("the cached windows were measured again")
+
+    monkeypatch.setattr(Fluency, "cross_entropy", no_forward)
+    again = measure_bound(target, rows, length=12, quantile=0.9, n_windows=300, seed=2,
+                          cache=tmp_path)  # fmt: skip
+    assert again.p50 == first.p50 and again.cross_entropy == pytest.approx(first.p90)
+    with pytest.raises(AssertionError, match="measured again"):  # other windows: measured
+        measure_bound(target, rows, length=12, n_windows=300, seed=3, cache=tmp_path)

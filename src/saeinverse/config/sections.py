@@ -200,7 +200,7 @@ class ClusteringConfig(Section):
 class OptimizationConfig(Section):
     length: int = 12
     """Prompt tokens optimised (the start token is added in front)."""
-    max_steps: int = 150
+    max_steps: int = 75
     """Adam steps on the soft prompts."""
     lr: float = 0.05
     """Adam learning rate."""
@@ -238,7 +238,7 @@ class OptimizationConfig(Section):
     """Share of each feature's refinement budget spent by its fluent row(s) (the rest: its unconstrained row)."""
     pareto_size: int = 8
     """About this many (activation, cross-entropy) prompts kept per feature on its front."""
-    max_sequences: int | None = 4000
+    max_sequences: int | None = 1500
     """Budget of sequences evaluated per feature, the whole search (soft + every refinement row); null: only the step limits stop it."""
     reference_tokens: int | None = 150000
     """Tokens of the bundled corpus's train split the reference maximum is taken over (null: the whole split, about 495k tokens); ratios divide by it."""

@@ -14,9 +14,12 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import torch
 from jaxtyping import Float, Int
@@ -160,10 +163,14 @@ def measure_bound(
     quantile: float = 0.5,
     n_windows: int = 300,
     seed: int = 0,
+    cache: str | Path | None = None,
 ) -> FluencyBound:
-    """The real-text bound (see the module docstring) from rows of real token ids (no start token)."""
+    """The real-text bound (see the module docstring) from rows of real token ids (no start token).
+
+    ``cache``: a folder where the windows' cross-entropies are kept, keyed by the model's weights
+    and the windows themselves (so a rerun, or another run on the same text, reads them back)."""
     windows = real_windows(token_rows, length, n_windows, seed)
-    ce = Fluency(target).cross_entropy(windows).float().cpu()
+    ce = window_cross_entropy(target, windows, cache)
     q = torch.quantile(ce, torch.tensor([quantile, 0.1, 0.5, 0.9])).tolist()
     bound = FluencyBound(
         q[0], float(quantile), int(len(ce)), int(length), q[1], q[2], q[3], windows, ce
@@ -174,6 +181,45 @@ def measure_bound(
         length, len(ce), bound.p10, bound.p50, bound.p90, quantile, bound.cross_entropy,
     )  # fmt: skip
     return bound
+
+
+BOUND_CACHE_VERSION = 1
+
+
+def window_cross_entropy(
+    target: FeatureTarget, windows: Int[Tensor, "n pos"], cache: str | Path | None = None
+) -> Float[Tensor, " n"]:
+    """``Fluency.cross_entropy`` of the windows, read from / written to ``cache`` when given."""
+    path = None
+    if cache is not None:
+        from saeinverse.models.weights import weights_fingerprint
+
+        identity = {
+            "version": BOUND_CACHE_VERSION,
+            "model": str(target.model.cfg.model_name),
+            "weights": weights_fingerprint(target.model),
+            "start": target.start_id,
+            "windows": hashlib.sha256(windows.cpu().numpy().astype("int64").tobytes()).hexdigest(),
+            "shape": list(windows.shape),
+        }
+        key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        path = Path(cache) / f"window-ce-{key}.json"
+        if path.is_file():
+            try:
+                values = json.loads(path.read_text())
+                if len(values) == len(windows):
+                    logger.info("real-text cross-entropies read from %s", path)
+                    return torch.tensor(values, dtype=torch.float32)
+            except (OSError, ValueError):
+                logger.warning("unreadable cache %s: measuring again", path)
+    ce = Fluency(target).cross_entropy(windows).float().cpu()
+    if path is not None:
+        from saeinverse.io import atomic_open
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(path) as handle:
+            json.dump(ce.tolist(), handle)
+    return ce
 
 
 def text_token_rows(model, texts: Sequence[str], max_length: int = 64) -> list[Tensor]:

@@ -221,8 +221,9 @@ def _invert(ctx: Context, folder: Path):
     if stats is not None:  # the bound from the run's own text, stored in every record
         rows = stats_token_rows(stats, ctx.model)
         bound = measure_bound(
-            target, rows, opt.length, opt.fluency_quantile, opt.fluency_windows, seed
-        )
+            target, rows, opt.length, opt.fluency_quantile, opt.fluency_windows, seed,
+            cache=reference_folder(ctx.config),
+        )  # fmt: skip
     else:
         bound = default_bound(target, opt, seed)
     if ctx.config.scale.engine == "ray":  # optimize_features by feature batch, saved as done
