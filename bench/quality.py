@@ -8,8 +8,9 @@ SAE). Real-text cross-entropy quantiles come from ≥ 300 random windows of the 
 Every prompt's activation and cross-entropy are re-scored by a fresh forward (the records hold
 nothing else).
 
-One run of the default search (random init, ``max_sequences`` per feature for the whole
-search: soft stage, unconstrained row and fluent row) gives every row of the table:
+One run of the default search at the table's budget (random init, ``--budget`` sequences per
+feature for the whole search: soft stage, unconstrained row and fluent rows; ``--soft-steps``
+150 soft steps, where the default run's smaller budget takes 75) gives every row of the table:
 
 - unconstrained: the most active prompt found (any cross-entropy);
 - fluent ≤ p90: the most active re-scored front prompt with cross-entropy ≤ real p90;
@@ -89,6 +90,9 @@ def main() -> None:
     )
     parser.add_argument("--features", type=int, default=16)
     parser.add_argument("--budget", type=int, default=4000, help="max_sequences per feature")
+    parser.add_argument(
+        "--soft-steps", type=int, default=150, help="optimization.max_steps at this budget"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--reference-tokens", type=int, default=None, help="default: optimization.reference_tokens"
@@ -123,7 +127,8 @@ def main() -> None:
     chosen = choose_features(stats, args.features, args.seed)
     features = [f for f, _ in chosen]
     settings = as_section(
-        {"max_sequences": args.budget, **parse_overrides(args.set)}, OptimizationConfig
+        {"max_sequences": args.budget, "max_steps": args.soft_steps, **parse_overrides(args.set)},
+        OptimizationConfig,
     )
     began = time.perf_counter()
     reference = cached_reference_max(
