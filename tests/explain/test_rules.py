@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import random
 
+from saeinverse.explain.context import ContextExplainer, explain_side_score
 from saeinverse.explain.evidence import ExplainEvidence, HeldoutEvidence, TokenSequence
 from saeinverse.explain.rules import (
-    ContextExplainer,
     Rule,
     RuleSimulator,
     TokensExplainer,
-    explain_side_score,
     parse_rule,
     starts_word,
 )

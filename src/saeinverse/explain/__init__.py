@@ -8,6 +8,7 @@ the same score with explanations shuffled across features, and a verdict (``inte
 """
 
 from saeinverse.explain.chat import ChatModel, Conversation
+from saeinverse.explain.context import ContextExplainer
 from saeinverse.explain.evidence import (
     ExplainEvidence,
     FeatureEvidence,
@@ -35,7 +36,6 @@ from saeinverse.explain.results import (
     summarize,
 )
 from saeinverse.explain.rules import (
-    ContextExplainer,
     Rule,
     RuleSimulator,
     TokensExplainer,

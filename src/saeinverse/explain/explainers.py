@@ -5,7 +5,7 @@ questions from an explanation alone (``saeinverse.explain.scoring``):
 
 - ``context`` (the default): deterministic. A rule naming the feature's tokens and the context
   they fire in, chosen among candidates by balanced accuracy on the explaining side
-  (``rules.ContextExplainer``); its scorer simulates the rule (``rules.RuleSimulator``).
+  (``context.ContextExplainer``); its scorer simulates the rule (``rules.RuleSimulator``).
 - ``tokens``: deterministic. The tokens carrying most of the feature's activation mass
   (JSON-quoted) with two short contexts, scored by the same simulator.
 - ``llm``: a local Hugging Face causal LM through its chat template (greedy); the explainer
@@ -25,9 +25,10 @@ from saeinverse.config import ExplanationConfig
 from saeinverse.errors import ConfigError
 from saeinverse.explain import prompts
 from saeinverse.explain.chat import ChatModel
+from saeinverse.explain.context import ContextExplainer
 from saeinverse.explain.evidence import ExplainEvidence
 from saeinverse.explain.llm import HFChat, load_chat_lm
-from saeinverse.explain.rules import ContextExplainer, RuleSimulator, TokensExplainer
+from saeinverse.explain.rules import RuleSimulator, TokensExplainer
 from saeinverse.explain.scoring import Scorer, ScoringItem, Task
 
 SCORE_MAX_NEW_TOKENS = 3
