@@ -20,7 +20,6 @@ from saeinverse.explain.evidence import ExplainEvidence, TokenSequence, normalis
 from saeinverse.explain.rules import (
     Rule,
     main_genre,
-    starts_word,
     token_list,
     with_examples,
 )
@@ -75,11 +74,10 @@ class ContextExplainer:
 
     def tokens(self, evidence: ExplainEvidence) -> list[str]:
         """The candidate target tokens, largest mass first, one spelling each."""
-        tokens: list[str] = []
+        by_form: dict[str, str] = {}
         for token, _ in evidence.candidate_tokens or evidence.top_tokens:
-            if normalise(token) not in {normalise(t) for t in tokens}:
-                tokens.append(token)
-        return tokens[: self.max_targets]
+            by_form.setdefault(normalise(token), token)
+        return list(by_form.values())[: self.max_targets]
 
     def candidates(self, tokens: list[str], positives: list[TokenSequence]) -> list[Rule]:
         rules = []
@@ -130,24 +128,18 @@ class ContextExplainer:
 
 def _unit_hits(units: list[Rule], windows: list[TokenSequence]) -> np.ndarray:
     """Bool[ndarray, "units windows"]: whether each one-token clause fires somewhere in each window."""
+    normed = [[normalise(t) for t in seq.tokens] for seq in windows]
     index = []
-    for seq in windows:
+    for tokens in normed:
         where: dict[str, list[int]] = {}
-        for i, token in enumerate(seq.tokens):
-            where.setdefault(normalise(token), []).append(i)
+        for i, token in enumerate(tokens):
+            where.setdefault(token, []).append(i)
         index.append(where)
     hits = np.zeros((len(units), len(windows)), dtype=bool)
     for u, unit in enumerate(units):
         target = normalise(unit.targets[0])
-        after = {normalise(t) for t in unit.after}
         for w, (seq, where) in enumerate(zip(windows, index, strict=True)):
-            for i in where.get(target, ()):
-                if after and not (i > 0 and normalise(seq.tokens[i - 1]) in after):
-                    continue
-                if unit.word is not None and starts_word(seq.tokens, i) != (unit.word == "start"):
-                    continue
-                hits[u, w] = True
-                break
+            hits[u, w] = any(unit.holds_at(seq.tokens, normed[w], i) for i in where.get(target, ()))
     return hits
 
 

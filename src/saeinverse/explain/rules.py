@@ -29,6 +29,7 @@ from the ``candidate_tokens``; it keeps the candidate with the best balanced acc
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import Counter
@@ -73,6 +74,10 @@ class Rule:
 
     def clauses(self) -> tuple[Rule, ...]:
         """This clause (without its alternatives), then each alternative."""
+        return self._clauses
+
+    @functools.cached_property
+    def _clauses(self) -> tuple[Rule, ...]:
         return (replace(self, alternatives=()), *self.alternatives)
 
     def clause_text(self) -> str:
@@ -89,23 +94,26 @@ class Rule:
 
     def positions(self, tokens: Sequence[str]) -> list[bool]:
         """Which tokens of a window satisfy the rule."""
-        out = self._own_positions(tokens)
-        for other in self.alternatives:
-            out = [a or b for a, b in zip(out, other._own_positions(tokens), strict=True)]
-        return out
+        normed = [normalise(t) for t in tokens]
+        clauses = self._clauses
+        return [any(c.holds_at(tokens, normed, i) for c in clauses) for i in range(len(tokens))]
 
-    def _own_positions(self, tokens: Sequence[str]) -> list[bool]:
-        targets = {normalise(t) for t in self.targets}
-        after = {normalise(t) for t in self.after}
-        out = []
-        for i, token in enumerate(tokens):
-            hit = normalise(token) in targets
-            if hit and after:
-                hit = i > 0 and normalise(tokens[i - 1]) in after
-            if hit and self.word is not None:
-                hit = starts_word(tokens, i) == (self.word == "start")
-            out.append(hit)
-        return out
+    @functools.cached_property
+    def target_forms(self) -> frozenset[str]:
+        return frozenset(normalise(t) for t in self.targets)
+
+    @functools.cached_property
+    def after_forms(self) -> frozenset[str]:
+        return frozenset(normalise(t) for t in self.after)
+
+    def holds_at(self, tokens: Sequence[str], normed: Sequence[str], i: int) -> bool:
+        """Whether token ``i`` satisfies this clause (alternatives aside); ``normed``: the tokens,
+        normalised."""
+        if normed[i] not in self.target_forms:
+            return False
+        if self.after and not (i > 0 and normed[i - 1] in self.after_forms):
+            return False
+        return self.word is None or starts_word(tokens, i) == (self.word == "start")
 
     def complexity(self) -> int:
         own = len(self.targets) + len(self.after) + (self.word is not None)
