@@ -35,7 +35,15 @@ from saeinverse.config.sections import (
     SelectionConfig,
     UMAPConfig,
 )
-from saeinverse.config.tree import Bound, S, Section, field_docs, mark_paths, merge
+from saeinverse.config.tree import (
+    Bound,
+    S,
+    Section,
+    field_docs,
+    mark_paths,
+    merge,
+    place_settings,
+)
 from saeinverse.errors import ConfigError
 
 __all__ = [
@@ -85,12 +93,20 @@ def get_default_config() -> Config:
 def update_config(config: Config | Section, overrides: Mapping[str, Any]) -> Config:
     """Return a new config: ``config`` deep-merged with the nested dict ``overrides``, validated.
 
+    A top-level key may also be a setting's own name when exactly one setting below ``config``
+    has it (the flat form): ``{"n_prompts": 50, "max_steps": 100}`` sets ``data.n_prompts`` and
+    ``optimization.max_steps``, checked as the nested form is. Flat and nested keys mix in one
+    dict. Sections have no flat form. A name several settings share (``batch_size``,
+    ``context_window``, ``lr``, ``min_samples``, ``name``, ``score``) raises ``ConfigError``
+    listing their dotted paths, and so does one setting given both flat and nested.
+
     Unknown keys raise ``ConfigError`` naming the key, the valid keys at that level and the
     closest one; values of the wrong type raise ``ConfigError`` naming the key path and type.
     """
     if not isinstance(overrides, Mapping):
         raise ConfigError(f"overrides must be a nested dict, got {type(overrides).__name__}")
-    merged = merge(config, overrides, config._path().replace("<root>", ""))
+    path = config._path().replace("<root>", "")
+    merged = merge(config, place_settings(config, overrides, path), path)
     merged = mark_paths(merged, getattr(config, "_section_path", ""))
     check_ranges(merged)
     return merged

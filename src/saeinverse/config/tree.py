@@ -9,7 +9,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -110,12 +110,93 @@ def flatten(section: Section, prefix: str) -> dict[str, Any]:
     return flat
 
 
-def unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
-    close = difflib.get_close_matches(str(key), valid, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+def unknown_key(
+    key: str, valid: list[str], where: str, settings: Mapping[str, str] | None = None
+) -> ConfigError:
+    """The unknown-key error: the valid keys at that level and the closest name, which may be
+    one of ``settings`` (a unique setting name → its dotted path, the flat form)."""
+    settings = settings or {}
+    close = difflib.get_close_matches(str(key), [*valid, *settings], n=1)
+    hint = ""
+    if close:
+        name = close[0]
+        hint = f"; did you mean {name!r}"
+        hint += f" ({settings[name]})?" if name not in valid else "?"
     return ConfigError(
         f"unknown config key {key!r} in {where}; valid keys: {', '.join(valid)}{hint}"
     )
+
+
+def setting_paths(section: Section) -> dict[str, list[str]]:
+    """Each setting's own name → the dotted paths (below ``section``) of the settings so named.
+
+    Settings are the leaves of the tree; a section is never one.
+    """
+    paths: dict[str, list[str]] = {}
+    for key in flatten(section, ""):
+        paths.setdefault(key.rpartition(".")[2], []).append(key)
+    return paths
+
+
+def place_settings(section: Section, overrides: Mapping[Any, Any], path: str) -> dict[Any, Any]:
+    """``overrides`` with each flat key moved to its nested place (the caller's dicts unchanged).
+
+    A flat key is a top-level key that is no field of ``section`` but the name of exactly one
+    setting below it: ``n_prompts`` → ``{"data": {"n_prompts": ...}}``. A name of several
+    settings, a name of none, or a setting given both flat and nested raises ``ConfigError``.
+    """
+    names = section._field_names()
+    nested = {key: value for key, value in overrides.items() if key in names}
+    flat = {key: value for key, value in overrides.items() if key not in names}
+    if not flat:
+        return nested
+    paths = setting_paths(section)
+
+    def full(dotted: str) -> str:
+        return f"{path}.{dotted}" if path else dotted
+
+    for key, value in flat.items():
+        found = paths.get(key, []) if isinstance(key, str) else []
+        if not found:
+            raise unknown_key(key, names, path or "<root>", _flat_hints(paths, full))
+        if len(found) > 1:
+            choices = " and ".join(full(dotted) for dotted in found)
+            raise ConfigError(
+                f"config key {key!r} is ambiguous: it names {choices}; set one under its section"
+            )
+        *parents, leaf = found[0].split(".")
+        node = nested
+        for depth, part in enumerate(parents, 1):
+            given = node.get(part, {})
+            node[part] = dict(section_mapping(given, full(".".join(parents[:depth]))))
+            node = node[part]
+        if leaf in node:
+            raise ConfigError(
+                f"config keys {key!r} and {full(found[0])} both set {full(found[0])}; give one"
+            )
+        node[leaf] = value
+    return nested
+
+
+def _flat_hints(paths: dict[str, list[str]], full: Callable[[str], str]) -> dict[str, str]:
+    """Names an unknown flat key may have meant: unique settings and the sections inside."""
+    inner_sections = {
+        ".".join(dotted.split(".")[:depth])
+        for found in paths.values()
+        for dotted in found
+        for depth in range(2, dotted.count(".") + 1)
+    }
+    hints = {key.rpartition(".")[2]: f"the section {full(key)}: nest it" for key in inner_sections}
+    return hints | {name: full(found[0]) for name, found in paths.items() if len(found) == 1}
+
+
+def section_mapping(value: Any, key_path: str) -> Mapping[Any, Any]:
+    """The overrides given to the section at ``key_path``: a mapping, or a section's dict."""
+    if isinstance(value, Section):
+        return value.to_dict()
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key_path} is a section; give it a mapping, not {value!r}")
+    return value
 
 
 def merge(section: Section, overrides: Mapping[str, Any], path: str) -> Section:
@@ -128,11 +209,7 @@ def merge(section: Section, overrides: Mapping[str, Any], path: str) -> Section:
         key_path = f"{path}.{key}" if path else key
         current = getattr(section, key)
         if isinstance(current, Section):
-            if isinstance(value, Section):
-                value = value.to_dict()
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{key_path} is a section; give it a mapping, not {value!r}")
-            changes[key] = merge(current, value, key_path)
+            changes[key] = merge(current, section_mapping(value, key_path), key_path)
         else:
             changes[key] = check_type(value, hints[key], key_path)
     return dataclasses.replace(section, **changes)
