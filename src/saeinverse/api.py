@@ -21,8 +21,7 @@ types): ``run_clustering(filtered_acts, original_indices, cfg, sae=...)`` return
 matrix of per-prompt maximum activations, the kept SAE feature ids, and the prompts (its rows).
 With ``cache_dir``, the ``FeatureStats`` and ``FeatureSet`` are saved there, and with
 ``data.use_cached_data`` a saved ``FeatureStats`` is reused when its cache key matches: a digest
-of the collection settings, the prompts, and the model's and SAE's identity (names, shapes and a
-strided sample of every weight).
+of the collection settings, the prompts, and the models' identity (``models.identity``).
 """
 
 from __future__ import annotations
@@ -40,15 +39,24 @@ from saeinverse.cluster import analysis as cluster_analysis
 from saeinverse.cluster import clustering as cluster_stage
 from saeinverse.cluster.vectors import feature_vectors
 from saeinverse.collect.activations import collect_activations
+from saeinverse.collect.prompts import COLLECTION_READS
 from saeinverse.collect.stats import FeatureStats, read_stats_meta
-from saeinverse.config import ClusteringConfig, SelectionConfig, as_section
+from saeinverse.config import (
+    ClusteringConfig,
+    DataConfig,
+    SelectionConfig,
+    as_section,
+    get_default_config,
+    read_values,
+    update_config,
+)
 from saeinverse.data.sources import load_prompts
 from saeinverse.errors import ArtifactError
 from saeinverse.filter import filter_features
 from saeinverse.invert import optimize_feature
 from saeinverse.io import digest
 from saeinverse.models.from_config import load_experiment_models
-from saeinverse.models.weights import weights_fingerprint
+from saeinverse.models.identity import models_identity
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -69,10 +77,6 @@ __all__ = [
     "select_features",
     "visualize_results",
 ]
-
-NOT_IN_KEY = ("filtering", "use_cached_data", "batch_size")
-"""Data keys that do not change the collected statistics (filtering runs after collection)."""
-
 
 # ----------------------------------------------------------------------------- collect + filter
 
@@ -117,7 +121,7 @@ def collect_or_load(
     progress: bool = True,
 ) -> FeatureStats:
     """`collect_activations`, reusing / saving the result in `cache_dir` (see module docstring)."""
-    key = collection_key(model, sae, prompts, data_cfg)
+    key = collection_key(model, sae, prompts, data_cfg, seed)
     if cache_dir is not None and data_cfg["use_cached_data"]:
         meta = read_stats_meta(cache_dir) or {}
         if meta.get("cache_key") == key:
@@ -135,17 +139,18 @@ def collect_or_load(
 
 
 def collection_key(
-    model: HookedTransformer, sae: SAE, prompts: Sequence[str], data_cfg: Mapping[str, Any]
+    model: HookedTransformer,
+    sae: SAE,
+    prompts: Sequence[str],
+    data_cfg: Mapping[str, Any],
+    seed: int = 0,
 ) -> str:
-    """The digest (``saeinverse.io.digest``) of what the collected statistics depend on."""
-    settings = {k: data_cfg[k] for k in data_cfg if k not in NOT_IN_KEY}
-    sae_cfg = {k: v for k, v in sae.cfg.to_dict().items() if k != "device"}
-    return digest(
-        settings,
-        list(prompts),
-        [model.cfg.model_name, weights_fingerprint(model)],
-        [sae_cfg, weights_fingerprint(sae)],
-    )
+    """The digest (``saeinverse.io.digest``) of what the collected statistics depend on: the
+    values ``collect.prompts.COLLECTION_READS`` names, the prompts and the models' identity."""
+    data = as_section(data_cfg, DataConfig).to_dict()
+    config = update_config(get_default_config(), {"data": data, "seed": int(seed)})
+    settings = read_values(config, COLLECTION_READS)
+    return digest(settings, list(prompts), models_identity(model, sae))
 
 
 # ----------------------------------------------------------------------------- cluster

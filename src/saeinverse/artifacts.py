@@ -18,6 +18,8 @@ MARKER = "_SUCCESS.json"
 """A stage's success marker: the stage's hash, its inputs' hashes and its files' sha256."""
 CONFIG_FILE = "config.yaml"
 META_FILE = "meta.json"
+IDENTITY_FILE = "identity.json"
+"""The models' identity as last fingerprinted, with the stamp of the weights it was taken from."""
 LOCK_FILE = ".lock"
 """Held by the run that writes the directory (``filelock``); never an artifact."""
 CHECKPOINT_DIR = "units"
@@ -32,6 +34,8 @@ CLUSTERS_FILE = "clusters.json"
 CLUSTERS_TENSORS_FILE = "clusters.safetensors"
 CLUSTER_ANALYSIS_FILE = "cluster_analysis.json"
 SELECTION_FILE = "selection.json"
+REFERENCE_FILE = "reference.json"
+REFERENCE_TENSORS_FILE = "reference.safetensors"
 INVERSIONS_FILE = "inversions.json"
 EXPLANATIONS_FILE = "explanations.jsonl"
 REPORT_DIR = "report"
@@ -95,11 +99,20 @@ STAGES: tuple[StageSpec, ...] = (
         artifacts=(SELECTION_FILE,),
     ),
     StageSpec(
+        "reference",
+        "run_prompt_optimization",
+        "Reference",
+        "measure the reference maximum and the real-text fluency bound inversion is judged by",
+        inputs=("models",),
+        optional=("collect",),
+        artifacts=(REFERENCE_FILE, REFERENCE_TENSORS_FILE),
+    ),
+    StageSpec(
         "invert",
         "run_prompt_optimization",
         "Inversion",
         "invert the selected features (optimise prompts that activate them)",
-        inputs=("models",),
+        inputs=("models", "reference"),
         optional=("collect", "select"),
         artifacts=(INVERSIONS_FILE,),
     ),
@@ -117,7 +130,16 @@ STAGES: tuple[StageSpec, ...] = (
         "run_visualization",
         "Report",
         "",
-        optional=("models", "collect", "filter", "cluster", "select", "invert", "explain"),
+        optional=(
+            "models",
+            "collect",
+            "filter",
+            "cluster",
+            "select",
+            "reference",
+            "invert",
+            "explain",
+        ),
         artifacts=(REPORT_FILE,),
     ),
 )

@@ -27,13 +27,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saeinverse import artifacts
 from saeinverse.collect.stats import FeatureStats
 from saeinverse.errors import ArtifactError
 from saeinverse.io import load_json, save_json
 
 logger = logging.getLogger(__name__)
 
-FEATURE_SET_FILE = "feature_set.json"
+FEATURE_SET_FILE = artifacts.FEATURE_SET_FILE
 REASONS = (
     "dead",
     "dense",

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from saeinverse import artifacts
 from saeinverse.cluster.clustering import NOISE, ClusterResult
 from saeinverse.collect.arrays import d_sae_of, prompt_max_columns, to_numpy
 from saeinverse.config import SelectionConfig
@@ -34,7 +35,7 @@ from saeinverse.io import load_json, save_json
 
 logger = logging.getLogger(__name__)
 
-SELECTION_FILE = "selection.json"
+SELECTION_FILE = artifacts.SELECTION_FILE
 """The selected features, their groups and scores."""
 
 SELECTIVITY_TOP_FRACTION = 0.05

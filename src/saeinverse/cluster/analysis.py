@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from saeinverse import artifacts
 from saeinverse.cluster.clustering import NOISE, ClusterResult
 from saeinverse.collect.arrays import prompt_max_columns, to_numpy
 from saeinverse.errors import DataError
@@ -29,7 +30,7 @@ from saeinverse.io import load_json, save_json
 
 logger = logging.getLogger(__name__)
 
-ANALYSIS_FILE = "cluster_analysis.json"
+ANALYSIS_FILE = artifacts.CLUSTER_ANALYSIS_FILE
 """One record per cluster (the table ``ClusterAnalysis.to_frame`` returns)."""
 
 

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from saeinverse import artifacts
 from saeinverse.cluster.clusterers import CLUSTERERS, MIN_GROUP, NOISE, nearest_neighbors
 from saeinverse.cluster.reduce import EXACT_KNN_MAX, n_neighbors_for, reduce
 from saeinverse.cluster.vectors import feature_vectors
@@ -48,9 +49,9 @@ from saeinverse.io import load_json, load_tensors, save_json, save_tensors
 
 logger = logging.getLogger(__name__)
 
-CLUSTERS_FILE = "clusters.json"
+CLUSTERS_FILE = artifacts.CLUSTERS_FILE
 """Labels, feature ids, metrics and timings of a ClusterResult."""
-CLUSTER_ARRAYS_FILE = "clusters.safetensors"
+CLUSTER_ARRAYS_FILE = artifacts.CLUSTERS_TENSORS_FILE
 """Vectors, clustering-space embedding and 2-D map of a ClusterResult."""
 
 _SCALAR_FIELDS = (

@@ -12,8 +12,8 @@ running per-feature maximum:
   order until ``max_tokens`` counted tokens (all of the split when None);
 - windows are forwarded ``batch_size`` at a time, longest first; nothing but the maximum is kept.
 
-``cached_reference_max`` stores the result once per SAE (keyed by its weights fingerprint, the
-model, the corpus seed and the settings above): beside the default SAE when the SAE is the
+``cached_reference_max`` stores the result once per model and SAE (keyed by their identity,
+``models.identity``, the corpus seed and the settings above): beside the default SAE when the SAE is the
 cached default, else in the saeinverse cache. ``ReferenceMax.name`` is how every ratio names it:
 "reference max over N tokens".
 """
@@ -142,16 +142,10 @@ def reference_max(
 
 
 def cache_key(model, sae, settings: dict[str, Any]) -> str:
-    """What the cached maximum depends on: the SAE's weights, the model, the corpus and settings."""
-    from saeinverse.models.weights import weights_fingerprint
+    """What the cached maximum depends on: the models' identity, the corpus and settings."""
+    from saeinverse.models.identity import models_identity
 
-    identity = {
-        "version": CACHE_VERSION,
-        "sae": weights_fingerprint(sae),
-        "model": str(model.cfg.model_name),
-        "hook": sae_hook_name(sae),
-        **settings,
-    }
+    identity = {"version": CACHE_VERSION, "models": models_identity(model, sae), **settings}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 

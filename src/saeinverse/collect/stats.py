@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saeinverse import artifacts
 from saeinverse.collect.tables import coalesce, merge_topk
 from saeinverse.errors import ArtifactError, SaeInverseError
 from saeinverse.io import load_json, load_tensors, save_json, save_tensors
@@ -51,8 +52,8 @@ HISTOGRAM_MIN = 1e-3
 """Lowest histogram edge (activations below it land in the underflow column)."""
 HISTOGRAM_MAX = 1e4
 """Highest histogram edge (activations at or above it land in the overflow column)."""
-STATS_TENSORS = "feature_stats.safetensors"
-STATS_META = "feature_stats.json"
+STATS_TENSORS = artifacts.STATS_TENSORS_FILE
+STATS_META = artifacts.STATS_FILE
 STATS_VERSION = 1
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from saeinverse.config.ranges import ORDERED, RANGES, check_ranges
+from saeinverse.config.reads import read_values
 from saeinverse.config.sections import (
     ClusteringConfig,
     Config,
@@ -77,6 +78,7 @@ __all__ = [
     "get_default_config",
     "load_config",
     "parse_overrides",
+    "read_values",
     "section_path",
     "update_config",
     "yaml_problem",

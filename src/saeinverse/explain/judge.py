@@ -88,13 +88,13 @@ class EmbeddingJudge:
         self,
         explanations: Sequence[str],
         evidence: Sequence[FeatureEvidence],
-        shuffle: Sequence[int] | None,
+        shuffle: Sequence[int | None] | None,
         *,
         n_boot: int = 1000,
         seed: int = 0,
     ) -> list[dict[str, dict[str, Any]]]:
         """Per feature: {'embedding', 'embedding_hard'} -> ``intervals.compare`` of similarities
-        (own explanation vs ``explanations[shuffle[i]]`` as the baseline)."""
+        (own explanation vs ``explanations[shuffle[i]]`` as the baseline; None: no baseline)."""
         texts: dict[str, int] = {}
         for ev in evidence:
             held = ev.heldout

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saeinverse import artifacts
 from saeinverse.errors import ArtifactError
 from saeinverse.io import atomic_open
 
-EXPLANATIONS_FILE = "explanations.jsonl"
+EXPLANATIONS_FILE = artifacts.EXPLANATIONS_FILE
 FORMAT_VERSION = 2
 SCORE_NAMES = ("detection", "detection_hard", "fuzzing", "embedding", "embedding_hard")
 """Scores by the configured scorer (detection against random / hard negatives, fuzzing) and by

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from saeinverse.config import ExplanationConfig, as_section
@@ -130,11 +131,33 @@ def generate_explanations(
         )
     elif [ev.feature_id for ev in evidence] != fids:
         raise ValueError("evidence must hold one entry per feature, in the features' order")
+    drafts = draft_explanations(backend, evidence)
+    texts = {d.result.feature_id: d.result.explanation for d in drafts}
+    results = score_explanations(
+        model, sae, backend, drafts, texts, baseline_partners(fids, seed), cfg,
+        inversions=by_id, seed=seed, judge=judge, progress=progress,
+    )  # fmt: skip
+    seconds = (time.perf_counter() - start) / len(results)
+    for result in results:
+        result.seconds = seconds
+    return results
+
+
+@dataclass
+class Draft:
+    """One feature's evidence and its explanation, not scored yet."""
+
+    evidence: FeatureEvidence
+    result: ExplanationResult
+
+
+def draft_explanations(backend: Backend, evidence: list[FeatureEvidence]) -> list[Draft]:
+    """Each feature's explanation from its evidence (one ``explain_many`` call)."""
     explanations = backend.explainer.explain_many([e.explain for e in evidence])
-    for fid, text in zip(fids, explanations, strict=True):
-        logger.info("feature %d (%s): %s", fid, backend.name, text)
-    results = [
-        ExplanationResult(
+    drafts = []
+    for ev, text in zip(evidence, explanations, strict=True):
+        logger.info("feature %d (%s): %s", ev.feature_id, backend.name, text)
+        result = ExplanationResult(
             feature_id=ev.feature_id,
             explainer=backend.name,
             explanation=text,
@@ -142,21 +165,51 @@ def generate_explanations(
             evidence=evidence_summary(ev),
             dataset_max=ev.dataset_max,
         )
-        for ev, text in zip(evidence, explanations, strict=True)
-    ]
-    scorable = any(ev.heldout.positives for ev in evidence)
-    if cfg.score and scorable:
-        _score(backend, evidence, explanations, results, seed, cfg.n_bootstrap, progress)
+        drafts.append(Draft(ev, result))
+    return drafts
+
+
+def baseline_partners(feature_ids: Sequence[int], seed: int) -> dict[int, int]:
+    """Whose explanation each feature's shuffled baseline reads: a derangement of all the
+    stage's features drawn with the seed (empty with fewer than two), so the pairing never
+    depends on how the features are batched."""
+    ids = [int(f) for f in feature_ids]
+    shuffle = derangement(len(ids), seed)
+    return {} if shuffle is None else {f: ids[j] for f, j in zip(ids, shuffle, strict=True)}
+
+
+def score_explanations(
+    model,
+    sae,
+    backend: Backend,
+    drafts: list[Draft],
+    texts: Mapping[int, str],
+    partners: Mapping[int, int],
+    cfg: ExplanationConfig,
+    *,
+    inversions: Mapping[int, Inversion],
+    seed: int,
+    judge: EmbeddingJudge | None = None,
+    progress: bool = False,
+) -> list[ExplanationResult]:
+    """The drafts' results, scored on their held-out evidence against the baseline (the
+    explanation ``texts[partners[f]]``), judged, and each refined prompt re-checked."""
+    evidence = [d.evidence for d in drafts]
+    results = [d.result for d in drafts]
+    own = [r.explanation for r in results]
+    others = [partners.get(r.feature_id) for r in results]
+    baselines = [None if f is None else texts[f] for f in others]
+    if cfg.score and any(ev.heldout.positives for ev in evidence):
+        _score(backend, evidence, own, baselines, results, seed, cfg.n_bootstrap, progress)
+        for result, other in zip(results, others, strict=True):
+            result.baseline_feature = other
         if cfg.judge:
-            _judge(judge, evidence, explanations, results, seed, cfg.n_bootstrap)
+            _judge(judge, evidence, own, baselines, results, seed, cfg.n_bootstrap)
     for result in results:
-        if result.feature_id in by_id:
+        if result.feature_id in inversions:
             result.inversion = inversion_check(
-                model, sae, by_id[result.feature_id], result.dataset_max
+                model, sae, inversions[result.feature_id], result.dataset_max
             )
-    seconds = (time.perf_counter() - start) / len(results)
-    for result in results:
-        result.seconds = seconds
     return results
 
 
@@ -164,6 +217,7 @@ def _score(
     backend: Backend,
     evidence: list[FeatureEvidence],
     explanations: list[str],
+    baselines: list[str | None],
     results: list[ExplanationResult],
     seed: int,
     n_boot: int,
@@ -172,19 +226,15 @@ def _score(
     """Fill each result's scores, intervals, baselines and verdicts (in place)."""
     from tqdm.auto import tqdm
 
-    shuffle = derangement(len(evidence), seed)
     bar = tqdm(total=len(evidence), desc="score explanations", disable=not progress, leave=False)
     with bar:
         for i, (ev, result) in enumerate(zip(evidence, results, strict=True)):
             item_seed = seed * 1_000_003 + ev.feature_id
-            other = None if shuffle is None else shuffle[i]
-            baseline = None if other is None else explanations[other]
             scores = score_explanation(
-                backend.scorer, explanations[i], ev.heldout, item_seed, baseline, n_boot=n_boot
+                backend.scorer, explanations[i], ev.heldout, item_seed, baselines[i], n_boot=n_boot
             )
             for name, record in scores.items():
                 result.set_score(name, record)
-            result.baseline_feature = None if other is None else evidence[other].feature_id
             bar.update(1)
 
 
@@ -192,6 +242,7 @@ def _judge(
     judge: EmbeddingJudge | None,
     evidence: list[FeatureEvidence],
     explanations: list[str],
+    baselines: list[str | None],
     results: list[ExplanationResult],
     seed: int,
     n_boot: int,
@@ -200,8 +251,15 @@ def _judge(
     from saeinverse.explain.judge import EmbeddingJudge
 
     judge = judge or EmbeddingJudge()
-    shuffle = derangement(len(evidence), seed)
-    scored = judge.score_all(explanations, evidence, shuffle, n_boot=n_boot, seed=seed)
+    texts = list(explanations)  # each baseline text embedded once, beside the own ones
+    row = {text: i for i, text in reversed(list(enumerate(texts)))}
+    shuffle: list[int | None] = []
+    for baseline in baselines:
+        if baseline is not None and baseline not in row:
+            row[baseline] = len(texts)
+            texts.append(baseline)
+        shuffle.append(None if baseline is None else row[baseline])
+    scored = judge.score_all(texts, evidence, shuffle, n_boot=n_boot, seed=seed)
     for result, scores in zip(results, scored, strict=True):
         for name, record in scores.items():
             result.set_score(name, record)

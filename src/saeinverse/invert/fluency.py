@@ -192,12 +192,11 @@ def window_cross_entropy(
     """``Fluency.cross_entropy`` of the windows, read from / written to ``cache`` when given."""
     path = None
     if cache is not None:
-        from saeinverse.models.weights import weights_fingerprint
+        from saeinverse.models.identity import models_identity
 
         identity = {
             "version": BOUND_CACHE_VERSION,
-            "model": str(target.model.cfg.model_name),
-            "weights": weights_fingerprint(target.model),
+            "models": models_identity(target.model, target.sae),
             "start": target.start_id,
             "windows": hashlib.sha256(windows.cpu().numpy().astype("int64").tobytes()).hexdigest(),
             "shape": list(windows.shape),

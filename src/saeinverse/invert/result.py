@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saeinverse import artifacts
 from saeinverse.errors import ArtifactError
 from saeinverse.io import load_json, save_json
 
-INVERSIONS_FILE = "inversions.json"
+INVERSIONS_FILE = artifacts.INVERSIONS_FILE
 FORMAT_VERSION = 2
 
 

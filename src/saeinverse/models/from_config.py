@@ -103,31 +103,44 @@ def load_experiment_sae(config: Config, model):
     return sae
 
 
-def sae_identity(config: Config) -> dict[str, Any]:
-    """What identifies the SAE in stage hashes (so a retrained default invalidates later stages)."""
+def weights_stamp(config: Config) -> dict[str, Any]:
+    """What says, without loading them, that the config's models are the ones fingerprinted
+    before: the model and SAE settings, dtype and device, and the SAE weights' file time (a
+    retrained default or a replaced local SAE changes it)."""
     sae_cfg = config.sae
-    if sae_cfg.release or sae_cfg.path:
-        return {"release": sae_cfg.release, "sae_id": sae_cfg.sae_id, "path": sae_cfg.path}
-    path = default_sae_path(config)
-    weights = path / "sae_weights.safetensors"
-    stamp = weights.stat().st_mtime_ns if weights.exists() else None
-    return {"default": str(path), "weights_mtime": stamp}
+    folder = Path(sae_cfg.path) if sae_cfg.path else None
+    if not (sae_cfg.release or sae_cfg.path):
+        folder = default_sae_path(config)
+    files = sorted(folder.glob("*.safetensors")) if folder is not None and folder.is_dir() else []
+    return {
+        "model": config.model.to_dict(),
+        "sae": sae_cfg.to_dict(),
+        "hardware": [config.hardware.dtype, config.hardware.device],
+        "files": [[p.name, p.stat().st_mtime_ns, p.stat().st_size] for p in files],
+    }
 
 
 def load_explanation_lm(config: Config):
     """``(lm, tokenizer)`` for the 'llm' explainer, or ``(None, None)`` when it is not used."""
-    if not config.pipeline.run_explanations or config.explanation.explainer != "llm":
+    if not config.pipeline.run_explanations:
+        return None, None
+    return load_lm(config.explanation, config.hardware.device)
+
+
+def load_lm(explanation_cfg, device: str = "auto"):
+    """``(lm, tokenizer)`` for ``explanation_cfg``'s explainer on ``device`` (a ``hardware.device``
+    value), or ``(None, None)`` when that explainer uses no local LM."""
+    if explanation_cfg.explainer != "llm":
         return None, None
     from saeinverse.models.default import is_embedded, load_default_hf
     from saeinverse.models.loading import resolve_device
 
-    name = config.explanation.llm_name
-    device = resolve_device(config.hardware.device)
+    name = explanation_cfg.llm_name
     if is_embedded(name):
         lm, tokenizer = load_default_hf()
     else:
         lm, tokenizer = load_hf_lm(name)
-    return lm.to(device).eval(), tokenizer
+    return lm.to(resolve_device(device)).eval(), tokenizer
 
 
 def load_experiment_models(config: Config | Mapping[str, Any] | None = None):

@@ -1,7 +1,13 @@
-"""What the pipeline's stages share: the ``Stage`` record and the run ``Context``."""
+"""What the pipeline's stages share: the ``Stage`` record and the run ``Context``.
+
+The context holds the run's models (loaded on first use) and its pool, chosen here and nowhere
+else: ``scale.engine: local`` runs units in this process over the loaded models, ``ray`` on Ray
+workers (``saeinverse.scale``), at ``scale.address`` or on a local Ray.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,13 +15,15 @@ from typing import Any
 
 from saeinverse.artifacts import StageSpec
 from saeinverse.config import Config
-from saeinverse.models.from_config import load_experiment_models
+from saeinverse.models.from_config import load_experiment_models, load_lm
 from saeinverse.run.rundir import Run
+from saeinverse.units import LocalPool, Models, Pool
 
 
 @dataclass
 class Context:
-    """What stages share: the config, the run, the models (loaded on first use) and results."""
+    """What stages share: the config, the run, the models (loaded on first use), the pool and
+    results."""
 
     config: Config
     run: Run
@@ -26,8 +34,11 @@ class Context:
     """Stage name -> the hash it ran (or was reused) with."""
     outputs: dict[str, str] = field(default_factory=dict)
     """Stage name -> its output digest (its hash and its files' checksums)."""
-    identity: Any = None
-    """What identifies the models in every stage hash."""
+    identity: str | None = None
+    """The models' identity (``models.identity.models_identity``), in every stage hash."""
+    computing: str = ""
+    """The hash of the stage being computed (its unit checkpoints are keyed by it)."""
+    _pool: Pool | None = None
 
     def models(self) -> tuple[Any, Any, Any, Any]:
         """``(model, sae, lm, tokenizer)``, loading them from the config on first call."""
@@ -43,6 +54,30 @@ class Context:
     def sae(self) -> Any:
         return self.models()[1]
 
+    def pool(self) -> Pool:
+        """The run's pool, chosen once by ``scale.engine``."""
+        if self._pool is None:
+            if self.config.scale.engine == "ray":
+                from saeinverse.scale import ray_pool
+
+                self.models()  # trains a missing default SAE once, before any worker loads it
+                self._pool = ray_pool(self.config, str(self.identity))
+            else:
+                model, sae, lm, tokenizer = self.models()
+                loader = functools.partial(load_lm, device=self.config.hardware.device)
+                models = Models(model, sae, loader)
+                explanation = self.config.explanation
+                if lm is not None:
+                    models.lms[(explanation.explainer, explanation.llm_name)] = (lm, tokenizer)
+                self._pool = LocalPool(models)
+        return self._pool
+
+    def close_pool(self) -> None:
+        """Stop the pool's workers (after a failure: they may be busy with units nobody waits for)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
 
 class StageSkipped(Exception):
     """Raised by a stage that cannot run with what earlier stages produced (it is skipped)."""
@@ -53,12 +88,12 @@ class Stage:
     """One pipeline stage: its row of ``saeinverse.artifacts.STAGES`` and its functions."""
 
     spec: StageSpec
-    config_part: Callable[[Config], Any]
-    """The slice of the config its result depends on."""
+    reads: Callable[[Context], tuple[str, ...]]
+    """The config paths its result depends on (see ``saeinverse.run.stages``)."""
     compute: Callable[[Context, Path], Any]
     """Writes its artifacts into the folder and returns its result."""
-    load: Callable[[Context, Path], Any]
-    """Reads a finished stage's result back."""
+    load: Callable[[Path], Any]
+    """Reads a finished stage's result back (``saeinverse.loaders``)."""
 
     @property
     def name(self) -> str:

@@ -2,8 +2,9 @@
 toggle is on.
 
 A stage reads the results of earlier stages from the context, writes its artifacts into its own
-run folder, and is reused when its hash (its config, the models, the outputs of the stages it
-reads) matches and its files match their checksums. Validate, then touch: the config and the
+run folder, and is reused when its hash (the config values it reads, the models' identity, the
+outputs of the stages it reads) matches and its files match their checksums. The long stages run
+on the context's pool, chosen once per run (``Context.pool``). Validate, then touch: the config and the
 ranges that need the model are checked, under the run's lock, before anything in the run
 directory is written or removed.
 """
@@ -16,11 +17,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from saeinverse.artifacts import STAGE_NAMES
-from saeinverse.config import Config
+from saeinverse.artifacts import IDENTITY_FILE, STAGE_NAMES
+from saeinverse.config import Config, read_values
 from saeinverse.errors import ConfigError, SaeInverseError
-from saeinverse.models.from_config import as_config, sae_identity
-from saeinverse.models.weights import weights_fingerprint
+from saeinverse.io import load_json, save_json
+from saeinverse.models.from_config import as_config, weights_stamp
+from saeinverse.models.identity import models_identity
 from saeinverse.run.context import Context, StageSkipped
 from saeinverse.run.rundir import Run, digest
 from saeinverse.run.stages import STAGES
@@ -63,7 +65,7 @@ def run_experiment(
         ctx = Context(config=config, run=run, loaded=tuple(models) if models is not None else None)
         _seed_everything(config.seed)
         try:
-            ctx.identity = models_identity(ctx)
+            ctx.identity = run_identity(ctx)
             check_model_ranges(ctx)
         except BaseException:
             if fresh:  # a rejected run leaves no trace, not even an empty folder
@@ -71,8 +73,12 @@ def run_experiment(
             raise
         run.write_config(config)
         last = STAGE_NAMES.index(until) + 1 if until else len(STAGES)
-        for stage in STAGES[:last]:
-            _run_stage(ctx, stage)
+        try:
+            for stage in STAGES[:last]:
+                _run_stage(ctx, stage)
+        except BaseException:
+            ctx.close_pool()  # its workers may still be busy with units nobody waits for
+            raise
     logger.info("run finished: %s", run.root)
     return ctx
 
@@ -96,15 +102,15 @@ def _run_stage(ctx: Context, stage: Any) -> None:
     if missing:
         logger.warning("stage %s: skipped, it needs %s which did not run", stage.name, missing)
         return
+    stage_hash = stage_hash_of(ctx, stage)
     read = stage.inputs + stage.optional
-    upstream = [ctx.outputs.get(name) for name in read]
-    stage_hash = digest(stage.name, stage.config_part(config), upstream, ctx.identity)
+    ctx.computing = stage_hash
     try:
         ctx.results[stage.name] = run.run_stage(
             stage.name,
             stage_hash,
             lambda folder, s=stage: s.compute(ctx, folder),
-            lambda folder, s=stage: s.load(ctx, folder),
+            stage.load,
             inputs={name: ctx.outputs[name] for name in read if name in ctx.outputs},
         )
     except StageSkipped as why:
@@ -115,28 +121,36 @@ def _run_stage(ctx: Context, stage: Any) -> None:
     ctx.outputs[stage.name] = run.output(stage.name)
 
 
-def models_identity(ctx: Context) -> Any:
-    """The models' identity: weight fingerprints of models passed in, else the config's names.
+def stage_hash_of(ctx: Context, stage: Any) -> str:
+    """A stage's hash: the config values it reads, the models' identity and its inputs' outputs."""
+    upstream = [ctx.outputs.get(name) for name in stage.inputs + stage.optional]
+    values = read_values(ctx.config, stage.reads(ctx))
+    return digest(stage.name, values, upstream, ctx.identity)
 
-    A default SAE that is not trained yet is trained first, so its identity is final.
+
+def run_identity(ctx: Context) -> str:
+    """The models' identity (``models.identity.models_identity``) for every stage hash.
+
+    Models passed in are fingerprinted. Models the config names are loaded and fingerprinted
+    once; the run directory remembers the result (``identity.json``) beside the weights' stamp
+    (``models.from_config.weights_stamp``: the config's model and SAE, their files' times), so a
+    rerun that reuses every stage loads nothing. A missing default SAE is trained first.
     """
-    config = ctx.config
     if ctx.loaded is not None:
-        model, sae = ctx.loaded[0], ctx.loaded[1]
-        return {
-            "model": [model.cfg.model_name, weights_fingerprint(model)],
-            "sae": [sae.cfg.metadata.hook_name, weights_fingerprint(sae)],
-        }
-    if (
-        not (config.sae.release or config.sae.path)
-        and sae_identity(config)["weights_mtime"] is None
-    ):
-        ctx.models()
-    return {
-        "model": config.model.to_dict(),
-        "sae": sae_identity(config),
-        "dtype": config.hardware.dtype,
-    }
+        return models_identity(ctx.loaded[0], ctx.loaded[1])
+    path = ctx.run.root / IDENTITY_FILE
+    stamp = digest(weights_stamp(ctx.config))
+    try:
+        known = load_json(path)
+        if isinstance(known, dict) and known.get("stamp") == stamp:
+            return str(known["identity"])
+    except (SaeInverseError, KeyError):
+        pass  # absent or unreadable: fingerprint the models
+    model, sae, _, _ = ctx.models()
+    identity = models_identity(model, sae)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_json(path, {"stamp": digest(weights_stamp(ctx.config)), "identity": identity})
+    return identity
 
 
 def check_model_ranges(ctx: Context) -> None:
@@ -158,10 +172,10 @@ def check_model_ranges(ctx: Context) -> None:
 
 
 def _d_sae(ctx: Context) -> int:
-    models_hash = digest("models", None, [], ctx.identity)
+    models_hash = stage_hash_of(ctx, STAGES[0])
     if ctx.loaded is None and ctx.run.is_complete("models", models_hash):
         try:
-            return int(STAGES[0].load(ctx, ctx.run.stage_dir("models"))["d_sae"])
+            return int(STAGES[0].load(ctx.run.stage_dir("models"))["d_sae"])
         except (SaeInverseError, KeyError, TypeError, ValueError):
             pass  # unreadable: load the SAE instead
     return int(ctx.sae.cfg.d_sae)

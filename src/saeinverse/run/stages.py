@@ -1,39 +1,53 @@
 """The pipeline's stages, in order: each reads earlier results, writes its folder, and loads back.
 
 ``STAGES`` pairs each row of ``saeinverse.artifacts.STAGES`` (name, toggle, inputs, artifact
-file names) with its functions here: the config slice its hash covers, how it computes and how a
-finished one is loaded back. A stage's hash covers that config slice, the models' identity and
-the outputs of the stages it reads.
+file names) with what it reads of the config and how it computes; a finished stage is loaded
+back by ``saeinverse.loaders``. A stage's hash covers the config values it reads (``reads``:
+dotted paths, a longer path overriding a shorter one, ``-path`` for a value it does not read),
+the models' identity and the outputs of the stages it reads; ``NOT_RESULTS`` lists what a stage
+may read that changes where or how fast it runs, never its result.
+
+The long stages (collect, invert, explain) run on the run's pool (``Context.pool``), checkpointed
+per unit under their folder; the reference step measures what inversion is judged by.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from saeinverse import artifacts
-from saeinverse.config import Config
-from saeinverse.io import load_json, save_json
+from saeinverse.collect.prompts import COLLECTION_READS
+from saeinverse.io import save_json
+from saeinverse.loaders import LOADERS
 from saeinverse.run.context import Context, Stage, StageSkipped
+from saeinverse.units import Checkpoints
 
 logger = logging.getLogger(__name__)
 
-_COLLECTION_KEYS_IGNORED = ("filtering", "use_cached_data", "batch_size")
+NOT_RESULTS = (
+    "scale",  # where units run and how they are cut: results equal whatever the engine
+    "hardware.threads",  # torch threads
+    "data.batch_size",  # prompts per forward (padding changes float32 rounding only)
+    "data.use_cached_data",  # whether collection may be reused at all
+)
+"""Config values a stage may read that change where or how fast it runs, never its result."""
 
 
 # ----------------------------------------------------------------------------- models
 
 
 def _compute_models(ctx: Context, folder: Path) -> dict[str, Any]:
-    ctx.models()
-    sae_cfg = ctx.sae.cfg
+    model, sae = ctx.model, ctx.sae
+    sae_cfg = sae.cfg
     summary = {
         "model": ctx.config.model.name,
-        "n_layers": ctx.model.cfg.n_layers,
-        "d_model": ctx.model.cfg.d_model,
-        "d_vocab": ctx.model.cfg.d_vocab,
-        "sae_class": type(ctx.sae).__name__,
+        "n_layers": model.cfg.n_layers,
+        "d_model": model.cfg.d_model,
+        "d_vocab": model.cfg.d_vocab,
+        "sae_class": type(sae).__name__,
         "hook_name": sae_cfg.metadata.hook_name,
         "d_in": sae_cfg.d_in,
         "d_sae": sae_cfg.d_sae,
@@ -43,47 +57,29 @@ def _compute_models(ctx: Context, folder: Path) -> dict[str, Any]:
     return summary
 
 
-def _load_models(ctx: Context, folder: Path) -> dict[str, Any]:
-    return load_json(folder / artifacts.MODELS_FILE)
-
-
 # ----------------------------------------------------------------------------- collect
 
 
-def _collect_part(config: Config) -> Any:
-    data = {k: v for k, v in config.data.to_dict().items() if k not in _COLLECTION_KEYS_IGNORED}
-    return {
-        "data": data,
-        "positional_window": config.data.filtering.positional_window,
-        "seed": config.seed,
-    }
-
-
-def _local_pool(ctx: Context):
-    """The local engine's in-process pool over the loaded models (``saeinverse.scale.local``)."""
-    from saeinverse.scale import LocalPool
-
-    return LocalPool(ctx.config, *ctx.models(), identity=ctx.identity)
-
-
 def _collect(ctx: Context, folder: Path):
-    from saeinverse.scale import collect_local, collect_sharded
+    from saeinverse.collect.prompts import draw_prompts, token_counter
+    from saeinverse.collect.sharded import collect_prompts
 
-    if ctx.config.scale.engine == "ray":
-        stats = collect_sharded(ctx.config, folder)  # the same shards, on workers
-    else:
-        stats = collect_local(ctx.config, folder, _local_pool(ctx))  # shard by shard, saved
+    config = ctx.config
+    count = token_counter(ctx.model, config) if config.data.n_tokens is not None else None
+    prompts = draw_prompts(config, count)
+    stats = collect_prompts(
+        ctx.pool(), prompts, config.data, seed=config.seed,
+        shard_prompts=config.scale.shard_prompts, checkpoints=_checkpoints(ctx, folder),
+    )  # fmt: skip
     stats.save(folder)
     return stats
 
 
-def _load_collect(ctx: Context, folder: Path):
-    from saeinverse.collect.stats import FeatureStats
-
-    return FeatureStats.load(folder)
+def _checkpoints(ctx: Context, folder: Path) -> Checkpoints:
+    return Checkpoints(folder, ctx.computing)
 
 
-# ----------------------------------------------------------------------------- filter
+# ----------------------------------------------------------------------------- filter .. select
 
 
 def _filter(ctx: Context, folder: Path):
@@ -94,48 +90,19 @@ def _filter(ctx: Context, folder: Path):
     return feature_set
 
 
-def _load_filter(ctx: Context, folder: Path):
-    from saeinverse.filter import FeatureSet
-
-    return FeatureSet.load(folder)
-
-
-# ----------------------------------------------------------------------------- cluster
-
-
-def _cluster_part(config: Config) -> Any:
-    clustering = config.clustering.to_dict()
-    clustering.pop("selection")
-    clustering.pop("visualize_clusters")
-    return {"clustering": clustering, "seed": config.seed}
-
-
 def _cluster(ctx: Context, folder: Path) -> dict[str, Any]:
     from saeinverse.cluster.analysis import analyze_clusters
     from saeinverse.cluster.clustering import run_clustering
 
     stats, kept = ctx.results["collect"], candidate_features(ctx)
     result = run_clustering(
-        stats.prompt_feature_dense(kept),
-        kept,
-        ctx.config.clustering,
-        sae=ctx.sae,
+        stats.prompt_feature_dense(kept), kept, ctx.config.clustering, sae=ctx.sae,
         seed=ctx.config.seed,
-    )
+    )  # fmt: skip
     result.save(folder)
     analysis = analyze_clusters(result, stats)
     analysis.save(folder)
     return {"clusters": result, "analysis": analysis}
-
-
-def _load_cluster(ctx: Context, folder: Path) -> dict[str, Any]:
-    from saeinverse.cluster.analysis import ClusterAnalysis
-    from saeinverse.cluster.clustering import ClusterResult
-
-    return {"clusters": ClusterResult.load(folder), "analysis": ClusterAnalysis.load(folder)}
-
-
-# ----------------------------------------------------------------------------- select
 
 
 def candidate_features(ctx: Context):
@@ -157,17 +124,27 @@ def _select(ctx: Context, folder: Path):
     return selection
 
 
-def _load_select(ctx: Context, folder: Path):
-    from saeinverse.select import Selection
+# ----------------------------------------------------------------------------- reference
 
-    return Selection.load(folder)
+
+def _reference(ctx: Context, folder: Path):
+    from saeinverse.collect.reference import reference_folder
+    from saeinverse.invert.reference import measure_reference
+
+    config = ctx.config
+    reference = measure_reference(
+        ctx.model, ctx.sae, config.optimization, config.data, seed=config.seed,
+        cache=reference_folder(config), stats=ctx.results.get("collect"),
+    )  # fmt: skip
+    reference.save(folder)
+    return reference
 
 
 # ----------------------------------------------------------------------------- invert
 
 
 def target_features(ctx: Context) -> list[int]:
-    """The features to invert: the selection's, else the config's explicit ids."""
+    """The features to invert and explain: the selection's, else the config's explicit ids."""
     if "select" in ctx.results:
         return list(ctx.results["select"].feature_ids)
     explicit = ctx.config.clustering.selection.feature_ids
@@ -179,67 +156,44 @@ def target_features(ctx: Context) -> list[int]:
     )
 
 
-def _targeted_part(section: str) -> Any:
-    """A stage's hash slice: its own section, the seed and the explicit target ids."""
-
-    def part(config: Config) -> Any:
-        return {
-            section: config[section].to_dict(),
-            "seed": config.seed,
-            "explicit": config.clustering.selection.feature_ids,
-        }
-
-    return part
+def _targets_read(ctx: Context) -> tuple[str, ...]:
+    """The explicit ids, when there is no selection to read them from."""
+    return () if "select" in ctx.results else ("clustering.selection.feature_ids",)
 
 
-def _invert(ctx: Context, folder: Path):
-    from saeinverse.collect.reference import cached_reference_max, larger_of, reference_folder
-    from saeinverse.invert import (
-        FeatureTarget,
-        dataset_maxima,
-        exemplar_tails,
-        measure_bound,
-        save_inversions,
-    )
-    from saeinverse.invert.fluency import default_bound, stats_token_rows
-    from saeinverse.scale import inverter, local_inverter
+def invert_inputs(ctx: Context):
+    """``InvertInputs`` from the run: targets, their collection and reference maxima, their
+    exemplar windows (never a prompt explanations hold out), the reference and the bound."""
+    from saeinverse.invert import dataset_maxima, exemplar_tails
+    from saeinverse.invert.stage import InvertInputs, InvertTarget
 
     ids = target_features(ctx)
-    stats = ctx.results.get("collect")
-    opt, data, seed = ctx.config.optimization, ctx.config.data, ctx.config.seed
-    maxima = dataset_maxima(stats, ids) if stats is not None else None
-    exemplars = None
+    stats, reference, opt = (
+        ctx.results.get("collect"),
+        ctx.results["reference"],
+        ctx.config.optimization,
+    )
+    maxima = dataset_maxima(stats, ids) if stats is not None else {}
+    exemplars: dict[int, list[int]] = {}
     if stats is not None and opt.init == "exemplar":
-        held_out = _explain_heldout(ctx, stats, ids)  # never start from a prompt explain scores on
-        exemplars = exemplar_tails(stats, ids, opt.length, exclude_prompts=held_out)
-    reference = cached_reference_max(
-        ctx.model, ctx.sae, reference_folder(ctx.config), seed=seed,
-        max_tokens=opt.reference_tokens, window=data.max_length, exclude_bos=data.exclude_bos,
-    )  # fmt: skip
-    reference = larger_of(reference, stats)
-    target = FeatureTarget(ctx.model, ctx.sae, opt.position, data.exclude_bos)
-    if stats is not None:  # the bound from the run's own text, stored in every record
-        rows = stats_token_rows(stats, ctx.model)
-        bound = measure_bound(
-            target, rows, opt.length, opt.fluency_quantile, opt.fluency_windows, seed,
-            cache=reference_folder(ctx.config),
-        )  # fmt: skip
-    else:
-        bound = default_bound(target, opt, seed)
-    if ctx.config.scale.engine == "ray":  # optimize_features by feature batch, saved as done
-        optimize_features = inverter(ctx.config, folder)  # on Ray workers
-    else:
-        optimize_features = local_inverter(ctx.config, folder, _local_pool(ctx))
-    inversions = optimize_features(
-        ctx.model, ctx.sae, ids, opt, seed=seed, dataset_max=maxima,
-        reference_max=reference.for_features(ids), reference_tokens=reference.n_tokens,
-        exemplar_tokens=exemplars, fluency_bound=bound, exclude_bos=data.exclude_bos,
-    )  # fmt: skip
-    save_inversions(folder, inversions)
-    return inversions
+        exemplars = exemplar_tails(
+            stats, ids, opt.length, exclude_prompts=_heldout(ctx, stats, ids)
+        )
+    targets = tuple(
+        InvertTarget(
+            f,
+            maxima.get(f),
+            float(reference.maximum.max_activation[f]),
+            tuple(exemplars.get(f, ())),
+        )
+        for f in ids
+    )
+    return InvertInputs(
+        targets, reference.bound, reference.maximum.n_tokens, ctx.config.data.exclude_bos
+    )
 
 
-def _explain_heldout(ctx: Context, stats, ids) -> dict[int, set[int]]:
+def _heldout(ctx: Context, stats, ids: Sequence[int]) -> dict[int, set[int]]:
     """The prompts the explain stage holds out per feature (``explain.sampling.plan_feature``)."""
     from saeinverse.explain.sampling import plan_feature
 
@@ -251,10 +205,30 @@ def _explain_heldout(ctx: Context, stats, ids) -> dict[int, set[int]]:
     return {f: set(p.heldout) | set(p.negative_candidates) for f, p in zip(ids, plans, strict=True)}
 
 
-def _load_invert(ctx: Context, folder: Path):
-    from saeinverse.invert import load_inversions
+HELDOUT_READS = ("explanation.n_heldout", "explanation.n_exemplars", "explanation.n_decile_samples")
+"""What ``plan_feature`` reads: an exemplar start depends on it."""
 
-    return load_inversions(folder)
+
+def _invert_reads(ctx: Context) -> tuple[str, ...]:
+    opt = ctx.config.optimization
+    reads = ("optimization", "seed", "data.exclude_bos", *_targets_read(ctx))
+    reads += ("-optimization.reference_tokens", "-optimization.fluency_windows")
+    if opt.init == "exemplar" and "collect" in ctx.results:
+        reads += HELDOUT_READS
+    return reads
+
+
+def _invert(ctx: Context, folder: Path):
+    from saeinverse.invert import save_inversions
+    from saeinverse.invert.stage import invert_features
+
+    config = ctx.config
+    inversions = invert_features(
+        ctx.pool(), invert_inputs(ctx), config.optimization, seed=config.seed,
+        batch_size=config.scale.feature_batch, checkpoints=_checkpoints(ctx, folder),
+    )  # fmt: skip
+    save_inversions(folder, inversions)
+    return inversions
 
 
 # ----------------------------------------------------------------------------- explain
@@ -262,35 +236,23 @@ def _load_invert(ctx: Context, folder: Path):
 
 def _explain(ctx: Context, folder: Path):
     from saeinverse.explain import save_explanations
-    from saeinverse.scale import explainer, local_explainer
+    from saeinverse.explain.batches import explain_features
 
-    inversions = ctx.results.get("invert")
-    targets = inversions if inversions is not None else target_features(ctx)
-    _, _, lm, tokenizer = ctx.models()
-    if ctx.config.scale.engine == "ray":  # generate_explanations by feature batch, saved
-        generate_explanations = explainer(ctx.config, folder)  # on Ray workers
-    else:  # one unit when scored: the shuffled baseline spans all features
-        generate_explanations = local_explainer(ctx.config, folder, _local_pool(ctx))
-    results = generate_explanations(
-        ctx.model,
-        ctx.sae,
-        targets,
-        lm,
-        tokenizer,
-        ctx.config.explanation,
-        stats=ctx.results.get("collect"),
-        inversions=inversions,
-        seed=ctx.config.seed,
-        progress=True,
-    )
+    config = ctx.config
+    inversions = ctx.results.get("invert") or []
+    ids = [int(i.feature_id) for i in inversions] if inversions else target_features(ctx)
+    results = explain_features(
+        ctx.pool(), ids, config.explanation, stats=ctx.results.get("collect"),
+        inversions=inversions, seed=config.seed, batch_size=config.scale.feature_batch,
+        checkpoints=_checkpoints(ctx, folder),
+    )  # fmt: skip
     save_explanations(folder, results)
     return results
 
 
-def _load_explain(ctx: Context, folder: Path):
-    from saeinverse.explain import load_explanations
-
-    return load_explanations(folder)
+def _explain_reads(ctx: Context) -> tuple[str, ...]:
+    reads = ("explanation", "seed")
+    return reads if "invert" in ctx.results else reads + _targets_read(ctx)
 
 
 # ----------------------------------------------------------------------------- report
@@ -302,24 +264,45 @@ def _report(ctx: Context, folder: Path) -> Path:
     return build_report(ctx.run.root, folder / artifacts.REPORT_FILE)
 
 
-def _load_report(ctx: Context, folder: Path) -> Path:
-    return folder / artifacts.REPORT_FILE
+def _static(*paths: str) -> Callable[[Context], tuple[str, ...]]:
+    return lambda ctx: paths
 
 
-_FUNCTIONS = {
-    "models": (lambda c: None, _compute_models, _load_models),
-    "collect": (_collect_part, _collect, _load_collect),
-    "filter": (lambda c: c.data.filtering.to_dict(), _filter, _load_filter),
-    "cluster": (_cluster_part, _cluster, _load_cluster),
-    "select": (lambda c: c.clustering.selection.to_dict(), _select, _load_select),
-    "invert": (_targeted_part("optimization"), _invert, _load_invert),
-    "explain": (_targeted_part("explanation"), _explain, _load_explain),
-    "report": (lambda c: c.clustering.visualize_clusters, _report, _load_report),
+_FUNCTIONS: dict[str, tuple[Callable[[Context], tuple[str, ...]], Callable[..., Any]]] = {
+    "models": (_static("model.name"), _compute_models),
+    "collect": (
+        _static(*COLLECTION_READS),
+        _collect,
+    ),
+    "filter": (_static("data.filtering"), _filter),
+    "cluster": (
+        _static("clustering", "-clustering.selection", "-clustering.visualize_clusters", "seed"),
+        _cluster,
+    ),
+    "select": (_static("clustering.selection"), _select),
+    "reference": (
+        _static(
+            "optimization.reference_tokens",
+            "optimization.length",
+            "optimization.position",
+            "optimization.fluency_quantile",
+            "optimization.fluency_windows",
+            "data.max_length",
+            "data.exclude_bos",
+            "seed",
+        ),
+        _reference,
+    ),
+    "invert": (_invert_reads, _invert),
+    "explain": (_explain_reads, _explain),
+    "report": (_static("clustering.visualize_clusters"), _report),
 }
-"""Stage name -> (config slice, compute, load); the names and order are ``artifacts.STAGES``."""
+"""Stage name -> (the config paths it reads, compute); the names and order are ``artifacts.STAGES``."""
 
 if list(_FUNCTIONS) != list(artifacts.STAGE_NAMES):
     raise RuntimeError(f"stage functions {list(_FUNCTIONS)} != stages {artifacts.STAGE_NAMES}")
 
-STAGES: tuple[Stage, ...] = tuple(Stage(spec, *_FUNCTIONS[spec.name]) for spec in artifacts.STAGES)
+STAGES: tuple[Stage, ...] = tuple(
+    Stage(spec, *_FUNCTIONS[spec.name], LOADERS[spec.name]) for spec in artifacts.STAGES
+)
 """The pipeline, in order."""

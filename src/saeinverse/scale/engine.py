@@ -1,36 +1,25 @@
-"""The Ray engine: a pool of actors that each load the model and SAE once, fed units of work.
+"""The Ray pool: actors that each load the model and SAE once and run units of work on them.
 
-A stage split into *units* (a shard of prompts, a batch of features) runs as follows: units
-already saved under ``<stage folder>/units/<plan>/`` are read back, the missing ones are sent
-to the actors one at a time per actor, and each result is saved (atomically) by the driver as
-soon as it arrives, so a rerun after a worker or the driver died redoes only the missing units.
-``units/`` is ``artifacts.CHECKPOINT_DIR``: the run directory keeps it when an attempt died and
-leaves it out of the stage's checksums. ``<plan>`` is a hash of everything that decides the
-units' results (config slice, unit boundaries), so units of another plan are never reused.
-The local engine (``scale.engine: local``, ``saeinverse.scale.local``) runs the same plan through
-an in-process pool with ``WorkerPool``'s interface, over the models already loaded.
-
-A worker that dies mid-unit (killed, out of memory, its node lost) is replaced by a fresh actor
-and its unit is sent again; a unit that raises an ordinary exception fails the stage (a bug or a
-bad input does not get better by retrying). One tqdm bar on the driver counts the stage's work
-(prompts or features) across all workers, advanced as units finish.
+``RayPool`` has the interface of ``saeinverse.units.Pool``: ``run(fn, units, shared)`` sends each
+unit to an idle actor as ``fn(models, *unit.args, *shared)`` and yields results as they finish.
+Where the units come from, how they are checkpointed and merged is the stages' own business
+(``saeinverse.units``); this module is only what is Ray's: joining or starting the cluster,
+placing actors (CPUs, GPUs per worker), and replacing a worker that dies mid-unit (killed, out
+of memory, its node lost) with a fresh actor that gets its unit again. A unit that raises an
+ordinary exception fails the stage (a bug or a bad input does not get better by retrying).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import shutil
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from saeinverse.artifacts import CHECKPOINT_DIR
 from saeinverse.config import Config, ScaleConfig
 from saeinverse.errors import ConfigError, SaeInverseError
+from saeinverse.io import digest
+from saeinverse.units import Unit
 
 logger = logging.getLogger(__name__)
 
@@ -42,17 +31,6 @@ MAX_RESTARTS_PER_WORKER = 3
 
 class ScaleError(SaeInverseError):
     """The Ray engine cannot run: Ray missing, a cluster too small, workers dying over and over."""
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One piece of a stage's work: its index, how much work it counts for, and its payload."""
-
-    index: int
-    size: int
-    """Prompts or features in the unit (what the progress bar counts)."""
-    args: tuple
-    """The worker method's leading arguments (a shard's prompts, a batch's feature ids, ...)."""
 
 
 # ----------------------------------------------------------------------------- Ray session
@@ -106,56 +84,10 @@ def forwarded_env(config: Config) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV) or k == key}
 
 
-# ----------------------------------------------------------------------------- unit store
-
-
-def plan_hash(*parts: Any) -> str:
-    """A short stable hash of what decides a plan's unit results."""
-    blob = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-class UnitStore:
-    """Finished units of one plan under ``<folder>/units/<plan>/<kind>-<index>/``.
-
-    ``save`` and ``load`` are the stage's own (atomic) artifact writer and reader; ``marker`` is
-    the file ``save`` writes last, so a unit folder holding it is complete. Older plans' units
-    are removed when a store for a new plan opens.
-    """
-
-    def __init__(
-        self,
-        folder: str | Path,
-        plan: str,
-        kind: str,
-        marker: str,
-        save: Callable[[Path, Any], None],
-        load: Callable[[Path], Any],
-    ) -> None:
-        root = Path(folder) / CHECKPOINT_DIR
-        for old in root.glob("*"):
-            if old.is_dir() and old.name != plan:
-                shutil.rmtree(old, ignore_errors=True)
-        self.root = root / plan
-        self.kind, self.marker, self._save, self._load = kind, marker, save, load
-
-    def path(self, index: int) -> Path:
-        return self.root / f"{self.kind}-{index:05d}"
-
-    def has(self, index: int) -> bool:
-        return (self.path(index) / self.marker).is_file()
-
-    def load(self, index: int) -> Any:
-        return self._load(self.path(index))
-
-    def save(self, index: int, result: Any) -> None:
-        self._save(self.path(index), result)
-
-
 # ----------------------------------------------------------------------------- the pool
 
 
-class WorkerPool:
+class RayPool:
     """``scale.workers`` actors of ``actor_class``, each built with ``init_args`` (models loaded once).
 
     ``run`` feeds them units and yields ``(index, result)`` as units finish; dead actors are
@@ -181,12 +113,11 @@ class WorkerPool:
         return self._remote.remote(*self._init_args)
 
     def run(
-        self, method: str, units: Sequence[Unit], shared: tuple = ()
+        self, fn: Callable[..., Any], units: Sequence[Unit], shared: tuple = ()
     ) -> Iterator[tuple[int, Any]]:
-        """Yield ``(unit.index, result)`` for every unit, in the order they finish.
-
-        ``method`` is the actor method called as ``method(*unit.args, *shared)``; put large
-        shared inputs in the object store first (``ray.put``) so they travel once per node.
+        """Yield ``(unit.index, fn(models, *unit.args, *shared))`` for every unit, in the order
+        they finish. ``fn`` is a module-level function (it travels by name); put large shared
+        inputs in the object store first (``put``) so they travel once per node.
         """
         ray = self.ray
         queue = list(reversed(units))
@@ -195,7 +126,7 @@ class WorkerPool:
         while queue or self.busy:
             while queue and idle:
                 slot, unit = idle.pop(), queue.pop()
-                ref = getattr(self.actors[slot], method).remote(*unit.args, *shared)
+                ref = self.actors[slot].run.remote(fn, *unit.args, *shared)
                 self.busy[ref] = (slot, unit)
             (ref,), _ = ray.wait(list(self.busy), num_returns=1)
             slot, unit = self.busy.pop(ref)
@@ -220,10 +151,6 @@ class WorkerPool:
             idle.append(slot)
             yield unit.index, result
 
-    def call(self, method: str, *args: Any) -> Any:
-        """``method(*args)`` on one worker (a one-off: a token count, the default fluency bound)."""
-        return self.ray.get(getattr(self.actors[0], method).remote(*args))
-
     def in_flight(self) -> list[tuple[Any, int]]:
         """``(actor, unit index)`` of every unit being computed now."""
         return [(self.actors[slot], unit.index) for slot, unit in self.busy.values()]
@@ -238,30 +165,29 @@ class WorkerPool:
         self.actors = []
 
 
-_POOL: dict[str, WorkerPool] = {}
+_POOL: dict[str, RayPool] = {}
 """The one live pool, by its key: kept between stages so the workers load the models once."""
 
 
-def pool_key(config: Config) -> str:
+def pool_key(config: Config, identity: str) -> str:
     """What the workers' state depends on: models, hardware, worker shape and environment."""
-    from saeinverse.models.from_config import sae_identity
-
     scale = config.scale
-    return plan_hash(
-        config.model.to_dict(), sae_identity(config), config.hardware.to_dict(),
+    return digest(
+        config.model.to_dict(), config.sae.to_dict(), identity, config.hardware.to_dict(),
         [scale.address, scale.workers, scale.gpus_per_worker, scale.threads_per_worker],
         forwarded_env(config),  # hashed, never stored
     )  # fmt: skip
 
 
-def worker_pool(config: Config) -> WorkerPool:
-    """The live pool for ``config``'s models and worker shape; a new one (closing any other)."""
-    from saeinverse.scale.worker import StageWorker
+def ray_pool(config: Config, identity: str) -> RayPool:
+    """The live pool for ``config``'s models (of ``identity``) and worker shape; kept between
+    stages and runs so the workers load the models once; a new one closes any other."""
+    from saeinverse.scale.worker import ModelsActor
 
-    key = pool_key(config)
-    if key not in _POOL:
+    key = pool_key(config, identity)
+    if key not in _POOL or not _POOL[key].actors:  # none yet, or closed after a failure
         close_pools()
-        _POOL[key] = WorkerPool(config, StageWorker)
+        _POOL[key] = RayPool(config, ModelsActor)
     return _POOL[key]
 
 
@@ -270,87 +196,3 @@ def close_pools() -> None:
     for pool in _POOL.values():
         pool.close()
     _POOL.clear()
-
-
-def run_units(
-    config: Config,
-    store: UnitStore,
-    units: Sequence[Unit],
-    method: str,
-    *,
-    shared: Callable[[WorkerPool], tuple] | None = None,
-    desc: str,
-    unit_name: str,
-    progress: bool = True,
-    on_unit: Callable[[WorkerPool, int], None] | None = None,
-    pool: Any = None,
-) -> Iterator[Any]:
-    """Every unit's result, in unit order: saved ones read back, missing ones computed on a pool.
-
-    ``pool``: a pool with ``WorkerPool``'s ``run``, ``put`` and ``restarts`` (the local engine's
-    ``LocalPool``); None: the Ray pool for ``config`` (``worker_pool``), started only when a unit
-    is missing.
-
-    Results are yielded as soon as every earlier unit is available, so a caller that folds them
-    holds only the few that finished out of order. The pool starts only when a unit is missing.
-    Each call is ``method(*unit.args, config, *shared(pool))``: ``shared`` gives object refs of
-    large inputs every unit reads (put once per stage);
-    ``on_unit(pool, index)`` is called on the driver after each computed unit is saved.
-    """
-    from tqdm.auto import tqdm
-
-    order = [u.index for u in units]
-    missing = [u for u in units if not store.has(u.index)]
-    if len(missing) < len(units):
-        logger.info(
-            "%s: reused %d of %d units saved under %s (computing %d)",
-            desc, len(units) - len(missing), len(units), store.root, len(missing),
-        )  # fmt: skip
-    computed: dict[int, Any] = {}
-    position = 0
-
-    def ready() -> Iterator[Any]:
-        nonlocal position
-        while position < len(order):
-            index = order[position]
-            if index in computed:
-                yield computed.pop(index)
-            elif index not in todo:
-                yield store.load(index)
-            else:
-                return
-            position += 1
-
-    todo = {u.index for u in missing}
-    if not missing:
-        yield from ready()
-        return
-    sizes = {u.index: u.size for u in units}
-    total, left = sum(sizes.values()), sum(u.size for u in missing)
-    bar = tqdm(total=total, initial=total - left, unit=unit_name, desc=desc, disable=not progress)
-    on_ray = pool is None
-    if on_ray:
-        pool = worker_pool(config)
-    try:
-        with bar:
-            yield from ready()
-            args = (pool.put(config), *(shared(pool) if shared is not None else ()))
-            for index, result in pool.run(method, missing, args):
-                store.save(index, result)
-                todo.discard(index)
-                computed[index] = result
-                bar.update(sizes[index])
-                if on_unit is not None:
-                    on_unit(pool, index)
-                yield from ready()
-    except BaseException:
-        if on_ray:
-            close_pools()  # its workers may still be busy with units nobody waits for
-        raise
-    if pool.restarts:
-        logger.warning("%s: %d worker restart(s) so far", desc, pool.restarts)
-
-
-def split(items: Sequence[Any], size: int) -> list[list[Any]]:
-    """``items`` in consecutive chunks of ``size`` (the last may be shorter)."""
-    return [list(items[i : i + size]) for i in range(0, len(items), size)]

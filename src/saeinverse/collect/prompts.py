@@ -18,6 +18,10 @@ from saeinverse.config import Config, update_config
 
 logger = logging.getLogger(__name__)
 
+COLLECTION_READS = ("data", "-data.filtering", "data.filtering.positional_window", "seed")
+"""The config values collected statistics depend on, besides the models and the settings that
+change only how fast collection runs (``data.batch_size``, ``data.use_cached_data``)."""
+
 TOKEN_PROBE = 200
 """Prompts drawn first to estimate tokens per prompt for a ``data.n_tokens`` budget."""
 

@@ -7,7 +7,7 @@ import torch
 
 from saeinverse.collect.activations import collect_activations
 from saeinverse.config import get_default_config, update_config
-from saeinverse.scale.sharded import merge_in_order
+from saeinverse.collect.sharded import merge_in_order
 from tests import builders
 
 

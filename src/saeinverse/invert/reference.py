@@ -1,0 +1,92 @@
+"""What inversion is measured against, as a step of its own: the reference maximum and the
+real-text fluency bound.
+
+- ``maximum``: each feature's maximum over the bundled corpus (``collect.reference``, cached per
+  model and SAE), or over the run's collection when that counted more tokens;
+- ``bound``: the real-text cross-entropy bound (``invert.fluency``) measured on windows of the
+  run's own prompts (the default corpus without a collection), its windows and their
+  cross-entropies kept, since fluent rows may start from them.
+
+Inversion reads both (``InvertInputs``); the report names them on every card.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from saeinverse.artifacts import REFERENCE_FILE, REFERENCE_TENSORS_FILE
+from saeinverse.collect.reference import ReferenceMax, cached_reference_max, larger_of
+from saeinverse.config import DataConfig, OptimizationConfig
+from saeinverse.errors import ArtifactError
+from saeinverse.invert.fluency import FluencyBound, default_bound, measure_bound, stats_token_rows
+from saeinverse.invert.objective import FeatureTarget
+from saeinverse.io import load_json, load_tensors, save_json, save_tensors
+
+
+@dataclass
+class RunReference:
+    """The reference maximum and the fluency bound of one run."""
+
+    maximum: ReferenceMax
+    bound: FluencyBound
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        tensors = {"max_activation": self.maximum.max_activation.float()}
+        if self.bound.windows is not None and self.bound.window_ce is not None:
+            tensors["windows"] = self.bound.windows.long().cpu()
+            tensors["window_ce"] = self.bound.window_ce.float().cpu()
+        save_tensors(folder / REFERENCE_TENSORS_FILE, tensors)
+        save_json(
+            folder / REFERENCE_FILE,
+            {
+                "n_tokens": self.maximum.n_tokens,
+                "source": self.maximum.source,
+                "name": self.maximum.name,
+                "bound": self.bound.to_dict(),
+            },
+        )
+
+    @classmethod
+    def load(cls, folder: str | Path) -> RunReference:
+        folder = Path(folder)
+        try:
+            info = load_json(folder / REFERENCE_FILE)
+            tensors = load_tensors(folder / REFERENCE_TENSORS_FILE)
+            maximum = ReferenceMax(tensors["max_activation"], int(info["n_tokens"]), info["source"])
+            bound = FluencyBound(**info["bound"])
+        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
+            raise ArtifactError(f"reference artifacts in {folder} are unreadable: {err}") from err
+        bound.windows = tensors.get("windows")
+        bound.window_ce = tensors.get("window_ce")
+        return cls(maximum, bound)
+
+
+def measure_reference(
+    model,
+    sae,
+    opt_cfg: OptimizationConfig,
+    data_cfg: DataConfig,
+    *,
+    seed: int,
+    cache: str | Path,
+    stats=None,
+) -> RunReference:
+    """The run's reference maximum and fluency bound (cached in ``cache`` where they can be)."""
+    maximum = cached_reference_max(
+        model, sae, cache, seed=seed, max_tokens=opt_cfg.reference_tokens,
+        window=data_cfg.max_length, exclude_bos=data_cfg.exclude_bos,
+    )  # fmt: skip
+    maximum = larger_of(maximum, stats)
+    target = FeatureTarget(model, sae, opt_cfg.position, data_cfg.exclude_bos)
+    if stats is None:
+        bound = default_bound(target, opt_cfg, seed)
+    else:
+        rows = stats_token_rows(stats, model)
+        bound = measure_bound(
+            target, rows, opt_cfg.length, opt_cfg.fluency_quantile, opt_cfg.fluency_windows,
+            seed, cache=cache,
+        )  # fmt: skip
+    return RunReference(maximum, bound)

@@ -1,0 +1,100 @@
+"""The inversion stage over a pool: ``InvertInputs`` in, one ``Inversion`` per feature out.
+
+``InvertInputs`` is everything inversion reads besides its config section: per feature (an
+``InvertTarget``) the collection's maximum, the reference maximum and the exemplar window a start
+may take; for all features the reference's token count, the real-text fluency bound and where
+the readable positions start. ``invert_features`` cuts the targets into batches, runs
+``optimize_features`` on each batch on the pool (``invert_batch``) and concatenates the records
+in the targets' order. A feature's randomness comes from its own stream (seed and feature id) and
+its optimisation never reads the other features of its batch, so the batching changes where the
+work runs, not its result (beyond float32 rounding of batched forwards).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from saeinverse.artifacts import INVERSIONS_FILE
+from saeinverse.config import OptimizationConfig
+from saeinverse.invert.fluency import FluencyBound
+from saeinverse.invert.optimize import optimize_features
+from saeinverse.invert.result import Inversion, load_inversions, save_inversions
+from saeinverse.units import Checkpoints, Models, Pool, Unit, run_units, split
+
+
+@dataclass(frozen=True)
+class InvertTarget:
+    """One feature to invert, with what is known of it before the search."""
+
+    feature_id: int
+    dataset_max: float | None = None
+    """Its maximum over the run's collection (None: no collection)."""
+    reference_max: float | None = None
+    """Its maximum over the reference sample (what ratios divide by)."""
+    exemplar_tokens: tuple[int, ...] = ()
+    """Its top exemplar window (the ``length`` tokens ending at the peak), never a prompt that
+    explanations hold out; empty when there is none."""
+
+
+@dataclass(frozen=True)
+class InvertInputs:
+    """What the inversion stage reads besides ``config.optimization`` and the seed."""
+
+    targets: tuple[InvertTarget, ...]
+    bound: FluencyBound | None = field(default=None, compare=False)
+    """The real-text fluency bound (None: measured from the default corpus per batch)."""
+    reference_tokens: int | None = None
+    """Tokens the reference maximum was taken over (named on every ratio)."""
+    exclude_bos: bool = True
+    """Collection's ``data.exclude_bos``: where the readable positions start."""
+
+    @property
+    def feature_ids(self) -> list[int]:
+        return [t.feature_id for t in self.targets]
+
+
+def invert_features(
+    pool: Pool,
+    inputs: InvertInputs,
+    opt_cfg: OptimizationConfig,
+    *,
+    seed: int,
+    batch_size: int,
+    checkpoints: Checkpoints | None = None,
+    progress: bool = True,
+) -> list[Inversion]:
+    """One ``Inversion`` per target, in order: batches of ``batch_size`` features on ``pool``."""
+    batches = split(list(inputs.targets), batch_size)
+    units = [Unit(i, len(b), (tuple(b),)) for i, b in enumerate(batches)]
+    store = None
+    if checkpoints is not None:
+        store = checkpoints.store("batch", units, INVERSIONS_FILE, save_inversions, load_inversions)
+    shared = (inputs.bound, inputs.reference_tokens, inputs.exclude_bos, opt_cfg, int(seed))
+    results = run_units(
+        pool, invert_batch, units, store=store, shared=shared,
+        desc="invert", unit_name="feature", progress=progress,
+    )  # fmt: skip
+    return [record for batch in results for record in batch]
+
+
+def invert_batch(
+    models: Models,
+    targets: Sequence[InvertTarget],
+    bound: FluencyBound | None,
+    reference_tokens: int | None,
+    exclude_bos: bool,
+    opt_cfg: OptimizationConfig,
+    seed: int,
+) -> list[Inversion]:
+    """``optimize_features`` over one batch of targets."""
+    ids = [t.feature_id for t in targets]
+    exemplars = {t.feature_id: list(t.exemplar_tokens) for t in targets if t.exemplar_tokens}
+    return optimize_features(
+        models.model, models.sae, ids, opt_cfg, seed=seed,
+        dataset_max={t.feature_id: t.dataset_max for t in targets},
+        reference_max={t.feature_id: t.reference_max for t in targets},
+        reference_tokens=reference_tokens,
+        exemplar_tokens=exemplars if opt_cfg.init == "exemplar" else None,
+        fluency_bound=bound, exclude_bos=exclude_bos, progress=False,
+    )  # fmt: skip
