@@ -13,7 +13,14 @@ SMALL = {
         "filtering": {"sparsity_max": 0.9, "entropy_threshold_low": 0.0},
     },
     "clustering": {"hdbscan": {"min_cluster_size": 3}, "selection": {"max_features": 2}},
-    "optimization": {"length": 4, "max_steps": 8, "refine_steps": 2, "refine_candidates": 8},
+    "optimization": {
+        "length": 4,
+        "max_steps": 8,
+        "refine_steps": 2,
+        "refine_candidates": 8,
+        "reference_tokens": 2000,
+    },  # fmt: skip
+    "explanation": {"judge": False, "heldout_prompts": 20, "n_bootstrap": 100},
     "pipeline": {"run_explanations": False, "run_visualization": False},
 }
 
@@ -30,7 +37,7 @@ def _run(config, models, run_dir, **kwargs):
 def test_stages_run_in_order_and_are_reused(tiny_model, tiny_sae, small_config, tmp_path):
     models = (tiny_model, tiny_sae, None, None)
     first = _run(small_config, models, tmp_path)
-    for name in ("models", "collect", "filter", "cluster", "select", "invert"):
+    for name in ("models", "collect", "filter", "cluster", "select", "reference", "invert"):
         assert (tmp_path / name / MARKER).exists(), name
     inversions = first.results["invert"]
     assert [inv.feature_id for inv in inversions] == first.results["select"].feature_ids
@@ -48,7 +55,7 @@ def test_changed_config_recomputes_that_stage_and_what_follows(
     first = _run(small_config, models, tmp_path)
     changed = update_config(small_config, {"clustering": {"selection": {"max_features": 1}}})
     second = _run(changed, models, tmp_path)
-    for name in ("models", "collect", "filter", "cluster"):
+    for name in ("models", "collect", "filter", "cluster", "reference"):
         assert second.hashes[name] == first.hashes[name], name
     for name in ("select", "invert"):
         assert second.hashes[name] != first.hashes[name], name
@@ -80,7 +87,7 @@ def test_inversion_without_collection_uses_explicit_ids(
         },
     )
     ctx = _run(config, (tiny_model, tiny_sae, None, None), tmp_path)
-    assert set(ctx.results) == {"models", "invert"}
+    assert set(ctx.results) == {"models", "reference", "invert"}
     assert ctx.results["invert"][0].dataset_max is None
 
 
@@ -99,14 +106,24 @@ def test_report_stage_writes_a_self_contained_page(tiny_model, tiny_sae, small_c
         assert f'id="feature-{feature_id}"' in page
 
 
-ALL_STAGES = {"models", "collect", "filter", "cluster", "select", "invert", "explain", "report"}
+ALL_STAGES = {
+    "models", "collect", "filter", "cluster", "select", "reference", "invert", "explain", "report",
+}  # fmt: skip
 OFF_EXPECTATIONS = {
     # toggle switched off -> stages that must not be produced (it, and those with no input left)
-    "run_data_collection": {"collect", "filter", "cluster", "select", "invert", "explain"},
+    "run_data_collection": {
+        "collect",
+        "filter",
+        "cluster",
+        "select",
+        "reference",
+        "invert",
+        "explain",
+    },  # fmt: skip
     "run_filtering": {"filter"},
     "run_clustering": {"cluster"},
-    "run_feature_selection": {"select", "invert", "explain"},
-    "run_prompt_optimization": {"invert"},
+    "run_feature_selection": {"select", "reference", "invert", "explain"},
+    "run_prompt_optimization": {"reference", "invert"},
     "run_explanations": {"explain"},
     "run_visualization": {"report"},
 }

@@ -64,10 +64,13 @@ def explain_features(
         pool, draft_batch, units, store=store, shared=(stats, cfg, int(seed)),
         desc="explain", unit_name="feature", progress=progress,
     )  # fmt: skip
-    drafts = [batch for batch in drafted]
+    drafts = list(drafted)
     texts = {d.result.feature_id: d.result.explanation for batch in drafts for d in batch}
     partners = baseline_partners(ids, seed)
-    units = [Unit(i, len(b), (d, _of(by_id, b))) for i, (b, d) in enumerate(zip(batches, drafts))]
+    units = [
+        Unit(i, len(b), (d, _of(by_id, b)))
+        for i, (b, d) in enumerate(zip(batches, drafts, strict=True))
+    ]
     if checkpoints is not None:
         store = checkpoints.store(
             "batch", units, EXPLANATIONS_FILE, save_explanations, load_explanations

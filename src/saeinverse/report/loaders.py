@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from saeinverse import artifacts as A
+from saeinverse import loaders as L
 from saeinverse.artifacts import CONFIG_FILE, MARKER, META_FILE, StageSpec
 from saeinverse.artifacts import STAGES as ALL_STAGES
 from saeinverse.errors import ArtifactError
@@ -43,46 +44,8 @@ STATUS_TEXT = {
 }
 
 
-def _load_stats(folder: Path) -> Any:
-    from saeinverse.collect.stats import FeatureStats
-
-    return FeatureStats.load(folder)
-
-
-def _load_feature_set(folder: Path) -> Any:
-    from saeinverse.filter import FeatureSet
-
-    return FeatureSet.load(folder)
-
-
-def _load_clusters(folder: Path) -> Any:
-    from saeinverse.cluster.clustering import ClusterResult
-
-    return ClusterResult.load(folder)
-
-
-def _load_analysis(folder: Path) -> Any:
-    from saeinverse.cluster.analysis import ClusterAnalysis
-
-    return ClusterAnalysis.load(folder)
-
-
-def _load_selection(folder: Path) -> Any:
-    from saeinverse.select import Selection
-
-    return Selection.load(folder)
-
-
-def _load_inversions(folder: Path) -> Any:
-    from saeinverse.invert.result import load_inversions
-
-    return {int(r.feature_id): r for r in load_inversions(folder)}
-
-
-def _load_explanations(folder: Path) -> Any:
-    from saeinverse.explain.stage import load_explanations
-
-    return {int(r.feature_id): r for r in load_explanations(folder)}
+def _by_id(records: Any) -> dict[int, Any]:
+    return {int(r.feature_id): r for r in records}
 
 
 @dataclass(frozen=True)
@@ -96,16 +59,19 @@ class ArtifactSpec:
 
 
 ARTIFACTS: tuple[ArtifactSpec, ...] = (
+    ArtifactSpec("models", "models", A.MODELS_FILE, L.load_models),
+    ArtifactSpec("stats", "collect", A.STATS_FILE, L.load_collect),
+    ArtifactSpec("feature_set", "filter", A.FEATURE_SET_FILE, L.load_filter),
+    ArtifactSpec("clusters", "cluster", A.CLUSTERS_FILE, lambda f: L.load_cluster(f)["clusters"]),
     ArtifactSpec(
-        "models", "models", A.MODELS_FILE, lambda folder: load_json(folder / A.MODELS_FILE)
+        "analysis", "cluster", A.CLUSTER_ANALYSIS_FILE, lambda f: L.load_cluster(f)["analysis"]
     ),
-    ArtifactSpec("stats", "collect", A.STATS_FILE, _load_stats),
-    ArtifactSpec("feature_set", "filter", A.FEATURE_SET_FILE, _load_feature_set),
-    ArtifactSpec("clusters", "cluster", A.CLUSTERS_FILE, _load_clusters),
-    ArtifactSpec("analysis", "cluster", A.CLUSTER_ANALYSIS_FILE, _load_analysis),
-    ArtifactSpec("selection", "select", A.SELECTION_FILE, _load_selection),
-    ArtifactSpec("inversions", "invert", A.INVERSIONS_FILE, _load_inversions),
-    ArtifactSpec("explanations", "explain", A.EXPLANATIONS_FILE, _load_explanations),
+    ArtifactSpec("selection", "select", A.SELECTION_FILE, L.load_select),
+    ArtifactSpec("reference", "reference", A.REFERENCE_FILE, L.load_reference),
+    ArtifactSpec("inversions", "invert", A.INVERSIONS_FILE, lambda f: _by_id(L.load_invert(f))),
+    ArtifactSpec(
+        "explanations", "explain", A.EXPLANATIONS_FILE, lambda f: _by_id(L.load_explain(f))
+    ),
 )
 """Each artifact the report shows, its stage and file (the names are ``saeinverse.artifacts``)."""
 
@@ -129,6 +95,8 @@ class RunArtifacts:
     clusters: Any = None
     analysis: Any = None
     selection: Any = None
+    reference: Any = None
+    """The run's ``RunReference`` (reference maximum and fluency bound)."""
     inversions: dict[int, Any] = field(default_factory=dict)
     explanations: dict[int, Any] = field(default_factory=dict)
 

@@ -29,11 +29,16 @@ logger = logging.getLogger(__name__)
 
 NOT_RESULTS = (
     "scale",  # where units run and how they are cut: results equal whatever the engine
+    "model",  # the models' identity (their weights, dtype and device type) covers these
+    "sae",
+    "hardware.device",
+    "hardware.dtype",
     "hardware.threads",  # torch threads
     "data.batch_size",  # prompts per forward (padding changes float32 rounding only)
     "data.use_cached_data",  # whether collection may be reused at all
 )
-"""Config values a stage may read that change where or how fast it runs, never its result."""
+"""Config values a stage may read outside its hash: they change where or how fast it runs, not
+its result, or the models' identity (in every hash) covers them."""
 
 
 # ----------------------------------------------------------------------------- models
@@ -127,10 +132,23 @@ def _select(ctx: Context, folder: Path):
 # ----------------------------------------------------------------------------- reference
 
 
+def _reference_reads(ctx: Context) -> tuple[str, ...]:
+    return REFERENCE_READS + _targets_read(ctx)
+
+
+REFERENCE_READS = (
+    "optimization.reference_tokens", "optimization.length", "optimization.position",
+    "optimization.fluency_quantile", "optimization.fluency_windows",
+    "data.max_length", "data.exclude_bos", "seed",
+)  # fmt: skip
+"""What the reference maximum and the fluency bound depend on (besides the collection)."""
+
+
 def _reference(ctx: Context, folder: Path):
     from saeinverse.collect.reference import reference_folder
     from saeinverse.invert.reference import measure_reference
 
+    target_features(ctx)  # nothing to invert: nothing to measure
     config = ctx.config
     reference = measure_reference(
         ctx.model, ctx.sae, config.optimization, config.data, seed=config.seed,
@@ -280,19 +298,7 @@ _FUNCTIONS: dict[str, tuple[Callable[[Context], tuple[str, ...]], Callable[..., 
         _cluster,
     ),
     "select": (_static("clustering.selection"), _select),
-    "reference": (
-        _static(
-            "optimization.reference_tokens",
-            "optimization.length",
-            "optimization.position",
-            "optimization.fluency_quantile",
-            "optimization.fluency_windows",
-            "data.max_length",
-            "data.exclude_bos",
-            "seed",
-        ),
-        _reference,
-    ),
+    "reference": (_reference_reads, _reference),
     "invert": (_invert_reads, _invert),
     "explain": (_explain_reads, _explain),
     "report": (_static("clustering.visualize_clusters"), _report),
