@@ -1,10 +1,11 @@
-"""The local engine's checkpoints inside long stages, on the tiny model: a run SIGKILLed after K
-units of a stage (collection shards, inversion batches, unscored explanation batches) reruns only
-the missing units, says how many it reused, and ends with the artifacts of an uninterrupted run.
+"""Checkpoints inside long stages on the in-process pool, on the tiny model: a run SIGKILLed
+after K units of a stage (collection shards, inversion batches, explanation drafts or scored
+batches) reruns only the missing units, says how many it reused, and ends with the artifacts of
+an uninterrupted run.
 
 The kill is deterministic: the killed run is a subprocess whose ``UnitStore.save`` sends SIGKILL
 to its own process right after the K-th unit of the stage is saved. That subprocess cannot import
-Ray, so these runs also show the local engine never does.
+Ray, so these runs also show the in-process pool never does.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ CHECKPOINTED = [
     "pipeline.run_clustering=false",  # select the 4 strongest survivors directly
     "pipeline.run_visualization=false",
     "clustering.selection.max_features=4",
+    "optimization.reference_tokens=2000",
     "explanation={judge: false, heldout_prompts: 4, n_bootstrap: 100}",
     "scale.shard_prompts=8",  # 30 prompts: 4 shards
     "scale.feature_batch=1",  # 4 features: 4 batches
@@ -46,19 +48,19 @@ KILL_AFTER = textwrap.dedent(
     import os, signal, sys
     import torch
     from saeinverse.cli import main
-    from saeinverse.scale import engine
+    from saeinverse import units
 
-    kind, after, saved = sys.argv[1], int(sys.argv[2]), []
-    save = engine.UnitStore.save
+    stage, after, saved = sys.argv[1], int(sys.argv[2]), []
+    save = units.UnitStore.save
 
-    def save_then_die(self, index, result):
+    def save_then_die(self, index, result):  # root: <stage>/units/<kind>/<plan>
         save(self, index, result)
-        if self.root.parent.parent.name == kind:
+        if self.root.parents[2].name == stage:
             saved.append(index)
             if len(saved) == after:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    engine.UnitStore.save = save_then_die
+    units.UnitStore.save = save_then_die
     sys.modules["ray"] = None  # the local engine never imports Ray: importing it would fail
     torch.set_num_threads(1)
     sys.exit(main(sys.argv[3:]))
@@ -101,7 +103,9 @@ def reference(cache, tmp_path_factory) -> Path:
 
 
 def units(run_dir: Path, stage: str) -> list[str]:
-    return sorted(p.name for p in (run_dir / stage / "units").glob("*/*"))
+    """The stage's saved units, as ``<kind>/<unit>``."""
+    found = (run_dir / stage / "units").glob("*/*/*")
+    return sorted(f"{p.parent.parent.name}/{p.name}" for p in found)
 
 
 def kill_after(run_dir: Path, stage: str, count: int, cache: Path, *extra: str) -> None:
@@ -158,20 +162,18 @@ def test_a_kill_mid_stage_redoes_only_the_missing_units(
     assert artifact_digests(tmp_path / "run") == artifact_digests(reference)
 
 
-def test_unscored_explanations_are_checkpointed_per_batch(
-    reference, cache, one_thread, tmp_path, caplog
+@pytest.mark.parametrize(("count", "drafts", "scored"), [(3, 3, 0), (6, 4, 2)])
+def test_explanations_are_checkpointed_per_batch_in_both_passes(
+    reference, cache, one_thread, tmp_path, caplog, count, drafts, scored
 ):
-    unscored = "explanation.score=false"
-    whole = Path(shutil.copytree(reference, tmp_path / "whole"))
-    assert run(whole, unscored, "scale.feature_batch=8") == 0  # explain only: one call
+    """Killed after 3 of 4 drafts, or after every draft and 2 of 4 scored batches."""
     killed = Path(shutil.copytree(reference, tmp_path / "killed"))
-    kill_after(killed, "explain", 3, cache, unscored)
+    shutil.rmtree(killed / "explain")
+    kill_after(killed, "explain", count, cache)
     caplog.set_level(logging.INFO, logger="saeinverse")
-    assert run(killed, unscored) == 0
-    assert reused(caplog, "explain") == ["explain: reused 3 of 4 units"]
-    rows = (killed / "explain" / "explanations.jsonl").read_text().splitlines()
-    assert len(rows) == 4
-    assert (
-        artifact_digests(killed)["explain/explanations.jsonl"]
-        == (artifact_digests(whole)["explain/explanations.jsonl"])
+    assert run(killed) == 0
+    assert reused(caplog, "explain") == [f"explain: reused {drafts} of 4 units"]
+    assert reused(caplog, "score explanations") == (
+        [f"score explanations: reused {scored} of 4 units"] if scored else []
     )
+    assert artifact_digests(killed) == artifact_digests(reference)

@@ -1,7 +1,8 @@
-"""The Ray engine on a local Ray (2 CPUs) and the tiny model: same numbers as one process.
+"""The Ray pool on a local Ray (2 CPUs) and the tiny model: the same numbers as one process.
 
-One Ray session and one worker pool serve the whole module (Ray start-up and two workers
-loading the model take several seconds on 2 cores).
+The stages' own functions run on the pool (``collect_prompts``, ``invert_features``,
+``explain_features``); one Ray session and one pool serve the whole module (Ray start-up and two
+workers loading the model take several seconds on 2 cores).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from saeinverse.config import get_default_config, update_config
 from saeinverse.data.sources import load_prompts
 from saeinverse.errors import ConfigError
 from saeinverse.models.from_config import load_experiment_sae, load_subject_model
+from saeinverse.models.identity import models_identity
+from saeinverse.units import Checkpoints, LocalPool, Models
 from tests import builders
 
 ray = pytest.importorskip("ray")
@@ -67,6 +70,16 @@ def models(config):
 
 
 @pytest.fixture(scope="module")
+def pool(ray_session, config, models):
+    return scale.ray_pool(config, models_identity(*models))
+
+
+@pytest.fixture(scope="module")
+def local_pool(models):
+    return LocalPool(Models(*models))
+
+
+@pytest.fixture(scope="module")
 def local_stats(config, models):
     prompts = load_prompts(config.data, seed=config.seed)
     return collect_activations(*models, prompts, config.data, progress=False)
@@ -81,29 +94,51 @@ def assert_same_stats(got, want):
     assert torch.equal(got.prompt_feature_dense(), want.prompt_feature_dense())
 
 
-def test_sharded_collection_on_two_workers_equals_one_process(
-    ray_session, config, local_stats, tmp_path
-):
-    stats = scale.collect_sharded(config, tmp_path, progress=False)
-    assert len(list((tmp_path / "units").glob("*/shard-*"))) == 4  # 60 prompts, 16 per shard
+class Watched:
+    """A pool that calls ``on_unit(pool, index)`` as each unit's result arrives."""
+
+    def __init__(self, pool, on_unit):
+        self.pool, self.on_unit = pool, on_unit
+
+    def run(self, fn, units, shared=()):
+        for index, result in self.pool.run(fn, units, shared):
+            self.on_unit(self.pool, index)
+            yield index, result
+
+    def __getattr__(self, name):
+        return getattr(self.pool, name)
+
+
+def _collect(pool, config, folder, on_unit=None):
+    from saeinverse.collect.sharded import collect_prompts
+
+    prompts = load_prompts(config.data, seed=config.seed)
+    return collect_prompts(
+        pool if on_unit is None else Watched(pool, on_unit), prompts, config.data,
+        seed=config.seed, shard_prompts=config.scale.shard_prompts,
+        checkpoints=Checkpoints(folder, "stage-hash"), progress=False,
+    )  # fmt: skip
+
+
+def test_sharded_collection_on_two_workers_equals_one_process(pool, config, local_stats, tmp_path):
+    stats = _collect(pool, config, tmp_path)
+    assert len(list((tmp_path / "units" / "shard").glob("*/shard-*"))) == 4  # 60 prompts, 16 each
     assert_same_stats(stats, local_stats)
     assert bool((stats.firing_count > 0).any())
 
 
-def test_a_rerun_redoes_only_the_missing_shard(ray_session, config, local_stats, tmp_path):
-    scale.collect_sharded(config, tmp_path, progress=False)
-    (plan,) = (tmp_path / "units").iterdir()
+def test_a_rerun_redoes_only_the_missing_shard(pool, config, local_stats, tmp_path):
+    _collect(pool, config, tmp_path)
+    (plan,) = (tmp_path / "units" / "shard").iterdir()
     shutil.rmtree(plan / "shard-00002")
     redone = []
-    stats = scale.collect_sharded(
-        config, tmp_path, progress=False, on_unit=lambda pool, index: redone.append(index)
-    )
+    stats = _collect(pool, config, tmp_path, on_unit=lambda pool, index: redone.append(index))
     assert redone == [2]
     assert_same_stats(stats, local_stats)
 
 
 def test_a_worker_killed_mid_stage_still_gives_the_same_statistics(
-    ray_session, config, local_stats, tmp_path
+    pool, config, local_stats, tmp_path
 ):
     killed = []
 
@@ -113,58 +148,86 @@ def test_a_worker_killed_mid_stage_still_gives_the_same_statistics(
             ray.kill(actor)
             killed.append(unit)
 
-    pool = scale.worker_pool(config)
     restarts = pool.restarts
-    stats = scale.collect_sharded(config, tmp_path, progress=False, on_unit=kill_a_busy_worker)
+    stats = _collect(pool, config, tmp_path, on_unit=kill_a_busy_worker)
     assert killed, "no unit was in flight to kill"
     assert pool.restarts == restarts + 1
     assert_same_stats(stats, local_stats)
 
 
-def test_inversion_of_four_features_on_two_workers_equals_local(
-    ray_session, config, models, local_stats, tmp_path
+def _inputs(stats, ids):
+    from saeinverse.invert import dataset_maxima
+    from saeinverse.invert.stage import InvertInputs, InvertTarget
+
+    maxima = dataset_maxima(stats, ids)
+    return InvertInputs(tuple(InvertTarget(f, maxima[f]) for f in ids))
+
+
+def test_inversion_of_four_features_on_two_workers_equals_one_call(
+    pool, config, models, local_stats, tmp_path
 ):
-    from saeinverse.invert import dataset_maxima, optimize_features
+    from saeinverse.invert import optimize_features
+    from saeinverse.invert.stage import invert_features
 
     ids = [3, 7, 11, 20]
-    maxima = dataset_maxima(local_stats, ids)
-    local = optimize_features(
-        *models, ids, config.optimization, seed=config.seed, dataset_max=maxima, progress=False
-    )
-    fanned = scale.invert_fanned(config, tmp_path, ids, dataset_max=maxima, progress=False)
-    assert len(list((tmp_path / "units").glob("*/batch-*"))) == 2  # batches of 2 features
+    inputs = _inputs(local_stats, ids)
+    one_call = optimize_features(
+        *models, ids, config.optimization, seed=config.seed,
+        dataset_max={t.feature_id: t.dataset_max for t in inputs.targets}, progress=False,
+    )  # fmt: skip
+    fanned = invert_features(
+        pool, inputs, config.optimization, seed=config.seed, batch_size=2,
+        checkpoints=Checkpoints(tmp_path, "stage-hash"), progress=False,
+    )  # fmt: skip
+    assert len(list((tmp_path / "units" / "batch").glob("*/batch-*"))) == 2  # 2 features each
     assert [r.feature_id for r in fanned] == ids
-    for got, want in zip(fanned, local, strict=True):
+    for got, want in zip(fanned, one_call, strict=True):
         assert got.refined_tokens == want.refined_tokens
         assert got.projected_tokens == want.projected_tokens
         assert got.refined_activation == want.refined_activation
-        assert got.soft_activation == want.soft_activation
         assert got.pareto == want.pareto
     assert max(r.refined_activation for r in fanned) > 0
 
 
-def test_explanations_on_two_workers_equal_local_but_for_the_baseline_partner(
-    ray_session, config, models, local_stats, tmp_path
+def _without_seconds(results):
+    rows = []
+    for result in results:
+        data = result.to_dict()
+        data.pop("seconds", None)
+        rows.append(data)
+    return rows
+
+
+def test_explanations_are_the_same_whatever_the_batching_and_the_engine(
+    pool, local_pool, config, models, local_stats, tmp_path
 ):
+    """The shuffled baseline pairs features over the whole stage, never within a batch."""
     from saeinverse.explain import generate_explanations
+    from saeinverse.explain.batches import explain_features
 
     ids = [3, 7, 11, 20]
-    local = generate_explanations(
+    one_call = generate_explanations(
         *models, ids, None, None, config.explanation, stats=local_stats, seed=config.seed
     )
-    fanned = scale.explain_fanned(config, tmp_path, ids, stats=local_stats, progress=False)
-    assert len(list((tmp_path / "units").glob("*/batch-*"))) == 2  # batches of 2 features
-
-    def own(result):  # all but timing and what the shuffled baseline (a batch partner) gives
-        data = result.to_dict()
-        return {
-            k: v for k, v in data.items() if k not in ("seconds", "scores") and "baseline" not in k
-        }
-
-    assert [own(r) for r in fanned] == [own(r) for r in local]
-    assert all(r.explanation for r in fanned)
-    partners = {r.feature_id: r.baseline_feature for r in fanned}
-    assert partners == {3: 7, 7: 3, 11: 20, 20: 11}
+    runs = {
+        (name, size): explain_features(
+            p,
+            ids,
+            config.explanation,
+            stats=local_stats,
+            seed=config.seed,
+            batch_size=size,
+            checkpoints=Checkpoints(tmp_path / f"{name}-{size}", "stage-hash"),
+            progress=False,
+        )  # fmt: skip
+        for name, p in (("local", local_pool), ("ray", pool))
+        for size in (1, 2, 4)
+    }
+    want = _without_seconds(one_call)
+    assert any(r.detection is not None for r in one_call), "the explanations are scored"
+    assert {r.baseline_feature for r in one_call} <= set(ids)
+    for key, results in runs.items():
+        assert _without_seconds(results) == want, key
 
 
 def test_more_workers_than_the_cluster_holds_is_a_clear_error(ray_session, config):
@@ -172,35 +235,26 @@ def test_more_workers_than_the_cluster_holds_is_a_clear_error(ray_session, confi
     with pytest.raises(
         ConfigError, match=r"scale.workers=8 .* needs 8 CPUs; the Ray cluster has 2"
     ):
-        scale.WorkerPool(too_many, object)
+        scale.RayPool(too_many, object)
 
 
-def test_a_token_budget_is_counted_by_a_worker_as_collection_counts(
-    ray_session, config, models, tmp_path
-):
-    from saeinverse.scale.prompts import draw_prompts, token_counter
-
-    budget = update_config(config, {"data": {"n_tokens": 400}})
-    stats = scale.collect_sharded(budget, tmp_path, progress=False)
-    assert stats.prompts == draw_prompts(budget, token_counter(models[0], budget))
-    last = int(stats.lengths[-1]) - stats.first_position
-    assert stats.n_tokens >= 400 > stats.n_tokens - last
-
-
-def test_a_ray_run_writes_the_same_artifacts_as_a_local_run(ray_session, tmp_path, monkeypatch):
-    """Every artifact equal, but the collection's float64 sums (equal to rounding)."""
+def test_a_ray_run_writes_the_same_results_as_a_local_run(ray_session, tmp_path, monkeypatch):
+    """Selection, inversions and explanations equal; statistics equal but the float64 sums
+    (equal to rounding)."""
     from saeinverse.cli import main
     from saeinverse.collect.stats import FeatureStats
-    from tests.run.golden import artifact_digests
+    from saeinverse.loaders import LOADERS
     from tests.test_cli import TINY_RUN
 
     monkeypatch.setenv("SAEINVERSE_CACHE", str(tmp_path / "cache"))  # one SAE for both runs
     common = [
         *TINY_RUN,
         "pipeline.run_visualization=false",
-        "explanation={judge: false, heldout_prompts: 0, n_bootstrap: 100}",
+        "optimization.reference_tokens=2000",
+        "explanation={judge: false, heldout_prompts: 20, n_bootstrap: 100}",
     ]
     ray_keys = ["scale.engine=ray", "scale.workers=2", "scale.shard_prompts=8"]
+    ray_keys += ["scale.feature_batch=1"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each worker: float32 reductions in the same order
     try:
@@ -209,13 +263,13 @@ def test_a_ray_run_writes_the_same_artifacts_as_a_local_run(ray_session, tmp_pat
         torch.set_num_threads(threads)
     assert main(["run", "--run-dir", str(tmp_path / "ray"), *common, *ray_keys]) == 0
     assert not (tmp_path / "ray" / "collect" / "units").exists(), "units go once the stage is whole"
-    local, fanned = artifact_digests(tmp_path / "local"), artifact_digests(tmp_path / "ray")
-    sums = "collect/feature_stats.safetensors"
-    assert {k: v for k, v in fanned.items() if k != sums} == {
-        k: v for k, v in local.items() if k != sums
-    }
-    assert "invert/inversions.json" in local and "explain/explanations.jsonl" in local
-    assert_same_stats(
-        FeatureStats.load(tmp_path / "ray" / "collect"),
-        FeatureStats.load(tmp_path / "local" / "collect"),
-    )
+    local, fanned = tmp_path / "local", tmp_path / "ray"
+    explanations = (local / "explain" / "explanations.jsonl").read_text()
+    assert '"detection"' in explanations, "the explanations are scored"
+    for stage in ("select", "invert", "explain"):
+        got, want = LOADERS[stage](fanned / stage), LOADERS[stage](local / stage)
+        if stage == "select":
+            assert got.feature_ids == want.feature_ids
+        else:
+            assert _without_seconds(got) == _without_seconds(want), stage
+    assert_same_stats(FeatureStats.load(fanned / "collect"), FeatureStats.load(local / "collect"))

@@ -4,9 +4,8 @@
 2. **Score** (per batch): score each explanation on its held-out evidence against its shuffled
    baseline, judge it, re-check its refined prompt.
 
-The baseline of feature f is the explanation of ``baseline_partners(all ids, seed)[f]``, a
-derangement over *every* feature of the stage, and the scoring pass starts only once every
-draft is written, so the results are the same whatever the batching and wherever the batches
+The baselines (``Baselines.of``) pair each feature with another by a derangement over *every*
+feature of the stage, and the scoring pass starts only once every draft is written, so the results are the same whatever the batching and wherever the batches
 run: equal to one ``generate_explanations`` call over all the features. Both passes save each
 batch as it finishes (``saeinverse.units``).
 """
@@ -24,12 +23,7 @@ from saeinverse.config import ExplanationConfig
 from saeinverse.explain.explainers import make_backend
 from saeinverse.explain.results import ExplanationResult, load_explanations, save_explanations
 from saeinverse.explain.sampling import build_evidence
-from saeinverse.explain.stage import (
-    Draft,
-    baseline_partners,
-    draft_explanations,
-    score_explanations,
-)
+from saeinverse.explain.stage import Baselines, Draft, draft_explanations, score_explanations
 from saeinverse.io import atomic_open
 from saeinverse.units import Checkpoints, Models, Pool, Unit, run_units, split
 
@@ -65,8 +59,7 @@ def explain_features(
         desc="explain", unit_name="feature", progress=progress,
     )  # fmt: skip
     drafts = list(drafted)
-    texts = {d.result.feature_id: d.result.explanation for batch in drafts for d in batch}
-    partners = baseline_partners(ids, seed)
+    baselines = Baselines.of([d for batch in drafts for d in batch], seed)
     units = [
         Unit(i, len(b), (d, _of(by_id, b)))
         for i, (b, d) in enumerate(zip(batches, drafts, strict=True))
@@ -76,7 +69,7 @@ def explain_features(
             "batch", units, EXPLANATIONS_FILE, save_explanations, load_explanations
         )
     scored = run_units(
-        pool, score_batch, units, store=store, shared=(texts, partners, cfg, int(seed)),
+        pool, score_batch, units, store=store, shared=(baselines, cfg, int(seed)),
         desc="score explanations", unit_name="feature", progress=progress,
     )  # fmt: skip
     return [result for batch in scored for result in batch]
@@ -107,16 +100,15 @@ def score_batch(
     models: Models,
     drafts: list[Draft],
     inversions: list[Inversion],
-    texts: Mapping[int, str],
-    partners: Mapping[int, int],
+    baselines: Baselines,
     cfg: ExplanationConfig,
     seed: int,
 ) -> list[ExplanationResult]:
-    """One batch's drafts scored against their baselines (``texts[partners[f]]``)."""
+    """One batch's drafts scored against their shuffled baselines."""
     began = time.perf_counter()
     backend = make_backend(cfg, *models.explanation_lm(cfg))
     results = score_explanations(
-        models.model, models.sae, backend, drafts, texts, partners, cfg,
+        models.model, models.sae, backend, drafts, baselines, cfg,
         inversions={int(i.feature_id): i for i in inversions}, seed=seed,
     )  # fmt: skip
     for result in results:

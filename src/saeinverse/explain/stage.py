@@ -132,9 +132,8 @@ def generate_explanations(
     elif [ev.feature_id for ev in evidence] != fids:
         raise ValueError("evidence must hold one entry per feature, in the features' order")
     drafts = draft_explanations(backend, evidence)
-    texts = {d.result.feature_id: d.result.explanation for d in drafts}
     results = score_explanations(
-        model, sae, backend, drafts, texts, baseline_partners(fids, seed), cfg,
+        model, sae, backend, drafts, Baselines.of(drafts, seed), cfg,
         inversions=by_id, seed=seed, judge=judge, progress=progress,
     )  # fmt: skip
     seconds = (time.perf_counter() - start) / len(results)
@@ -169,13 +168,24 @@ def draft_explanations(backend: Backend, evidence: list[FeatureEvidence]) -> lis
     return drafts
 
 
-def baseline_partners(feature_ids: Sequence[int], seed: int) -> dict[int, int]:
-    """Whose explanation each feature's shuffled baseline reads: a derangement of all the
-    stage's features drawn with the seed (empty with fewer than two), so the pairing never
-    depends on how the features are batched."""
-    ids = [int(f) for f in feature_ids]
-    shuffle = derangement(len(ids), seed)
-    return {} if shuffle is None else {f: ids[j] for f, j in zip(ids, shuffle, strict=True)}
+@dataclass(frozen=True)
+class Baselines:
+    """What scoring needs from every feature of the stage: whose explanation each feature's
+    shuffled baseline reads (a derangement of all the features, drawn with the seed, so the
+    pairing never depends on how the features are batched), those explanations, and whether
+    any feature has held-out positives to score on."""
+
+    partners: dict[int, int]
+    texts: dict[int, str]
+    scorable: bool
+
+    @classmethod
+    def of(cls, drafts: Sequence[Draft], seed: int) -> Baselines:
+        ids = [d.result.feature_id for d in drafts]
+        shuffle = derangement(len(ids), seed)
+        partners = {} if shuffle is None else {f: ids[j] for f, j in zip(ids, shuffle, strict=True)}
+        texts = {d.result.feature_id: d.result.explanation for d in drafts}
+        return cls(partners, texts, any(d.evidence.heldout.positives for d in drafts))
 
 
 def score_explanations(
@@ -183,8 +193,7 @@ def score_explanations(
     sae,
     backend: Backend,
     drafts: list[Draft],
-    texts: Mapping[int, str],
-    partners: Mapping[int, int],
+    baselines: Baselines,
     cfg: ExplanationConfig,
     *,
     inversions: Mapping[int, Inversion],
@@ -192,19 +201,19 @@ def score_explanations(
     judge: EmbeddingJudge | None = None,
     progress: bool = False,
 ) -> list[ExplanationResult]:
-    """The drafts' results, scored on their held-out evidence against the baseline (the
-    explanation ``texts[partners[f]]``), judged, and each refined prompt re-checked."""
+    """The drafts' results, scored on their held-out evidence against their shuffled baselines,
+    judged, and each refined prompt re-checked."""
     evidence = [d.evidence for d in drafts]
     results = [d.result for d in drafts]
     own = [r.explanation for r in results]
-    others = [partners.get(r.feature_id) for r in results]
-    baselines = [None if f is None else texts[f] for f in others]
-    if cfg.score and any(ev.heldout.positives for ev in evidence):
-        _score(backend, evidence, own, baselines, results, seed, cfg.n_bootstrap, progress)
+    others = [baselines.partners.get(r.feature_id) for r in results]
+    texts = [None if f is None else baselines.texts[f] for f in others]
+    if cfg.score and baselines.scorable:
+        _score(backend, evidence, own, texts, results, seed, cfg.n_bootstrap, progress)
         for result, other in zip(results, others, strict=True):
             result.baseline_feature = other
         if cfg.judge:
-            _judge(judge, evidence, own, baselines, results, seed, cfg.n_bootstrap)
+            _judge(judge, evidence, own, texts, results, seed, cfg.n_bootstrap)
     for result in results:
         if result.feature_id in inversions:
             result.inversion = inversion_check(
