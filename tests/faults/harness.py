@@ -1,17 +1,22 @@
-"""Fault campaign harness: start ``python -m saeinverse run`` on the tiny model, kill it at a chosen
-point, rerun it, and compare the final artifacts with an uninterrupted run.
+"""Fault campaign harness: start ``python -m saeinverse run`` on the tiny model, signal it at a
+planned point, rerun it, and compare the final artifacts with an uninterrupted run.
 
-A *point* names a stage of the pipeline and a moment in it:
+A *point* names a stage of the pipeline and a moment in it, each following a line the run logs
+on stderr:
 
-- ``within``: ``fraction`` of the stage's duration (measured in the uninterrupted reference run)
-  after the stage began (= the previous stage's success marker appeared; the first stage begins
-  when the process starts);
-- ``after``: as soon as the stage's success marker appears (between two stages).
+- ``within``: ``fraction`` of the stage's duration (its ``seconds`` in the uninterrupted
+  reference run's marker) after the run logs ``stage <name>: computing``;
+- ``after``: as soon as the stage's successor logs that line (for the last stage: ``run
+  finished``), i.e. between the two stages;
+- ``training``: as soon as the run logs that it trains the default SAE on first use.
 
-The signal is SIGKILL (kill -9: no cleanup runs) or SIGINT (Ctrl-C). Markers are polled every few
-milliseconds, so a kill lands within a few ms of its moment; the outcome records the stages that
-were really finished when the signal went out (under a loaded machine a "within" point can land in
-a neighbouring stage: cases are counted by the stage they really hit).
+At that moment the harness stops the process (SIGSTOP, and waits until it is stopped), reads
+which success markers exist (the process cannot write while stopped, so these are exactly the
+stages finished when the signal lands), and only then sends the signal: SIGKILL (kill -9, no
+cleanup runs) or SIGINT (Ctrl-C). When the markers show the point already passed (the stage ran
+faster than in the reference), the process is killed, its run directory put back as it was, and
+the point tried again with a shorter delay (the stage's duration in the missed attempt, then
+none). ``Outcome`` records what the signal hit; the tests assert it before they compare artifacts.
 
 ``CAMPAIGN`` counts the cases each fault class tried in this session (printed at the end of the
 session by ``tests/faults/conftest.py``, and written as JSON to ``$SAEINVERSE_FAULTS_RECORD``).
@@ -22,21 +27,30 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import saeinverse
-from saeinverse.run.rundir import MARKER
+from saeinverse.artifacts import MARKER, STAGE_NAMES
 from tests.run.golden import artifact_digests
 from tests.test_cli import TINY_RUN
 
-STAGES = ("models", "collect", "filter", "cluster", "select", "invert", "explain", "report")
+STAGES: tuple[str, ...] = tuple(STAGE_NAMES)
 """The stages a full tiny run finishes, in order (checked against the reference run)."""
+START_LINE = "stage {}: computing"
+"""What the run logs when a stage begins to compute (``saeinverse.run.rundir``)."""
+FINISH_LINE = "run finished:"
+TRAINING_LINE = "training one now"
+"""What the run logs when it trains the default SAE on first use."""
+ATTEMPTS = 3
 POLL_S = 0.003
 RUN_TIMEOUT_S = 600
 
@@ -67,7 +81,7 @@ def campaign_seed() -> int:
 @dataclass(frozen=True)
 class Point:
     stage: str
-    when: str  # "within" | "after"
+    when: str  # "within" | "after" | "training"
     fraction: float = 0.0
     signal: int = signal.SIGKILL
 
@@ -76,6 +90,30 @@ class Point:
         name = "kill" if self.signal == signal.SIGKILL else "int"
         at = f"@{self.fraction:.2f}" if self.when == "within" else ""
         return f"{name}-{self.when}-{self.stage}{at}"
+
+    def describe(self) -> str:
+        name = "kill -9" if self.signal == signal.SIGKILL else "Ctrl-C"
+        if self.when == "within":
+            return f"{name} inside stage {self.stage}, {self.fraction:.0%} of its way"
+        if self.when == "after":
+            then = "the next stage begins" if self.stage != STAGES[-1] else "the process exits"
+            return f"{name} after stage {self.stage}, before {then}"
+        return f"{name} while the default SAE trains on first use"
+
+    @property
+    def trigger(self) -> str:
+        """The line of the run's log that the moment follows."""
+        if self.when == "training":
+            return TRAINING_LINE
+        index = STAGES.index(self.stage) + (self.when == "after")
+        return START_LINE.format(STAGES[index]) if index < len(STAGES) else FINISH_LINE
+
+    def reached(self, done: list[str]) -> bool:
+        """True when ``done`` (the finished stages, in order) is the state the point plans."""
+        if self.when == "training":
+            return not done
+        index = STAGES.index(self.stage) + (self.when == "after")
+        return done == list(STAGES[:index])
 
 
 def schedule(seed: int, full: bool) -> list[Point]:
@@ -98,7 +136,7 @@ def schedule(seed: int, full: bool) -> list[Point]:
         ]
     if full:  # shuffled: a campaign cut short has still visited every stage
         return rng.sample(points, len(points))
-    kills = [p for p in points if p.signal == signal.SIGKILL and p.stage != "report"]
+    kills = [p for p in points if p.signal == signal.SIGKILL and p.stage != STAGES[-1]]
     split = STAGES.index("cluster") + 1
     return [
         rng.choice([p for p in kills if STAGES.index(p.stage) < split]),
@@ -133,82 +171,50 @@ def marker_times(run_dir: Path) -> dict[str, int]:
     return {s: (run_dir / s / MARKER).stat().st_mtime_ns for s in finished(run_dir)}
 
 
+def stage_seconds(run_dir: Path, stage: str) -> float:
+    """How long ``stage`` computed, as its marker records (0 when it has none)."""
+    path = run_dir / stage / MARKER
+    return float(json.loads(path.read_text()).get("seconds", 0.0)) if path.exists() else 0.0
+
+
 @dataclass
 class Reference:
-    """The uninterrupted run: its artifact digests and when each stage finished."""
+    """The uninterrupted run: its artifact digests and how long each stage computed."""
 
     run_dir: Path
     digests: dict[str, str]
-    ends: dict[str, float]
-    """Seconds from process start to each stage's marker."""
-    seconds: float
-
-    def window(self, stage: str) -> tuple[str | None, float]:
-        """(the stage before ``stage`` or None, ``stage``'s duration in seconds)."""
-        index = STAGES.index(stage)
-        before = STAGES[index - 1] if index else None
-        start = self.ends[before] if before else 0.0
-        return before, max(self.ends[stage] - start, 0.0)
+    seconds: dict[str, float]
 
 
 def reference_run(run_dir: Path, env: dict[str, str]) -> Reference:
-    """Run to the end, noting when each marker appears."""
-    start = time.monotonic()
-    process = subprocess.Popen(
-        run_command(run_dir), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    """Run to the end, uninterrupted."""
+    done = finish(run_dir, env)
+    if done.returncode != 0:
+        raise AssertionError(f"reference run failed: exit {done.returncode}\n{done.stderr[-4000:]}")
+    seconds = {stage: stage_seconds(run_dir, stage) for stage in finished(run_dir)}
+    return Reference(run_dir, artifact_digests(run_dir), seconds)
+
+
+def finish(run_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Rerun to the end (uninterrupted)."""
+    return subprocess.run(
+        run_command(run_dir), env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
     )
-    ends: dict[str, float] = {}
-    stderr_tail = _Drain(process)
-    while process.poll() is None:
-        for stage in finished(run_dir):
-            ends.setdefault(stage, time.monotonic() - start)
-        time.sleep(POLL_S)
-        if time.monotonic() - start > RUN_TIMEOUT_S:
-            process.kill()
-    stderr_tail.join()
-    if process.returncode != 0:
-        raise AssertionError(f"reference run failed: exit {process.returncode}\n{stderr_tail.text}")
-    for stage in finished(run_dir):
-        ends.setdefault(stage, time.monotonic() - start)
-    return Reference(run_dir, artifact_digests(run_dir), ends, time.monotonic() - start)
-
-
-class _Drain:
-    """Read a child's stdout and stderr in threads (a full pipe would block it)."""
-
-    def __init__(self, process: subprocess.Popen) -> None:
-        import threading
-
-        self.chunks: list[str] = []
-        self.threads = [
-            threading.Thread(target=self._read, args=(stream,), daemon=True)
-            for stream in (process.stdout, process.stderr)
-        ]
-        for thread in self.threads:
-            thread.start()
-
-    def _read(self, stream) -> None:
-        for line in stream:
-            self.chunks.append(line)
-
-    def join(self) -> None:
-        for thread in self.threads:
-            thread.join(timeout=30)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.chunks)[-4000:]
 
 
 @dataclass
 class Outcome:
-    """What a kill really did."""
+    """What a signal really did."""
 
-    signalled: bool
-    """False: the run ended before the moment came."""
+    signalled: bool = False
+    """False: the run ended, or was past the point in every attempt, before it was signalled."""
     done_at_kill: list[str] = field(default_factory=list)
-    """Stages whose marker existed when the signal went out."""
-    markers_at_kill: dict[str, int] = field(default_factory=dict)
+    """Stages whose marker existed when the signal went out (read while the run was stopped)."""
+    missed: list[list[str]] = field(default_factory=list)
+    """The finished stages of each attempt that was past the point when stopped."""
+    done_after: list[str] = field(default_factory=list)
+    """Stages whose marker exists once the process ended."""
+    markers_after: dict[str, int] = field(default_factory=dict)
     returncode: int | None = None
     log: str = ""
 
@@ -220,45 +226,120 @@ class Outcome:
 
 
 def interrupt_at(point: Point, run_dir: Path, env: dict[str, str], ref: Reference) -> Outcome:
-    """Start a run and send ``point.signal`` at ``point``; wait for the process to end."""
-    before, duration = ref.window(point.stage)
+    """Start a run and send ``point.signal`` at ``point``; wait for the process to end.
+
+    An attempt that finds the point passed is undone (the run directory as it was before) and
+    the point tried again, sooner, up to ``ATTEMPTS`` times.
+    """
+    delay = point.fraction * ref.seconds.get(point.stage, 0.0) if point.when == "within" else 0.0
+    before = run_dir.with_name(run_dir.name + ".before")
+    if run_dir.exists():
+        shutil.copytree(run_dir, before, symlinks=True)
+    missed: list[list[str]] = []
+    try:
+        for attempt in range(ATTEMPTS):
+            outcome = _signal_once(point, delay, run_dir, env)
+            if outcome.signalled or not outcome.missed:
+                outcome.missed[:0] = missed
+                return outcome
+            missed += outcome.missed
+            seen = stage_seconds(run_dir, point.stage)
+            delay = point.fraction * seen if attempt + 2 < ATTEMPTS else 0.0
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if before.exists():
+                shutil.copytree(before, run_dir, symlinks=True)
+        outcome.missed = missed
+        return outcome
+    finally:
+        shutil.rmtree(before, ignore_errors=True)
+
+
+def _signal_once(point: Point, delay: float, run_dir: Path, env: dict[str, str]) -> Outcome:
     process = subprocess.Popen(
         run_command(run_dir), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    drain = _Drain(process)
-    start = time.monotonic()
-    began: float | None = start if before is None else None
-    outcome = Outcome(signalled=False)
-    while process.poll() is None:
-        now = time.monotonic()
-        if point.when == "after":
-            due = (run_dir / point.stage / MARKER).exists()
-        else:
-            if began is None and (run_dir / before / MARKER).exists():
-                began = now
-            due = began is not None and now - began >= point.fraction * duration
-        if due:
-            outcome.done_at_kill = finished(run_dir)
-            outcome.markers_at_kill = marker_times(run_dir)
-            process.send_signal(point.signal)
-            outcome.signalled = True
-            break
-        if now - start > RUN_TIMEOUT_S:
-            process.kill()
-            raise AssertionError(f"{point.id}: the run did not reach its point in time")
-        time.sleep(POLL_S)
+    drain = _Drain(process, re.compile(re.escape(point.trigger)), stop_at_once=delay <= 0)
+    outcome = Outcome()
     try:
+        if drain.wait_for_trigger(RUN_TIMEOUT_S):
+            time.sleep(max(0.0, drain.seen_at + delay - time.monotonic()))
+            if _stop(process):
+                done = finished(run_dir)
+                if point.reached(done):
+                    outcome.done_at_kill = done
+                    process.send_signal(point.signal)
+                    outcome.signalled = True
+                else:
+                    outcome.missed.append(done)
+                    process.kill()
+                os.kill(process.pid, signal.SIGCONT)  # SIGINT acts once it runs again
         process.wait(timeout=RUN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        raise AssertionError(f"{point.id}: the run did not stop after {point.signal!r}") from None
-    drain.join()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        drain.join()
     outcome.returncode, outcome.log = process.returncode, drain.text
+    outcome.done_after, outcome.markers_after = finished(run_dir), marker_times(run_dir)
     return outcome
 
 
-def finish(run_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """Rerun to the end (uninterrupted)."""
-    return subprocess.run(
-        run_command(run_dir), env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
-    )
+def _stop(process: subprocess.Popen) -> bool:
+    """Stop ``process`` and wait until it is stopped: True, or False when it ended first."""
+    if process.poll() is not None:
+        return False
+    os.kill(process.pid, signal.SIGSTOP)
+    _, status = os.waitpid(process.pid, os.WUNTRACED)
+    if os.WIFSTOPPED(status):
+        return True
+    process.returncode = os.waitstatus_to_exitcode(status)  # it ended: reaped here
+    return False
+
+
+class _Drain:
+    """Read a child's stdout and stderr in threads (a full pipe would block it), noting when the
+    first line matching ``trigger`` arrives; with ``stop_at_once``, stop the child right then."""
+
+    def __init__(
+        self, process: subprocess.Popen, trigger: re.Pattern[str], stop_at_once: bool
+    ) -> None:
+        self.process, self.trigger, self.stop_at_once = process, trigger, stop_at_once
+        self.seen = threading.Event()
+        self.seen_at = 0.0
+        self.chunks: list[str] = []
+        self.threads = [
+            threading.Thread(target=self._read, args=(stream,), daemon=True)
+            for stream in (process.stdout, process.stderr)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.chunks.append(line)
+            if not self.seen.is_set() and self.trigger.search(line):
+                if self.stop_at_once:
+                    try:
+                        os.kill(self.process.pid, signal.SIGSTOP)
+                    except ProcessLookupError:
+                        pass  # it ended meanwhile; ``_stop`` finds out
+                self.seen_at = time.monotonic()
+                self.seen.set()
+
+    def wait_for_trigger(self, timeout: float) -> bool:
+        """True once the trigger line came; False when the process ended without it."""
+        start = time.monotonic()
+        while not self.seen.wait(POLL_S):
+            if self.process.poll() is not None:
+                return self.seen.is_set()
+            if time.monotonic() - start > timeout:
+                raise AssertionError(f"no line {self.trigger.pattern!r} in {timeout} s")
+        return True
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)[-4000:]

@@ -22,23 +22,43 @@ FULL_ONLY = pytest.mark.skipif(
 )
 
 
-def _fault_class(point: harness.Point, outcome: harness.Outcome) -> str:
+def _fault_class(point: harness.Point) -> str:
     name = "kill -9" if point.signal == signal.SIGKILL else "Ctrl-C (SIGINT)"
     where = "inside a stage" if point.when == "within" else "between stages"
     return f"{name} {where}"
 
 
-def _check_signal_effect(point: harness.Point, outcome: harness.Outcome) -> None:
+def _check_killed_as_planned(case: str, point: harness.Point, outcome: harness.Outcome) -> None:
+    """The signal went out at ``point`` (read from the markers while the run was stopped) and
+    the process ended by it; fail naming ``case``, the point and what the process did."""
+    planned = f"{case}: planned {point.describe()} (after the line {point.trigger!r})"
+    output = f"the run's output ends:\n{outcome.log}"
+    if not outcome.signalled and outcome.missed:
+        pytest.fail(
+            f"{planned}: the kill did not happen: in each of {len(outcome.missed)} attempts the "
+            f"run was already past the point when stopped there (stages finished: "
+            f"{outcome.missed}); {output}"
+        )
     if not outcome.signalled:
-        return
-    seen = f"exit {outcome.returncode}, hit {outcome.hit}; the run's output ends:\n{outcome.log}"
+        pytest.fail(
+            f"{planned}: the kill did not happen: the run ended on its own with exit "
+            f"{outcome.returncode} before the point came (stages finished: "
+            f"{outcome.done_after}); {output}"
+        )
+    did = (
+        f"exit {outcome.returncode}; stages finished when signalled {outcome.done_at_kill}, "
+        f"at the end {outcome.done_after}; {output}"
+    )
+    assert point.reached(outcome.done_at_kill), f"{planned}: signalled elsewhere; {did}"
     if point.signal == signal.SIGKILL:
-        assert outcome.returncode == -signal.SIGKILL, seen
-    elif outcome.returncode == 130:  # caught by the CLI: one line, no traceback
-        assert "saeinverse: interrupted" in outcome.log, seen
-        assert "Traceback" not in outcome.log, seen
-    else:  # SIGINT before the CLI's handler was installed (during imports)
-        assert outcome.returncode in (-signal.SIGINT, 1), seen
+        assert outcome.returncode == -signal.SIGKILL, f"{planned}: not ended by the kill; {did}"
+        assert outcome.done_after == outcome.done_at_kill, (
+            f"{planned}: markers were written after kill -9; {did}"
+        )
+    else:  # caught by the CLI: one line, no traceback
+        assert outcome.returncode == 130, f"{planned}: not ended by Ctrl-C; {did}"
+        assert "saeinverse: interrupted" in outcome.log, did
+        assert "Traceback" not in outcome.log, did
 
 
 def _check_resumed(run_dir, env, reference, outcome: harness.Outcome) -> None:
@@ -49,7 +69,7 @@ def _check_resumed(run_dir, env, reference, outcome: harness.Outcome) -> None:
                     if digests.get(k) != reference.digests.get(k))  # fmt: skip
     assert not differ, f"artifacts differ from the uninterrupted run: {differ}"
     after = harness.marker_times(run_dir)
-    recomputed = [s for s, t in outcome.markers_at_kill.items() if after.get(s) != t]
+    recomputed = [s for s, t in outcome.markers_after.items() if after.get(s) != t]
     assert not recomputed, f"finished stages were recomputed after the interruption: {recomputed}"
 
 
@@ -60,9 +80,9 @@ def test_interrupted_run_resumes_to_the_uninterrupted_artifacts(
     env = harness.campaign_env(campaign_cache)
     run_dir = tmp_path / "run"
     outcome = harness.interrupt_at(point, run_dir, env, reference)
-    harness.record(_fault_class(point, outcome), point=point.id, hit=outcome.hit)
+    _check_killed_as_planned(point.id, point, outcome)
+    harness.record(_fault_class(point), point=point.id, hit=outcome.hit, missed=outcome.missed)
     harness.CAMPAIGN[f"  … of which hit stage {outcome.hit}"] += 1
-    _check_signal_effect(point, outcome)
     _check_resumed(run_dir, env, reference, outcome)
     harness.record("  … resumed equal to the uninterrupted run", point=point.id)
 
@@ -74,19 +94,24 @@ def test_kill_during_first_use_sae_training(reference, campaign_cache, tmp_path)
     if (campaign_cache / "numba").is_dir():  # UMAP's compiled code only: no SAE
         shutil.copytree(campaign_cache / "numba", cache / "numba")
     env = harness.campaign_env(cache)
-    point = harness.Point("models", "within", 0.6)
+    point = harness.Point(harness.STAGES[0], "training")
     outcome = harness.interrupt_at(point, tmp_path / "run", env, reference)
+    _check_killed_as_planned("first-use SAE training", point, outcome)
+    trained = cache / "saeinverse" / "saes"
+    assert not list(trained.glob("*/*/cfg.json")), "the SAE was saved before the kill"
     harness.record("kill -9 during the SAE's first-use training", hit=outcome.hit)
-    assert outcome.signalled and outcome.hit == "models"
     _check_resumed(tmp_path / "run", env, reference, outcome)
+    assert list(trained.glob("*/*/cfg.json")), "the rerun did not train the SAE"
 
 
 @FULL_ONLY
 def test_the_rerun_killed_too(reference, campaign_cache, tmp_path):
     env = harness.campaign_env(campaign_cache)
     run_dir = tmp_path / "run"
-    first = harness.interrupt_at(harness.Point("collect", "within", 0.5), run_dir, env, reference)
-    second = harness.interrupt_at(harness.Point("invert", "within", 0.5), run_dir, env, reference)
-    harness.record("kill -9 of a run, then of its rerun", hit=second.hit)
-    assert first.signalled and second.signalled
-    _check_resumed(run_dir, env, reference, second)
+    first, second = harness.Point("collect", "within", 0.5), harness.Point("invert", "within", 0.5)
+    outcome = harness.interrupt_at(first, run_dir, env, reference)
+    _check_killed_as_planned("the first run", first, outcome)
+    outcome = harness.interrupt_at(second, run_dir, env, reference)
+    _check_killed_as_planned("its rerun", second, outcome)
+    harness.record("kill -9 of a run, then of its rerun", hit=outcome.hit)
+    _check_resumed(run_dir, env, reference, outcome)
