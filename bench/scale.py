@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import tempfile
 import time
 
 import torch
@@ -31,24 +30,22 @@ def timed(fn):
     return time.perf_counter() - start, out
 
 
-def warm_pool(config):
+def warm_pool(config, identity):
     """Start the workers for ``config`` and wait until every one has loaded the models."""
     import ray
 
-    from saeinverse.scale import worker_pool
+    from saeinverse.scale import ray_pool
 
-    pool = worker_pool(config)
+    pool = ray_pool(config, identity)
     ray.get([actor.ready.remote() for actor in pool.actors])
     return pool
 
 
-def worker_cpu(config) -> float:
-    """CPU seconds used so far by the live pool's workers, summed."""
+def worker_cpu(pool) -> float:
+    """CPU seconds used so far by the pool's workers, summed."""
     import ray
 
-    from saeinverse.scale import worker_pool
-
-    return sum(ray.get([a.cpu_seconds.remote() for a in worker_pool(config).actors]))
+    return sum(ray.get([a.cpu_seconds.remote() for a in pool.actors]))
 
 
 def pick_features(stats, n: int) -> list[int]:
@@ -75,12 +72,15 @@ def main() -> None:
     import ray
 
     from saeinverse.collect.activations import collect_activations
+    from saeinverse.collect.sharded import collect_prompts
     from saeinverse.config import get_default_config, update_config
     from saeinverse.data.sources import load_prompts
     from saeinverse.invert import FeatureTarget, dataset_maxima
     from saeinverse.invert.fluency import default_bound
+    from saeinverse.invert.stage import InvertInputs, InvertTarget, invert_features
     from saeinverse.models.from_config import load_experiment_sae, load_subject_model
-    from saeinverse.scale import close_pools, collect_sharded, invert_fanned
+    from saeinverse.models.identity import models_identity
+    from saeinverse.scale import close_pools
 
     print(f"load average before: {os.getloadavg()}", flush=True)
     base = update_config(
@@ -108,6 +108,8 @@ def main() -> None:
     target = FeatureTarget(model, sae, base.optimization.position, base.data.exclude_bos)
     bound = default_bound(target, base.optimization, base.seed)  # given to both arms
     maxima = dataset_maxima(local, features)
+    inputs = InvertInputs(tuple(InvertTarget(f, maxima[f]) for f in features), bound)
+    identity = models_identity(model, sae)
     print(
         f"work: collect {local.n_prompts} prompts / {local.n_tokens} tokens in "
         f"{-(-len(prompts) // args.shard_prompts)} shards; invert features {features} in "
@@ -119,24 +121,25 @@ def main() -> None:
     figures = {}
     for workers in (1, 2):
         config = update_config(base, {"scale": {"workers": workers}})
-        start_s, _ = timed(lambda c=config: warm_pool(c))
-        with tempfile.TemporaryDirectory() as tmp:
-            cpu0 = worker_cpu(config)
-            collect_s, stats = timed(
-                lambda c=config, t=tmp: collect_sharded(c, f"{t}/collect", prompts, progress=False)
+        start_s, pool = timed(lambda c=config: warm_pool(c, identity))
+        cpu0 = worker_cpu(pool)
+        collect_s, stats = timed(
+            lambda c=config, p=pool: collect_prompts(
+                p, prompts, c.data, seed=c.seed, shard_prompts=args.shard_prompts, progress=False
             )
-            cpu1 = worker_cpu(config)
-            invert_s, inversions = timed(
-                lambda c=config, t=tmp: invert_fanned(
-                    c,
-                    f"{t}/invert",
-                    features,
-                    dataset_max=maxima,
-                    fluency_bound=bound,
-                    progress=False,
-                )
-            )
-            cpu2 = worker_cpu(config)
+        )
+        cpu1 = worker_cpu(pool)
+        invert_s, inversions = timed(
+            lambda c=config, p=pool: invert_features(
+                p,
+                inputs,
+                c.optimization,
+                seed=c.seed,
+                batch_size=args.feature_batch,
+                progress=False,
+            )  # fmt: skip
+        )
+        cpu2 = worker_cpu(pool)
         assert torch.equal(stats.firing_count, local.firing_count), "collection differs"
         figures[workers] = (collect_s, invert_s, inversions)
         passes = sum(r.forward_passes for r in inversions)
