@@ -1,4 +1,4 @@
-"""Explanation scores on the default model and SAE: the table of issue 12, measured.
+"""Explanation scores on the default model and SAE: the README's explanation table, measured.
 
 Collects the default run's statistics (``--n-prompts`` prompts of the bundled corpus, cached),
 filters the features as the default run does, draws ``--features`` of the kept ones with the

@@ -1,4 +1,4 @@
-"""Inversion quality on the default model and SAE: the table of issue 11, measured.
+"""Inversion quality on the default model and SAE: the README's inversion table, measured.
 
 Features are drawn as the baseline (notes/inversion-baseline.md) drew them: density 1e-4 to 1e-2
 over the default run's collection, half code-like and half prose-like (by the share of code

@@ -142,7 +142,7 @@ def test_out_of_range_ids_are_a_clear_error():
 
 
 def test_an_empty_explicit_list_is_an_error_not_an_empty_selection():
-    """Issue 14.11: nothing selected must not pass silently (max_features=0 is a range error)."""
+    """Nothing selected must not pass silently (max_features=0 is a range error)."""
     cfg = selection_cfg(feature_ids=[]).selection
     with pytest.raises(ConfigError, match="feature_ids is an empty list"):
         select_features(CLUSTERED, constructed_stats(), cfg)

@@ -267,7 +267,7 @@ def _silenced(sae, rows: slice | None = None):
 
 @pytest.mark.parametrize("sae_name", ["tiny_sae", "tiny_topk_sae"])
 def test_a_dead_sae_collects_all_zero_statistics(request, tiny_model, sae_name, tmp_path):
-    """Regression (issue 14.5): a batch where no feature fires crashed in index_add_."""
+    """A batch where no feature fires is collected (index_add_ of nothing)."""
     dead = _silenced(request.getfixturevalue(sae_name))
     cfg = data_cfg(batch_size=2)
     stats = collect_activations(tiny_model, dead, PROMPTS, cfg, progress=False)

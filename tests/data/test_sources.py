@@ -123,7 +123,7 @@ def _one_line_data_error(source: str, **overrides) -> str:
 
 
 def test_a_directory_of_binary_files_is_a_clear_error(tmp_path):
-    """Regression (issue 14.9): a directory as data.source reported a UnicodeDecodeError."""
+    """A directory as data.source is a clear DataError, not a UnicodeDecodeError."""
     (tmp_path / "weights.bin").write_bytes(bytes(range(256)) * 8)
     message = _one_line_data_error(str(tmp_path))
     assert str(tmp_path) in message and "directory without data files" in message
