@@ -111,7 +111,10 @@ def weights_stamp(config: Config) -> dict[str, Any]:
     folder = Path(sae_cfg.path) if sae_cfg.path else None
     if not (sae_cfg.release or sae_cfg.path):
         folder = default_sae_path(config)
-    files = sorted(folder.glob("*.safetensors")) if folder is not None and folder.is_dir() else []
+    from saeinverse.models.loading import SAE_FILES
+
+    files = [folder / name for name in SAE_FILES] if folder is not None else []
+    files = [path for path in files if path.is_file()]
     return {
         "model": config.model.to_dict(),
         "sae": sae_cfg.to_dict(),

@@ -65,13 +65,15 @@ def run_experiment(
         ctx = Context(config=config, run=run, loaded=tuple(models) if models is not None else None)
         _seed_everything(config.seed)
         try:
-            ctx.identity = run_identity(ctx)
+            ctx.identity, remember = run_identity(ctx)
             check_model_ranges(ctx)
         except BaseException:
             if fresh:  # a rejected run leaves no trace, not even an empty folder
                 shutil.rmtree(root, ignore_errors=True)
             raise
         run.write_config(config)
+        if remember is not None:
+            save_json(root / IDENTITY_FILE, remember)
         last = STAGE_NAMES.index(until) + 1 if until else len(STAGES)
         try:
             for stage in STAGES[:last]:
@@ -128,29 +130,26 @@ def stage_hash_of(ctx: Context, stage: Any) -> str:
     return digest(stage.name, values, upstream, ctx.identity)
 
 
-def run_identity(ctx: Context) -> str:
-    """The models' identity (``models.identity.models_identity``) for every stage hash.
+def run_identity(ctx: Context) -> tuple[str, dict[str, str] | None]:
+    """The models' identity (``models.identity.models_identity``) for every stage hash, and
+    what to remember of it in ``identity.json`` once the run is accepted (None: nothing new).
 
     Models passed in are fingerprinted. Models the config names are loaded and fingerprinted
-    once; the run directory remembers the result (``identity.json``) beside the weights' stamp
-    (``models.from_config.weights_stamp``: the config's model and SAE, their files' times), so a
-    rerun that reuses every stage loads nothing. A missing default SAE is trained first.
+    once; the run directory remembers the result beside the weights' stamp
+    (``models.from_config.weights_stamp``: the config's model and SAE, the SAE files' times), so
+    a rerun that reuses every stage loads nothing. A missing default SAE is trained first.
     """
     if ctx.loaded is not None:
-        return models_identity(ctx.loaded[0], ctx.loaded[1])
-    path = ctx.run.root / IDENTITY_FILE
-    stamp = digest(weights_stamp(ctx.config))
+        return models_identity(ctx.loaded[0], ctx.loaded[1]), None
     try:
-        known = load_json(path)
-        if isinstance(known, dict) and known.get("stamp") == stamp:
-            return str(known["identity"])
+        known = load_json(ctx.run.root / IDENTITY_FILE)
+        if isinstance(known, dict) and known.get("stamp") == digest(weights_stamp(ctx.config)):
+            return str(known["identity"]), None
     except (SaeInverseError, KeyError):
         pass  # absent or unreadable: fingerprint the models
     model, sae, _, _ = ctx.models()
     identity = models_identity(model, sae)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_json(path, {"stamp": digest(weights_stamp(ctx.config)), "identity": identity})
-    return identity
+    return identity, {"stamp": digest(weights_stamp(ctx.config)), "identity": identity}
 
 
 def check_model_ranges(ctx: Context) -> None:
