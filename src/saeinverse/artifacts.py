@@ -34,6 +34,7 @@ CLUSTERS_FILE = "clusters.json"
 CLUSTERS_TENSORS_FILE = "clusters.safetensors"
 CLUSTER_ANALYSIS_FILE = "cluster_analysis.json"
 SELECTION_FILE = "selection.json"
+CARDS_FILE = "feature_cards.json"
 REFERENCE_FILE = "reference.json"
 REFERENCE_TENSORS_FILE = "reference.safetensors"
 INVERSIONS_FILE = "inversions.json"
@@ -99,6 +100,16 @@ STAGES: tuple[StageSpec, ...] = (
         artifacts=(SELECTION_FILE,),
     ),
     StageSpec(
+        "cards",
+        None,
+        "Feature cards",
+        "compute the target features' cards (logit effects, histogram, examples across the "
+        "activation range, nearest features)",
+        inputs=("models", "collect"),
+        optional=("select",),
+        artifacts=(CARDS_FILE,),
+    ),
+    StageSpec(
         "reference",
         "run_prompt_optimization",
         "Reference",
@@ -136,6 +147,7 @@ STAGES: tuple[StageSpec, ...] = (
             "filter",
             "cluster",
             "select",
+            "cards",
             "reference",
             "invert",
             "explain",

@@ -45,6 +45,12 @@ def load_select(folder: Path):
     return Selection.load(folder)
 
 
+def load_cards(folder: Path):
+    from saeinverse.cards import FeatureCards
+
+    return FeatureCards.load(folder)
+
+
 def load_reference(folder: Path):
     from saeinverse.invert.reference import RunReference
 
@@ -73,6 +79,7 @@ LOADERS: dict[str, Callable[[Path], Any]] = {
     "filter": load_filter,
     "cluster": load_cluster,
     "select": load_select,
+    "cards": load_cards,
     "reference": load_reference,
     "invert": load_invert,
     "explain": load_explain,

@@ -129,6 +129,22 @@ def _select(ctx: Context, folder: Path):
     return selection
 
 
+# ----------------------------------------------------------------------------- cards
+
+
+def _cards(ctx: Context, folder: Path):
+    from saeinverse.cards import compute_cards
+
+    ids = target_features(ctx)
+    cards = compute_cards(ctx.model, ctx.sae, ctx.results["collect"], ids, seed=ctx.config.seed)
+    cards.save(folder)
+    return cards
+
+
+def _cards_reads(ctx: Context) -> tuple[str, ...]:
+    return ("seed", *_targets_read(ctx))
+
+
 # ----------------------------------------------------------------------------- reference
 
 
@@ -298,6 +314,7 @@ _FUNCTIONS: dict[str, tuple[Callable[[Context], tuple[str, ...]], Callable[..., 
         _cluster,
     ),
     "select": (_static("clustering.selection"), _select),
+    "cards": (_cards_reads, _cards),
     "reference": (_reference_reads, _reference),
     "invert": (_invert_reads, _invert),
     "explain": (_explain_reads, _explain),
