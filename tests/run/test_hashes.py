@@ -162,14 +162,20 @@ def test_changing_the_held_out_plan_recomputes_an_exemplar_start(
     second = run_experiment(more, models=models, run_dir=tmp_path)
     assert second.hashes["invert"] != first.hashes["invert"]
     assert second.hashes["reference"] == first.hashes["reference"]
-    random_start = update_config(config, {"optimization": {"init": "random"}})
-    third = run_experiment(random_start, models=models, run_dir=tmp_path)
-    fourth = run_experiment(
-        update_config(random_start, {"explanation": {"n_heldout": 12}}),
-        models=models,
-        run_dir=tmp_path,
+    no_collection = update_config(
+        config,
+        {
+            "pipeline": {"run_data_collection": False},
+            "clustering": {"selection": {"feature_ids": [3]}},
+        },
     )
-    assert fourth.hashes["invert"] == third.hashes["invert"], "a random start reads no plan"
+    third = run_experiment(no_collection, models=models, run_dir=tmp_path / "explicit")
+    fourth = run_experiment(
+        update_config(no_collection, {"explanation": {"n_heldout": 12}}),
+        models=models,
+        run_dir=tmp_path / "explicit",
+    )
+    assert fourth.hashes["invert"] == third.hashes["invert"], "no collection: no plan is read"
 
 
 def test_the_engine_settings_are_in_no_hash(watched_run):

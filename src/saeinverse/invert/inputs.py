@@ -1,7 +1,8 @@
-"""What inversion takes from collection: each feature's dataset maximum and top exemplar.
+"""What inversion takes from collection: each feature's dataset maximum and top exemplar windows.
 
-Both read a ``FeatureStats`` (see ``saeinverse.collect.stats``) and return dicts keyed by feature id,
-the form ``optimize_features`` accepts as ``dataset_max`` and ``exemplar_tokens``.
+All read a ``FeatureStats`` (see ``saeinverse.collect.stats``) and return dicts keyed by feature id,
+the form ``optimize_features`` accepts as ``dataset_max``, ``exemplar_tokens`` and
+``exemplar_windows``.
 """
 
 from __future__ import annotations
@@ -25,20 +26,44 @@ def exemplar_tails(
     The start token (and any masked leading position) is excluded, so the ids are a prompt as
     inversion writes them; a feature without exemplars (dead) is left out. ``exclude_prompts``
     names collection prompt indices an exemplar must not come from (per feature id, or one set
-    for all): the prompts the explain stage holds out for scoring, so that the refined prompt
-    shown to the explainer never starts from one of them. The stage passes
-    ``explain.sampling.plan_feature(...).heldout`` for each feature.
+    for all): the prompts the explain stage holds out for scoring, so that no inverted prompt
+    starts from one of them.
     """
-    tails: dict[int, list[int]] = {}
+    windows = exemplar_windows(stats, feature_ids, length, exclude_prompts, count=1, whole=False)
+    return {f: w[0] for f, w in windows.items()}
+
+
+def exemplar_windows(
+    stats,
+    feature_ids: Sequence[int],
+    length: int,
+    exclude_prompts: Mapping[int, Collection[int]] | Collection[int] | None = None,
+    *,
+    count: int = 8,
+    whole: bool = True,
+) -> dict[int, list[list[int]]]:
+    """Up to ``count`` of each feature's top exemplars, strongest first, each as the ``length``
+    tokens ending at its peak token (see ``exemplar_tails``); ``whole``: only windows of exactly
+    ``length`` tokens (an exemplar peaking nearer its prompt's start is left out), one per prompt.
+    """
+    found: dict[int, list[list[int]]] = {}
+    first = int(stats.first_position)
     for f in feature_ids:
         if isinstance(exclude_prompts, Mapping):
             excluded = set(exclude_prompts.get(int(f), ()))
         else:
             excluded = set(exclude_prompts or ())
-        found = [e for e in stats.top_exemplars(int(f)) if e.prompt_index not in excluded]
-        if not found:
-            continue
-        best = found[0]
-        lo = max(int(stats.first_position), best.position - length + 1)
-        tails[int(f)] = stats.tokens[best.prompt_index, lo : best.position + 1].tolist()
-    return tails
+        windows, seen = [], set()
+        for e in stats.top_exemplars(int(f)):
+            if e.prompt_index in excluded or e.prompt_index in seen:
+                continue
+            lo = max(first, e.position - length + 1)
+            if whole and e.position + 1 - lo < length:
+                continue
+            seen.add(e.prompt_index)
+            windows.append(stats.tokens[e.prompt_index, lo : e.position + 1].tolist())
+            if len(windows) == count:
+                break
+        if windows:
+            found[int(f)] = windows
+    return found

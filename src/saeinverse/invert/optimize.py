@@ -165,6 +165,7 @@ def optimize_features(
     reference_max: Mapping[int, float] | Sequence[float] | torch.Tensor | None = None,
     reference_tokens: int | None = None,
     exemplar_tokens: Mapping[int, Sequence[int]] | Sequence[Sequence[int]] | None = None,
+    exemplar_windows: Mapping[int, Sequence[Sequence[int]]] | None = None,
     fluency_bound: FluencyBound | None = None,
     exclude_bos: bool = True,
     progress: bool = True,
@@ -176,8 +177,12 @@ def optimize_features(
     ``reference_tokens`` corpus tokens, what ratios divide by) are indexed by feature id (dict,
     or a tensor / list over all features); ``exemplar_tokens`` gives each feature's top exemplar
     tokens ending at its peak (dict by id, or a list aligned with ``feature_ids``) and is
-    required by ``init='exemplar'``. ``fluency_bound`` is the real-text bound (measured from the
-    default corpus when not given); ``exclude_bos`` must be collection's ``data.exclude_bos``.
+    required by ``init='exemplar'``. ``exemplar_windows`` gives each feature's top exemplar
+    windows of ``length`` tokens (dict by id; ``inputs.exemplar_windows``): the fluent row starts
+    from the best of them, and each is re-scored beside the search's prompts, so the headline is
+    never below the best exemplar window within the bound. ``fluency_bound`` is the real-text
+    bound (measured from the default corpus when not given); ``exclude_bos`` must be collection's
+    ``data.exclude_bos``.
     """
     s = as_section(opt_cfg, OptimizationConfig)
     ids = _check_feature_ids(feature_ids, int(sae.cfg.d_sae))
@@ -186,6 +191,10 @@ def optimize_features(
     plan = plan_budget(s)
     maxima = _per_feature(dataset_max, ids)
     references = _per_feature(reference_max, ids)
+    windows = [
+        [list(w) for w in ws or () if len(w) == s.length]
+        for ws in _per_feature(exemplar_windows, ids)
+    ]
     exemplars = None
     if s.init == "exemplar":
         if exemplar_tokens is None:
@@ -220,7 +229,7 @@ def optimize_features(
         streams = [stream for _ in ids for stream, _ in plan.rows]
         hinge = s.fluency_target if s.fluency_target is not None else bound.cross_entropy
         starts, screened = (
-            fluent_starts(target, bound, hinge, ids, seed)
+            fluent_starts(target, bound, hinge, ids, seed, windows)
             if FLUENT in streams and _from_text(s)
             else (None, [0] * len(ids))
         )
@@ -244,7 +253,7 @@ def optimize_features(
     if starts is None:
         screened = [0] * len(ids)
     records = _checked_records(model, target, ids, maxima, references, soft, refined, owners,
-                               streams, s, bound, reference_tokens, screened)  # fmt: skip
+                               streams, s, bound, reference_tokens, screened, windows)  # fmt: skip
     seconds = (time.perf_counter() - start) / len(ids)
     for record in records:
         record.seconds = seconds
@@ -304,30 +313,48 @@ def _candidates(i, soft, refined, owners, streams, size) -> list[list[int]]:
     return list(unique.values())
 
 
-def fluent_starts(target, bound, hinge, ids, seed):
-    """Per feature, the real window (within the hinge) closest to firing; (starts, screened).
+def fluent_starts(target, bound, hinge, ids, seed, windows=None):
+    """Per feature, the real text a fluent row starts from; (starts, sequences screened).
 
-    ``(None, zeros)`` when the bound carries no measured windows of the prompt's length.
+    A feature with exemplar windows (``windows[i]``, its top exemplars of the prompt's length)
+    starts from the most active of them within the hinge (the most active of all when none is
+    within it: the hinge then pulls the row towards fluency); the others from the most active of
+    ``FLUENT_START_SCREEN`` random real windows within the hinge (those the bound was measured
+    on). ``(None, zeros)`` when a feature has neither.
     """
+    windows = windows or [[] for _ in ids]
     pool = bound.fluent_windows(hinge) if bound is not None else None
-    if pool is None:
+    if pool is None and not all(windows):
         return None, [0] * len(ids)
-    picks = [
-        torch.randperm(len(pool), generator=generator(seed, f, FLUENT_START))[:FLUENT_START_SCREEN]
-        for f in ids
-    ]
-    rows = torch.cat([pool[p] for p in picks]).to(target.device)
-    owners = torch.tensor([f for f, p in zip(ids, picks, strict=True) for _ in p])
+    rows, owners, spans = [], [], []
+    for f, own in zip(ids, windows, strict=True):
+        if own:
+            cands = torch.tensor(own, dtype=torch.long)
+        else:
+            pick = torch.randperm(len(pool), generator=generator(seed, f, FLUENT_START))
+            cands = pool[pick[:FLUENT_START_SCREEN]]
+        rows.append(cands)
+        owners += [f] * len(cands)
+        spans.append((len(cands), bool(own)))
+    rows = torch.cat(rows).to(target.device)
+    owners = torch.tensor(owners, device=target.device)
     keys = torch.cat([
-        target.read_ids(rows[lo : lo + 256], owners[lo : lo + 256].to(target.device)).key
+        target.read_ids(rows[lo : lo + 256], owners[lo : lo + 256]).key
         for lo in range(0, len(rows), 256)
     ]).cpu()  # fmt: skip
-    starts, cursor = [], 0
-    for p in picks:
-        best = int(keys[cursor : cursor + len(p)].argmax())
-        starts.append(pool[p[best]])
-        cursor += len(p)
-    return torch.stack(starts).to(target.device), [len(p) for p in picks]
+    own_rows = torch.tensor([own for n, own in spans for _ in range(n)])
+    ce = torch.full((len(rows),), float("-inf"))
+    if own_rows.any():
+        ce[own_rows] = Fluency(target).cross_entropy(rows[own_rows.to(rows.device)]).float().cpu()
+    starts, screened, cursor = [], [], 0
+    for n, own in spans:
+        key, within = keys[cursor : cursor + n], ce[cursor : cursor + n] <= hinge
+        if within.any():
+            key = key.masked_fill(~within, float("-inf"))
+        starts.append(rows[cursor + int(key.argmax())])
+        screened.append(2 * n if own else n)  # an exemplar window's cross-entropy: one more
+        cursor += n
+    return torch.stack(starts), screened
 
 
 def _checked_records(
@@ -344,10 +371,15 @@ def _checked_records(
     bound,
     ref_tokens,
     screened,
+    windows,
 ) -> list[Inversion]:
-    """Re-score every candidate prompt with fresh forwards and build the records."""
+    """Re-score every candidate prompt (and each feature's exemplar windows) with fresh forwards
+    and build the records."""
     n = len(ids)
-    per_feature = [_candidates(i, soft, refined, owners, streams, s.pareto_size) for i in range(n)]
+    searched = [_candidates(i, soft, refined, owners, streams, s.pareto_size) for i in range(n)]
+    per_feature = [
+        found + [w for w in windows[i] if w not in found] for i, found in enumerate(searched)
+    ]
     flat = [p for prompts in per_feature for p in prompts]
     features = [ids[i] for i, prompts in enumerate(per_feature) for _ in prompts]
     acts = score_prompts(model, None, features, flat, s.position, target=target)
@@ -360,6 +392,8 @@ def _checked_records(
         best = max(points, key=lambda p: p.activation)
         within = [p for p in points if p.cross_entropy <= bound.cross_entropy and p.activation > 0]
         headline = max(within, key=lambda p: p.activation) if within else None
+        exemplars = [p for p in within if p.ids in windows[i]]
+        exemplar = max(exemplars, key=lambda p: p.activation) if exemplars else None
         keep = [best.ids] + ([headline.ids] if headline else [])
         front = update_pareto([], points, s.pareto_size, keep=keep)
         rows = [r for r, o in enumerate(owners) if o == i]
@@ -391,6 +425,7 @@ def _checked_records(
                 position=s.position,
                 pareto=[_point(model, p) for p in front],
                 headline=None if headline is None else _point(model, headline),
+                exemplar_window=None if exemplar is None else _point(model, exemplar),
                 fluency_bound=bound.to_dict(),
                 reference_max=None if references[i] is None else float(references[i]),
                 reference_tokens=None if references[i] is None else ref_tokens,

@@ -57,7 +57,13 @@ class Inversion:
     """The front (Pareto set): non-dominated (activation up, cross-entropy down) prompts, from fluent
     to unconstrained, each {tokens, text, activation, cross_entropy} re-scored by a fresh forward."""
     headline: dict[str, Any] | None = None
-    """The most active front prompt with cross-entropy ≤ the bound; None when none fires there."""
+    """The most active prompt (searched, or an exemplar window) with cross-entropy ≤ the bound;
+    None when none fires there."""
+    exemplar_window: dict[str, Any] | None = None
+    """The most active of the feature's exemplar windows (its top collection contexts cut to the
+    prompt's length, re-scored like every prompt) with cross-entropy ≤ the bound: what the
+    headline is measured against (never below it). None without a collection or when none is
+    within the bound."""
     fluency_bound: dict[str, Any] | None = None
     """The real-text bound (``invert.fluency.FluencyBound`` as a dict): cross_entropy, quantile,
     n_windows, length, p10, p50, p90."""

@@ -32,9 +32,9 @@ class InvertTarget:
     """Its maximum over the run's collection (None: no collection)."""
     reference_max: float | None = None
     """Its maximum over the reference sample (what ratios divide by)."""
-    exemplar_tokens: tuple[int, ...] = ()
-    """Its top exemplar window (the ``length`` tokens ending at the peak), never a prompt that
-    explanations hold out; empty when there is none."""
+    exemplar_windows: tuple[tuple[int, ...], ...] = ()
+    """Its top exemplar windows, strongest first (the ``length`` tokens ending at each peak),
+    never from a prompt that explanations hold out; empty without a collection."""
 
 
 @dataclass(frozen=True)
@@ -89,12 +89,13 @@ def invert_batch(
 ) -> list[Inversion]:
     """``optimize_features`` over one batch of targets."""
     ids = [t.feature_id for t in targets]
-    exemplars = {t.feature_id: list(t.exemplar_tokens) for t in targets if t.exemplar_tokens}
+    windows = {t.feature_id: [list(w) for w in t.exemplar_windows] for t in targets}
+    top = {f: w[0] for f, w in windows.items() if w}
     return optimize_features(
         models.model, models.sae, ids, opt_cfg, seed=seed,
         dataset_max={t.feature_id: t.dataset_max for t in targets},
         reference_max={t.feature_id: t.reference_max for t in targets},
         reference_tokens=reference_tokens,
-        exemplar_tokens=exemplars if opt_cfg.init == "exemplar" else None,
-        fluency_bound=bound, exclude_bos=exclude_bos, progress=False,
+        exemplar_tokens=top if opt_cfg.init == "exemplar" else None,
+        exemplar_windows=windows, fluency_bound=bound, exclude_bos=exclude_bos, progress=False,
     )  # fmt: skip

@@ -198,7 +198,8 @@ def _targets_read(ctx: Context) -> tuple[str, ...]:
 def invert_inputs(ctx: Context):
     """``InvertInputs`` from the run: targets, their collection and reference maxima, their
     exemplar windows (never a prompt explanations hold out), the reference and the bound."""
-    from saeinverse.invert import dataset_maxima, exemplar_tails
+    from saeinverse.invert import dataset_maxima
+    from saeinverse.invert.inputs import exemplar_windows
     from saeinverse.invert.stage import InvertInputs, InvertTarget
 
     ids = target_features(ctx)
@@ -208,9 +209,9 @@ def invert_inputs(ctx: Context):
         ctx.config.optimization,
     )
     maxima = dataset_maxima(stats, ids) if stats is not None else {}
-    exemplars: dict[int, list[int]] = {}
-    if stats is not None and opt.init == "exemplar":
-        exemplars = exemplar_tails(
+    windows: dict[int, list[list[int]]] = {}
+    if stats is not None:
+        windows = exemplar_windows(
             stats, ids, opt.length, exclude_prompts=_heldout(ctx, stats, ids)
         )
     targets = tuple(
@@ -218,8 +219,8 @@ def invert_inputs(ctx: Context):
             f,
             maxima.get(f),
             float(reference.maximum.max_activation[f]),
-            tuple(exemplars.get(f, ())),
-        )
+            tuple(tuple(w) for w in windows.get(f, ())),
+        )  # fmt: skip
         for f in ids
     )
     return InvertInputs(
@@ -240,16 +241,13 @@ def _heldout(ctx: Context, stats, ids: Sequence[int]) -> dict[int, set[int]]:
 
 
 HELDOUT_READS = ("explanation.n_heldout", "explanation.n_exemplars", "explanation.n_decile_samples")
-"""What ``plan_feature`` reads: an exemplar start depends on it."""
+"""What ``plan_feature`` reads: which exemplar windows inversion may start from depends on it."""
 
 
 def _invert_reads(ctx: Context) -> tuple[str, ...]:
-    opt = ctx.config.optimization
     reads = ("optimization", "seed", "data.exclude_bos", *_targets_read(ctx))
     reads += ("-optimization.reference_tokens", "-optimization.fluency_windows")
-    if opt.init == "exemplar" and "collect" in ctx.results:
-        reads += HELDOUT_READS
-    return reads
+    return reads + HELDOUT_READS if "collect" in ctx.results else reads
 
 
 def _invert(ctx: Context, folder: Path):

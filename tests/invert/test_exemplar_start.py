@@ -1,0 +1,78 @@
+"""Fluent rows start from the feature's own exemplar windows, and the headline is never below the
+best of them within the bound (both re-scored like every prompt)."""
+
+from __future__ import annotations
+
+from saeinverse.collect.activations import collect_activations
+from saeinverse.config import get_default_config, update_config
+from saeinverse.data.sources import load_prompts
+from saeinverse.invert import FeatureTarget, optimize_features, score_prompt
+from saeinverse.invert.fluency import default_bound
+from saeinverse.invert.inputs import exemplar_windows
+from saeinverse.invert.optimize import fluent_starts
+
+LENGTH = 6
+
+
+def _stats(model, sae):
+    config = update_config(get_default_config(), {"data": {"n_prompts": 60, "max_length": 24}})
+    prompts = load_prompts(config.data, seed=0)
+    return collect_activations(model, sae, prompts, config.data, progress=False)
+
+
+def test_exemplar_windows_are_the_top_contexts_cut_at_their_peak(tiny_model, tiny_topk_sae):
+    stats = _stats(tiny_model, tiny_topk_sae)
+    features = [int(f) for f in (stats.firing_count > 5).nonzero().squeeze(-1)[:4]]
+    windows = exemplar_windows(stats, features, LENGTH, count=3)
+    assert set(windows) == set(features)
+    for f in features:
+        assert 1 <= len(windows[f]) <= 3 and all(len(w) == LENGTH for w in windows[f])
+        tops = [e for e in stats.top_exemplars(f) if e.position + 1 - LENGTH >= 1]
+        first = tops[0]
+        assert windows[f][0] == stats.tokens[first.prompt_index, first.position + 1 - LENGTH :
+                                             first.position + 1].tolist()  # fmt: skip
+        kept = exemplar_windows(stats, [f], LENGTH, exclude_prompts={f: {first.prompt_index}})
+        assert windows[f][0] not in kept.get(f, []), "a held-out prompt gives no window"
+
+
+def test_a_fluent_row_starts_from_the_most_active_exemplar_window_within_the_hinge(
+    tiny_model, tiny_topk_sae
+):
+    stats = _stats(tiny_model, tiny_topk_sae)
+    features = [int(f) for f in (stats.firing_count > 5).nonzero().squeeze(-1)[:3]]
+    windows = exemplar_windows(stats, features, LENGTH, count=4)
+    target = FeatureTarget(tiny_model, tiny_topk_sae)
+    opt = update_config(get_default_config(), {"optimization": {"length": LENGTH}}).optimization
+    bound = default_bound(target, opt, seed=0)
+    starts, screened = fluent_starts(
+        target, bound, float("inf"), features, 0, [windows[f] for f in features]
+    )
+    for i, f in enumerate(features):
+        start = starts[i].tolist()
+        assert start in windows[f]
+        acts = [score_prompt(tiny_model, tiny_topk_sae, f, w, "last") for w in windows[f]]
+        assert score_prompt(tiny_model, tiny_topk_sae, f, start, "last") >= max(acts) - 1e-5
+        assert screened[i] == 2 * len(windows[f])
+
+
+def test_the_headline_is_never_below_the_best_exemplar_window_within_the_bound(
+    tiny_model, tiny_topk_sae
+):
+    stats = _stats(tiny_model, tiny_topk_sae)
+    features = [int(f) for f in (stats.firing_count > 5).nonzero().squeeze(-1)[:3]]
+    windows = exemplar_windows(stats, features, LENGTH, count=4)
+    opt = {"length": LENGTH, "max_steps": 6, "refine_steps": 2, "refine_candidates": 8}
+    opt["fluency_quantile"] = 0.9
+    records = optimize_features(
+        tiny_model, tiny_topk_sae, features, opt, exemplar_windows=windows, progress=False
+    )
+    seen = 0
+    for record in records:
+        if record.exemplar_window is None:
+            continue
+        seen += 1
+        assert record.exemplar_window["tokens"] in windows[record.feature_id]
+        assert record.headline is not None
+        assert record.headline["activation"] >= record.exemplar_window["activation"]
+        assert record.exemplar_window["cross_entropy"] <= record.fluency_bound["cross_entropy"]
+    assert seen, "no exemplar window was within the bound: the test shows nothing"
