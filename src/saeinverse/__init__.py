@@ -23,6 +23,8 @@ _LAZY = {
     "generate_explanations": "saeinverse.explain",
     "visualize_results": "saeinverse.api",
     "build_report": "saeinverse.report",
+    "compute_cards": "saeinverse.cards",
+    "feature_cards": "saeinverse.cards",
 }
 
 __all__ = ["get_default_config", "update_config", "load_config", *_LAZY]

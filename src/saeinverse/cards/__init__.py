@@ -11,6 +11,7 @@ from saeinverse.cards.card import (
     LogitEffect,
     Neighbour,
     TokenWindow,
+    feature_cards,
 )
 from saeinverse.cards.compute import compute_cards
 from saeinverse.cards.logits import LogitPathError, decoder_logits, logit_path, nearest_features
@@ -26,6 +27,7 @@ __all__ = [
     "TokenWindow",
     "compute_cards",
     "decoder_logits",
+    "feature_cards",
     "logit_path",
     "nearest_features",
 ]

@@ -174,3 +174,8 @@ class FeatureCards:
             return cls([FeatureCard.from_dict(c) for c in data["cards"]], data.get("meta", {}))
         except (KeyError, TypeError) as err:
             raise ArtifactError(f"artifact {path} is unreadable: {err}") from err
+
+
+def feature_cards(run_dir: str | Path) -> FeatureCards:
+    """The feature cards a run's ``cards`` stage saved (``<run_dir>/cards/feature_cards.json``)."""
+    return FeatureCards.load(Path(run_dir) / "cards")

@@ -54,6 +54,10 @@ blockquote.explanation { margin:6px 0; padding:8px 12px; background:#f9fafb;
 .tok { white-space:pre; border-radius:2px; padding:1px 0; }
 .tok.unknown { border-bottom:1px dotted #d1d5db; }
 .tok.over { outline:1.5px solid #b91c1c; }
+h4 { margin:8px 0 4px; font-size:13px; color:var(--muted); font-weight:600; }
+table.logits td.logit-value { font-variant-numeric:tabular-nums; color:#374151; }
+ul.neighbours { display:flex; flex-wrap:wrap; gap:4px 18px; padding:0; list-style:none; margin:4px 0; }
+ul.neighbours .value { color:var(--muted); font-size:12px; }
 .legend-swatch { display:inline-block; width:40px; height:10px; vertical-align:middle;
           background:linear-gradient(to right, rgba(234,88,12,0), rgba(234,88,12,1)); }
 """

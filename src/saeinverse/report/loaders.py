@@ -67,6 +67,7 @@ ARTIFACTS: tuple[ArtifactSpec, ...] = (
         "analysis", "cluster", A.CLUSTER_ANALYSIS_FILE, lambda f: L.load_cluster(f)["analysis"]
     ),
     ArtifactSpec("selection", "select", A.SELECTION_FILE, L.load_select),
+    ArtifactSpec("cards", "cards", A.CARDS_FILE, L.load_cards),
     ArtifactSpec("reference", "reference", A.REFERENCE_FILE, L.load_reference),
     ArtifactSpec("inversions", "invert", A.INVERSIONS_FILE, lambda f: _by_id(L.load_invert(f))),
     ArtifactSpec(
@@ -95,6 +96,8 @@ class RunArtifacts:
     clusters: Any = None
     analysis: Any = None
     selection: Any = None
+    cards: Any = None
+    """The run's ``FeatureCards`` (logit effects, histogram, examples, nearest features)."""
     reference: Any = None
     """The run's ``RunReference`` (reference maximum and fluency bound)."""
     inversions: dict[int, Any] = field(default_factory=dict)

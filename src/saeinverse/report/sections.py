@@ -8,6 +8,7 @@ from typing import Any
 
 from saeinverse.report import figures as F
 from saeinverse.report import result_figures as R
+from saeinverse.report.cards import dashboard_html
 from saeinverse.report.loaders import STAGES, STATUS_TEXT, RunArtifacts
 from saeinverse.report.markup import Markup, esc, fmt, kv_table
 from saeinverse.report.tokens import exemplar_rows, inversion_rows, token_block_html
@@ -256,14 +257,19 @@ def _card(run: RunArtifacts, fid: int, table: dict[str, Any], chosen: Any, figur
     scale = (
         float(table["max activation"][fid]) if table else getattr(inversion, "dataset_max", None)
     )
-    exemplars = token_block_html(exemplar_rows(run.stats, fid, explanation), scale,
-                                 _omitted(run, "collect") if run.stats is None else "No exemplars: the feature never fired.")  # fmt: skip
+    if run.cards is not None and fid in run.cards:
+        dashboard = dashboard_html(run.cards[fid], set(run.selected_ids), figures)
+    else:
+        exemplars = token_block_html(exemplar_rows(run.stats, fid, explanation), scale,
+                                     _omitted(run, "collect") if run.stats is None else "No exemplars: the feature never fired.")  # fmt: skip
+        dashboard = (f'<p class="note">{esc(_omitted(run, "cards"))}</p>'
+                     f"<h3>Top exemplars</h3>{exemplars}")  # fmt: skip
     inverted = _inversion_html(run, inversion, explanation, scale, figures)
     return (
         f'<article class="feature-card" id="feature-{fid}" data-feature="{fid}">'
         f'<h2>Feature {fid}<span class="badge">{esc(badge)}</span></h2>'
         f'<div class="grid"><div>{left}</div><div>{right}</div></div>'
-        f"<h3>Top exemplars</h3>{exemplars}<h3>Inverted prompts</h3>{inverted}</article>\n"
+        f"{dashboard}<h3>Inverted prompts</h3>{inverted}</article>\n"
     )
 
 
