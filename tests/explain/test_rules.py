@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import random
 
-from saeinverse.explain.context import ContextExplainer, explain_side_score
+import numpy as np
+
+from saeinverse.explain.context import (
+    ContextExplainer,
+    Side,
+    TokensExplainer,
+    explain_side_score,
+)
 from saeinverse.explain.evidence import ExplainEvidence, HeldoutEvidence, TokenSequence
 from saeinverse.explain.rules import (
     Rule,
     RuleSimulator,
-    TokensExplainer,
     parse_rule,
     starts_word,
 )
@@ -70,8 +76,8 @@ def test_context_explainer_finds_the_context_a_token_list_misses():
         top_tokens=[(" York", 1.0)],
         silent=silent[:30] + near[:30],
     )
-    context = ContextExplainer().explain_many([evidence])[0]
-    tokens = TokensExplainer().explain_many([evidence])[0]
+    context = ContextExplainer().explain_many([evidence])[0].rule
+    tokens = TokensExplainer().explain_many([evidence])[0].rule
     assert parse_rule(context).after == (" new",) and parse_rule(context).targets == (" York",)
     assert parse_rule(tokens) == Rule((" York",))
     held_pos, held_silent, held_near = contextual_case(seed=1)
@@ -136,8 +142,11 @@ def test_grown_rule_joins_clauses_that_no_single_clause_can_state():
     rule, score = explainer.choose(evidence)
     assert score == 1.0 and len(rule.clauses()) == 2
     assert {(c.targets, c.after) for c in rule.clauses()} >= {((" York",), (" new",))}
+    side = Side(positives, silent, near)
+    every = np.ones(len(side.windows), dtype=bool)
+    fitted = explainer.fitted(explainer.tokens(evidence), side, every, Rule((" York",)))
     best_single = max(explain_side_score(r, positives, silent, near)
-                      for r in explainer.candidates(explainer.tokens(evidence), positives))  # fmt: skip
+                      for key, r in fitted.items() if key[0] == "single")  # fmt: skip
     assert best_single < 0.9
     held_pos, held_silent, held_near = two_context_case(seed=1)
     held = HeldoutEvidence(held_pos, held_silent, held_near)

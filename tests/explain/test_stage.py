@@ -70,7 +70,12 @@ def test_tokens_explainer_end_to_end_scores_planted_features_above_the_baseline(
         stats=stats, inversions=[inversion], seed=0,
     )  # fmt: skip
     assert [r.feature_id for r in results] == [0, 1, 2, 3]
-    assert results[0].explanation.startswith('Fires on "x" (as in: “')
+    first = results[0]
+    assert first.rule.startswith('Fires on "x" (as in: “') and first.sentence.startswith(
+        'Fires on "x"'
+    )
+    assert first.explanation == f"{first.sentence} Rule: {first.rule}"
+    assert first.scored == {"detection": "rule", "detection_hard": "rule", "fuzzing": "rule"}
     for r in results:
         assert r.explainer == "tokens"
         assert r.detection == 1.0 and r.fuzzing == 1.0
@@ -84,7 +89,7 @@ def test_tokens_explainer_end_to_end_scores_planted_features_above_the_baseline(
     assert results[1].inversion is None
     path = save_explanations(tmp_path, results)
     assert path.name == EXPLANATIONS_FILE and len(path.read_text().splitlines()) == 4
-    assert json.loads(path.read_text().splitlines()[0])["version"] == 2
+    assert json.loads(path.read_text().splitlines()[0])["version"] == 3
     assert load_explanations(tmp_path) == results
     again = generate_explanations(model, sae, [0, 1, 2, 3], None, None, FAST, stats=stats)
     assert [r.explanation for r in again] == [r.explanation for r in results]

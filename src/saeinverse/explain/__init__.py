@@ -8,7 +8,7 @@ the same score with explanations shuffled across features, and a verdict (``inte
 """
 
 from saeinverse.explain.chat import ChatModel, Conversation
-from saeinverse.explain.context import ContextExplainer
+from saeinverse.explain.context import ContextExplainer, TokensExplainer
 from saeinverse.explain.evidence import (
     ExplainEvidence,
     FeatureEvidence,
@@ -35,14 +35,10 @@ from saeinverse.explain.results import (
     save_explanations,
     summarize,
 )
-from saeinverse.explain.rules import (
-    Rule,
-    RuleSimulator,
-    TokensExplainer,
-    parse_rule,
-)
+from saeinverse.explain.rules import Rule, RuleSimulator, parse_rule
 from saeinverse.explain.sampling import build_evidence
 from saeinverse.explain.scoring import balanced_accuracy, derangement, score_explanation
+from saeinverse.explain.sentence import Explanation
 from saeinverse.explain.stage import generate_explanations
 
 __all__ = [
@@ -58,6 +54,7 @@ __all__ = [
     "EmbeddingJudge",
     "EndpointError",
     "ExplainEvidence",
+    "Explanation",
     "ExplanationResult",
     "FeatureEvidence",
     "HFChat",

@@ -1,11 +1,26 @@
-"""The `context` explainer: the rule (``saeinverse.explain.rules``) that best separates the
-explaining side's firing windows from its silent ones.
+"""The `context` and `tokens` explainers: rules (``saeinverse.explain.rules``) and a sentence.
 
-Two families of candidates compete on the explain-side balanced accuracy
-(``explain_side_score``): single clauses over the top 1, 2, … tokens (alone, right after the
-tokens that precede their firing occurrences, at a word's start or inside a word), and a rule
-grown greedily from one-token clauses over the evidence's ``candidate_tokens``. Ties go to the
-simpler rule. The held-out windows never take part in the choice.
+The `context` explainer fits the rule that best separates the explaining side's firing windows
+from its silent ones, as small as cross-validation allows. Each candidate is a *recipe*, a way
+to fit a rule on some windows:
+
+- ``single``: one clause over the top k tokens (k = 1 … ``max_tokens``): alone, at a word's
+  start, inside a word, or right after the tokens that precede their firing occurrences;
+- ``tokens``: the plain token list (``rules.token_list``);
+- ``grown``: a rule grown greedily from one-token clauses over the evidence's
+  ``candidate_tokens`` (each bare, at a word's start, inside a word, or right after the tokens
+  that precede half of its firings), stopped after n of them (at most ``MAX_CLAUSES`` clauses).
+
+**Size by cross-validation.** The explaining side's windows (firing, random silent, silent
+around a top token) are cut into ``CV_FOLDS`` folds, stratified by kind and seeded by the
+feature. Every recipe is fitted on all folds but one and scored on that one (balanced accuracy,
+``explain_side_score``). The chosen recipe is the smallest (fewest targets, then fewest clauses,
+then fewest words) whose mean fold score is within one standard error of the best mean; it is
+then fitted on the whole explaining side. A clause or target thus stays only when it earns its
+place on windows it was not fitted on. The held-out windows never take part.
+
+Both explainers return an ``Explanation``: a plain sentence (``sentence.describe``), then the
+rule with the genre and examples (``rules.with_examples``).
 """
 
 from __future__ import annotations
@@ -17,60 +32,63 @@ from dataclasses import replace
 import numpy as np
 
 from saeinverse.explain.evidence import ExplainEvidence, TokenSequence, normalise
-from saeinverse.explain.rules import (
-    Rule,
-    main_genre,
-    token_list,
-    with_examples,
-)
+from saeinverse.explain.rules import Rule, main_genre, token_list, with_examples
+from saeinverse.explain.sentence import Explanation, describe
 
 AFTER_COVERED = 0.8
-"""The 'right after' set grows until it precedes this share of the firing occurrences."""
+"""A single clause's 'right after' set grows until it precedes this share of the firings."""
 MAX_AFTER = 6
-AFTER_LEVELS = (0.5,)
-"""Shares of a token's firing occurrences a grown clause's 'right after' set covers."""
+AFTER_GROWN = 0.5
+"""Share of a token's firing occurrences a grown clause's 'right after' set covers."""
 MAX_AFTER_GROWN = 4
-MIN_GAIN_WINDOWS = 1.0
-"""A grown rule takes a clause only when it gains at least this many positive windows' worth."""
 MAX_TARGETS = 24
 """The `context` explainer's rules name at most this many target tokens (from the evidence's
 ``candidate_tokens``)."""
+MAX_CLAUSES = 3
+"""A grown rule has at most this many clauses."""
+CV_FOLDS = 5
+"""Folds of the explaining side that choose a rule's size."""
+SINGLE_KINDS = ("bare", "start", "inside", "after", "after start")
 
 
 class ContextExplainer:
-    """The rule that best separates the explaining side's positives from its silent windows.
-
-    Two families of candidates compete on the explain-side score (``explain_side_score``):
-    single clauses over the top 1, 2, … tokens (``candidates``), and a rule grown greedily from
-    one-token clauses (``grow``: each token bare, at a word's start, inside a word, or right after
-    the tokens that precede it), adding the clause that raises the score most until none raises
-    it by ``MIN_GAIN_WINDOWS`` positive windows' worth. Ties go to the simpler rule.
-    """
+    """The smallest rule that separates the explaining side's positives from its silent windows
+    as well as the best one does, within one standard error (see the module docstring)."""
 
     def __init__(self, max_tokens: int = 8, max_targets: int = MAX_TARGETS):
         self.max_tokens, self.max_targets = max_tokens, max(max_targets, max_tokens)
 
-    def explain_many(self, evidence: Sequence[ExplainEvidence]) -> list[str]:
-        return [with_examples(self.choose(e)[0], e, main_genre(e)) for e in evidence]
+    def explain_many(self, evidence: Sequence[ExplainEvidence]) -> list[Explanation]:
+        out = []
+        for e in evidence:
+            rule = self.choose(e)[0]
+            out.append(Explanation(describe(rule, e), with_examples(rule, e, main_genre(e))))
+        return out
 
     def choose(self, evidence: ExplainEvidence) -> tuple[Rule, float]:
-        """The best candidate rule and its explain-side balanced accuracy."""
+        """The chosen rule and its balanced accuracy on the whole explaining side."""
         positives = evidence.positives()
         negatives = [s for s in evidence.silent if s.source == "silent"]
         near = [s for s in evidence.silent if s.source != "silent"]
         fallback = token_list(evidence, self.max_tokens)
         if not positives or not (negatives or near):
             return fallback, float("nan")
+        side = Side(positives, negatives, near)
         tokens = self.tokens(evidence)
-        rules = [*self.candidates(tokens, positives), self.grow(tokens, positives, negatives, near)]
-        best, best_score = fallback, explain_side_score(fallback, positives, negatives, near)
-        for rule in rules:
-            score = explain_side_score(rule, positives, negatives, near)
-            if score > best_score + 1e-9 or (
-                abs(score - best_score) <= 1e-9 and rule.complexity() < best.complexity()
-            ):
-                best, best_score = rule, score
-        return best, best_score
+        everything = np.ones(len(side.windows), dtype=bool)
+        final = self.fitted(tokens, side, everything, fallback)
+        folds = side.folds(CV_FOLDS, evidence.feature_id)
+        n_folds = int(folds.max()) + 1
+        if n_folds < 2:  # too few windows to cross-validate: the best fit, ties to the simpler
+            scores = {key: [side.score(side.hits(rule), everything)] for key, rule in final.items()}
+        else:
+            scores = {key: [] for key in final}
+            for fold in range(n_folds):
+                fitted = self.fitted(tokens, side, folds != fold, fallback)
+                for key, rule in fitted.items():
+                    scores[key].append(side.score(side.hits(rule), folds == fold))
+        key = smallest_within_one_se(scores, {k: size(r) for k, r in final.items()})
+        return final[key], side.score(side.hits(final[key]), everything)
 
     def tokens(self, evidence: ExplainEvidence) -> list[str]:
         """The candidate target tokens, largest mass first, one spelling each."""
@@ -79,71 +97,73 @@ class ContextExplainer:
             by_form.setdefault(normalise(token), token)
         return list(by_form.values())[: self.max_targets]
 
-    def candidates(self, tokens: list[str], positives: list[TokenSequence]) -> list[Rule]:
-        rules = []
+    def fitted(
+        self, tokens: list[str], side: Side, train: np.ndarray, fallback: Rule
+    ) -> dict[tuple, Rule]:
+        """Every recipe's rule fitted on the ``train`` windows, by recipe key."""
+        rules: dict[tuple, Rule] = {("tokens",): fallback}
         for k in range(1, min(len(tokens), self.max_tokens) + 1):
             base = Rule(tuple(tokens[:k]))
-            after = preceding(base, positives)
-            rules += [base, replace(base, word="start"), replace(base, word="inside")]
-            if after:
-                rules += [replace(base, after=after), replace(base, after=after, word="start")]
+            after = side.preceding(base.targets, train, AFTER_COVERED, MAX_AFTER) or ()
+            variants = (base, replace(base, word="start"), replace(base, word="inside"),
+                        replace(base, after=after), replace(base, after=after, word="start"))  # fmt: skip
+            for kind, rule in zip(SINGLE_KINDS, variants, strict=True):
+                rules[("single", k, kind)] = rule
+        path = self.grow(tokens, side, train)
+        for n in range(1, self.max_targets + 1):
+            rules[("grown", n)] = merge(path[:n])
         return rules
 
-    def grow(
-        self,
-        tokens: list[str],
-        positives: list[TokenSequence],
-        negatives: list[TokenSequence],
-        near: list[TokenSequence],
-    ) -> Rule:
-        """The greedy rule (see the class docstring); empty targets when no clause helps."""
+    def grow(self, tokens: list[str], side: Side, train: np.ndarray) -> list[Rule]:
+        """One-token clauses in the greedy order: each adds the most explain-side balanced
+        accuracy on ``train`` (until none adds any, or ``max_targets``), at most ``MAX_CLAUSES``
+        contexts."""
         units = []
         for token in tokens:
             base = Rule((token,))
             units += [base, replace(base, word="start"), replace(base, word="inside")]
-            for covered in AFTER_LEVELS:
-                after = preceding(base, positives, covered, MAX_AFTER_GROWN)
-                if after and replace(base, after=after) not in units:
-                    units.append(replace(base, after=after))
-        groups = [g for g in (positives, negatives, near) if g]
-        windows = [w for g in groups for w in g]
-        hits = _unit_hits(units, windows)
-        bounds = np.cumsum([0] + [len(g) for g in groups])
-        weights = np.zeros(len(windows))
-        weights[: bounds[1]] = 0.5 / len(positives)
-        for lo, hi in zip(bounds[1:-1], bounds[2:], strict=True):
-            weights[lo:hi] = -0.5 / (hi - lo) / (len(groups) - 1)
-        fired = np.zeros(len(windows), dtype=bool)
-        chosen: list[Rule] = []
-        min_gain = MIN_GAIN_WINDOWS * 0.5 / len(positives)
+            after = side.preceding(base.targets, train, AFTER_GROWN, MAX_AFTER_GROWN)
+            if after and replace(base, after=after) not in units:
+                units.append(replace(base, after=after))
+        if not units:
+            return []
+        hits = np.stack([side.clause_hits(u) for u in units])[:, train]
+        weights = side.weights(train)
+        contexts = [(u.after, u.word) for u in units]
+        fired = np.zeros(hits.shape[1], dtype=bool)
+        chosen: list[int] = []
         while len(chosen) < self.max_targets:
             gains = ((hits & ~fired) * weights).sum(1)
+            used = {contexts[i] for i in chosen}
+            if len(used) >= MAX_CLAUSES:
+                gains[[c not in used for c in contexts]] = -np.inf
+            gains[chosen] = -np.inf
             best = int(gains.argmax())
-            if gains[best] < min_gain:
+            if gains[best] <= 1e-12:
                 break
-            chosen.append(units[best])
+            chosen.append(best)
             fired |= hits[best]
-        return _merge(chosen)
+        return [units[i] for i in chosen]
 
 
-def _unit_hits(units: list[Rule], windows: list[TokenSequence]) -> np.ndarray:
-    """Bool[ndarray, "units windows"]: whether each one-token clause fires somewhere in each window."""
-    normed = [[normalise(t) for t in seq.tokens] for seq in windows]
-    index = []
-    for tokens in normed:
-        where: dict[str, list[int]] = {}
-        for i, token in enumerate(tokens):
-            where.setdefault(token, []).append(i)
-        index.append(where)
-    hits = np.zeros((len(units), len(windows)), dtype=bool)
-    for u, unit in enumerate(units):
-        target = normalise(unit.targets[0])
-        for w, (seq, where) in enumerate(zip(windows, index, strict=True)):
-            hits[u, w] = any(unit.holds_at(seq.tokens, normed[w], i) for i in where.get(target, ()))
-    return hits
+def size(rule: Rule) -> tuple[int, int, int]:
+    """How big a rule reads: its targets, its clauses, its complexity."""
+    clauses = rule.clauses() if rule.targets else ()
+    return sum(len(c.targets) for c in clauses), len(clauses), rule.complexity()
 
 
-def _merge(units: list[Rule]) -> Rule:
+def smallest_within_one_se(scores: dict[tuple, list[float]], sizes: dict[tuple, tuple]) -> tuple:
+    """The smallest recipe whose mean fold score is within one standard error of the best
+    mean (the larger mean among equally small ones)."""
+    means = {k: float(np.mean(v)) for k, v in scores.items()}
+    best = max(means, key=lambda k: (means[k], [-s for s in sizes[k]]))
+    values = np.asarray(scores[best])
+    se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+    eligible = [k for k in scores if means[k] >= means[best] - se - 1e-9]
+    return min(eligible, key=lambda k: (sizes[k], -means[k]))
+
+
+def merge(units: list[Rule]) -> Rule:
     """One rule from one-token clauses: those with the same context share a clause (bare first)."""
     clauses: dict[tuple, list[str]] = {}
     for unit in sorted(units, key=lambda u: (bool(u.after), u.word is not None)):
@@ -154,32 +174,99 @@ def _merge(units: list[Rule]) -> Rule:
     return replace(rules[0], alternatives=tuple(rules[1:]))
 
 
-def preceding(
-    rule: Rule,
-    positives: list[TokenSequence],
-    share: float = AFTER_COVERED,
-    max_after: int = MAX_AFTER,
-) -> tuple[str, ...]:
-    """The tokens just before the rule's firing target occurrences, most frequent first, until
-    they cover ``share`` of them (at most ``max_after``; empty when that is not reached)."""
-    counts: Counter[str] = Counter()
-    spelling: dict[str, str] = {}
-    total = 0
-    for seq in positives:
-        for i, (hit, value) in enumerate(zip(rule.positions(seq.tokens), seq.activations,
-                                              strict=True)):  # fmt: skip
-            if hit and value > 0 and i > 0:
-                key = normalise(seq.tokens[i - 1])
-                counts[key] += 1
-                spelling.setdefault(key, seq.tokens[i - 1])
-                total += 1
-    chosen, covered = [], 0
-    for key, count in counts.most_common(max_after):
-        chosen.append(spelling[key])
-        covered += count
-        if covered >= share * total:
-            return tuple(chosen)
-    return ()
+class Side:
+    """The explaining side's windows: firing (group 0), random silent (1), silent around a top
+    token (2); each clause's hits on them computed once."""
+
+    def __init__(
+        self,
+        positives: list[TokenSequence],
+        negatives: list[TokenSequence],
+        near: list[TokenSequence],
+    ):
+        groups = [positives, negatives, near]
+        self.windows = [w for g in groups for w in g]
+        self.group = np.concatenate([np.full(len(g), i) for i, g in enumerate(groups)])
+        self.normed = [[normalise(t) for t in w.tokens] for w in self.windows]
+        self.index: list[dict[str, list[int]]] = []
+        for tokens in self.normed:
+            where: dict[str, list[int]] = {}
+            for i, token in enumerate(tokens):
+                where.setdefault(token, []).append(i)
+            self.index.append(where)
+        self._hits: dict[Rule, np.ndarray] = {}
+
+    def folds(self, k: int, seed: int) -> np.ndarray:
+        """Int[ndarray, "windows"]: each window's fold, stratified by group (fewer folds when
+        a group has fewer than ``k`` windows)."""
+        sizes = [int((self.group == g).sum()) for g in range(3)]
+        k = min([k] + [s for s in sizes if s])
+        rng = np.random.default_rng([int(seed), 5])
+        fold = np.zeros(len(self.windows), dtype=np.int64)
+        for g in range(3):
+            where = np.flatnonzero(self.group == g)
+            fold[where[rng.permutation(len(where))]] = np.arange(len(where)) % max(k, 1)
+        return fold
+
+    def clause_hits(self, clause: Rule) -> np.ndarray:
+        """Bool[ndarray, "windows"]: whether the clause (alternatives aside) holds somewhere."""
+        found = self._hits.get(clause)
+        if found is None:
+            found = np.zeros(len(self.windows), dtype=bool)
+            for w, (window, where) in enumerate(zip(self.windows, self.index, strict=True)):
+                found[w] = any(clause.holds_at(window.tokens, self.normed[w], i)
+                               for form in clause.target_forms for i in where.get(form, ()))  # fmt: skip
+            self._hits[clause] = found
+        return found
+
+    def hits(self, rule: Rule) -> np.ndarray:
+        """Bool[ndarray, "windows"]: whether the rule holds somewhere in each window."""
+        out = np.zeros(len(self.windows), dtype=bool)
+        for clause in rule.clauses() if rule.targets else ():
+            out |= self.clause_hits(clause)
+        return out
+
+    def score(self, fired: np.ndarray, mask: np.ndarray) -> float:
+        """Balanced accuracy on the windows in ``mask``: true-positive rate against the mean
+        true-negative rate of the silent groups present."""
+        tpr = fired[mask & (self.group == 0)].mean()
+        tnrs = [1 - fired[mask & (self.group == g)].mean() for g in (1, 2)
+                if (mask & (self.group == g)).any()]  # fmt: skip
+        return float(0.5 * (tpr + np.mean(tnrs)))
+
+    def weights(self, mask: np.ndarray) -> np.ndarray:
+        """Each masked window's weight in the balanced accuracy (positives +, silent −)."""
+        group = self.group[mask]
+        present = [g for g in (1, 2) if (group == g).any()]
+        weights = np.where(group == 0, 0.5 / max((group == 0).sum(), 1), 0.0)
+        for g in present:
+            weights[group == g] = -0.5 / (group == g).sum() / len(present)
+        return weights
+
+    def preceding(
+        self, targets: tuple[str, ...], mask: np.ndarray, share: float, max_after: int
+    ) -> tuple[str, ...]:
+        """The tokens just before the targets' firing occurrences in the masked positives, most
+        frequent first, until they cover ``share`` of them (at most ``max_after``; empty when
+        that is not reached)."""
+        forms = {normalise(t) for t in targets}
+        counts: Counter[str] = Counter()
+        spelling: dict[str, str] = {}
+        for w in np.flatnonzero(mask & (self.group == 0)):
+            window, where = self.windows[w], self.index[w]
+            for form in forms:
+                for i in where.get(form, ()):
+                    if i > 0 and window.activations[i] > 0:
+                        key = self.normed[w][i - 1]
+                        counts[key] += 1
+                        spelling.setdefault(key, window.tokens[i - 1])
+        total, chosen, covered = sum(counts.values()), [], 0
+        for key, count in counts.most_common(max_after):
+            chosen.append(spelling[key])
+            covered += count
+            if covered >= share * total:
+                return tuple(chosen)
+        return ()
 
 
 def explain_side_score(
@@ -190,10 +277,19 @@ def explain_side_score(
 ) -> float:
     """Balanced accuracy of the rule's detection on the explaining side: true-positive rate
     against the mean true-negative rate of random and near (top-token) silent windows."""
+    side = Side(positives, negatives, near)
+    return side.score(side.hits(rule), np.ones(len(side.windows), dtype=bool))
 
-    def fires(seq: TokenSequence) -> bool:
-        return any(rule.positions(seq.tokens))
 
-    tpr = sum(map(fires, positives)) / len(positives)
-    tnrs = [1 - sum(map(fires, group)) / len(group) for group in (negatives, near) if group]
-    return 0.5 * (tpr + sum(tnrs) / len(tnrs))
+class TokensExplainer:
+    """'Fires on "a", "b" (as in: “…«a»…”)': the top tokens, deterministic."""
+
+    def __init__(self, max_tokens: int = 8):
+        self.max_tokens = max_tokens
+
+    def explain_many(self, evidence: Sequence[ExplainEvidence]) -> list[Explanation]:
+        out = []
+        for e in evidence:
+            rule = token_list(e, self.max_tokens)
+            out.append(Explanation(describe(rule, e), with_examples(rule, e)))
+        return out

@@ -1,15 +1,19 @@
 """Who writes explanations and who checks them: a small registry of backends.
 
-A backend pairs an explainer (evidence -> one sentence) with a scorer that answers the scoring
-questions from an explanation alone (``saeinverse.explain.scoring``):
+A backend pairs an explainer (evidence -> an ``Explanation``: a plain sentence, then the rule
+when it writes one; a plain string is a sentence) with a scorer that answers the scoring
+questions from an explanation alone (``saeinverse.explain.scoring``). A scorer's ``reads`` says
+which part it scores: the rule simulator reads the rule (the sentence when there is none), a
+language model reads the sentence.
 
 - ``context`` (the default): deterministic. A rule naming the feature's tokens and the context
-  they fire in, chosen among candidates by balanced accuracy on the explaining side
-  (``context.ContextExplainer``); its scorer simulates the rule (``rules.RuleSimulator``).
+  they fire in, its size chosen by cross-validation on the explaining side
+  (``context.ContextExplainer``), after a sentence built from it (``sentence.describe``); its
+  scorer simulates the rule (``rules.RuleSimulator``).
 - ``tokens``: deterministic. The tokens carrying most of the feature's activation mass
   (JSON-quoted) with two short contexts, scored by the same simulator.
 - ``llm``: a local Hugging Face causal LM through its chat template (greedy); the explainer
-  answers ``prompts.explain_conversation``, the scorer answers yes / no questions.
+  answers ``prompts.explain_conversation`` (its sentence), the scorer answers yes / no questions.
 - ``openai``: the same prompts sent to an OpenAI-compatible endpoint.
 
 ``register_explainer`` adds a backend (names are unique). Factories receive the typed
@@ -25,18 +29,19 @@ from saeinverse.config import ExplanationConfig
 from saeinverse.errors import ConfigError
 from saeinverse.explain import prompts
 from saeinverse.explain.chat import ChatModel
-from saeinverse.explain.context import ContextExplainer
+from saeinverse.explain.context import ContextExplainer, TokensExplainer
 from saeinverse.explain.evidence import ExplainEvidence
 from saeinverse.explain.llm import HFChat, load_chat_lm
-from saeinverse.explain.rules import RuleSimulator, TokensExplainer
+from saeinverse.explain.rules import RuleSimulator
 from saeinverse.explain.scoring import Scorer, ScoringItem, Task
+from saeinverse.explain.sentence import Explanation
 
 SCORE_MAX_NEW_TOKENS = 3
 """A yes / no answer needs no more."""
 
 
 class Explainer(Protocol):
-    def explain_many(self, evidence: Sequence[ExplainEvidence]) -> list[str]: ...
+    def explain_many(self, evidence: Sequence[ExplainEvidence]) -> list[Explanation | str]: ...
 
 
 @dataclass
@@ -131,6 +136,8 @@ class ChatScorer:
     A chat model with ``yes_probability_many`` (``HFChat``) answers with its P(yes); any other
     replies in words, read by ``prompts.parse_yes_no``.
     """
+
+    reads = "sentence"
 
     def __init__(self, chat: ChatModel):
         self.chat = chat

@@ -22,7 +22,9 @@ from saeinverse.errors import ArtifactError
 from saeinverse.io import atomic_open
 
 EXPLANATIONS_FILE = artifacts.EXPLANATIONS_FILE
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+"""3: ``sentence``, ``rule`` and ``scored`` (a version-2 record reads with its explanation as
+the sentence)."""
 SCORE_NAMES = ("detection", "detection_hard", "fuzzing", "embedding", "embedding_hard")
 """Scores by the configured scorer (detection against random / hard negatives, fuzzing) and by
 the embedding judge (against random / hard negatives)."""
@@ -36,6 +38,14 @@ class ExplanationResult:
     explainer: str
     """Who wrote it: 'context', 'tokens', 'llm' or 'openai'."""
     explanation: str
+    """For a reader: the sentence, then the rule (``Explanation.text``)."""
+    sentence: str = ""
+    """One plain sentence of at most 20 words naming what fires."""
+    rule: str = ""
+    """The rule that follows it (``saeinverse.explain.rules``; empty when the explainer writes
+    only words)."""
+    scored: dict[str, str] = field(default_factory=dict)
+    """Which text each score read, by score name: 'sentence' or 'rule'."""
     scorer: str = ""
     """Who scored it (the explainer's backend unless ``explanation.scorer`` names another)."""
     detection: float | None = None
@@ -74,7 +84,9 @@ class ExplanationResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExplanationResult:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        result = cls(**{k: v for k, v in data.items() if k in names})
+        result.sentence = result.sentence or result.explanation
+        return result
 
     def set_score(self, name: str, record: dict[str, Any]) -> None:
         """Store one score's record and its headline value and baseline."""

@@ -18,13 +18,8 @@ An explanation names the tokens a feature fires on and, optionally, the context 
 ``RuleSimulator`` scores with it: detection says "fires" when some token of the window satisfies
 the rule, fuzzing says "correct" when at least half of the marked tokens do.
 
-``context.ContextExplainer`` (the ``context`` explainer) writes such rules. From the explaining side only
-(exemplars, decile samples and the other firing windows there as positives; silent windows as
-negatives, random ones and ones that hold the top tokens) it builds candidates: single clauses
-over the top 1, 2, … tokens (alone, right after the tokens that precede their firing
-occurrences, at a word's start or inside a word), and a rule grown greedily clause by clause
-from the ``candidate_tokens``; it keeps the candidate with the best balanced accuracy there
-(ties: the simpler rule). The held-out windows never take part in the choice.
+``saeinverse.explain.context`` writes such rules (the ``context`` and ``tokens`` explainers),
+choosing their size by cross-validation on the explaining side.
 """
 
 from __future__ import annotations
@@ -186,6 +181,9 @@ def parse_rule(explanation: str) -> Rule:
 class RuleSimulator:
     """Scores with no language model: does the window (or its marked tokens) satisfy the rule?"""
 
+    reads = "rule"
+    """It scores an explanation's rule (its sentence when it has none)."""
+
     def predict(self, explanation: str, items: Sequence, task: str) -> list[float | None]:
         rule = parse_rule(explanation)
         out: list[float | None] = []
@@ -251,13 +249,3 @@ def token_list(evidence: ExplainEvidence, max_tokens: int) -> Rule:
             seen.add(normalise(token))
         covered += share
     return Rule(tuple(chosen))
-
-
-class TokensExplainer:
-    """'Fires on "a", "b" (as in: “…«a»…”)': the top tokens, deterministic."""
-
-    def __init__(self, max_tokens: int = 8):
-        self.max_tokens = max_tokens
-
-    def explain_many(self, evidence: Sequence[ExplainEvidence]) -> list[str]:
-        return [with_examples(token_list(e, self.max_tokens), e) for e in evidence]

@@ -53,7 +53,9 @@ class ScoringItem:
 class Scorer(Protocol):
     """Answers each item from an explanation alone: P(yes) in [0, 1], or None if unreadable.
 
-    A plain yes / no is 1.0 / 0.0; the answer is "yes" when the value is above 0.5.
+    A plain yes / no is 1.0 / 0.0; the answer is "yes" when the value is above 0.5. A scorer's
+    ``reads`` attribute ('rule' or 'sentence'; none: 'sentence') says which part of an
+    ``Explanation`` it is given.
     """
 
     def predict(

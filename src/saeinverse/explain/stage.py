@@ -1,10 +1,12 @@
 """Stage 6: explain each selected feature in words, score the explanations, save ``explanations.jsonl``.
 
 ``generate_explanations`` builds each feature's evidence (``sampling.build_evidence``), asks the
-configured explainer for one sentence per feature, scores every explanation on the feature's
-held-out evidence (detection against random and hard negatives, fuzzing) and again with the
-explanations deranged across features (the baseline), each score with a bootstrap interval and a
-verdict; the embedding judge scores the same windows; each refined prompt is re-checked with a
+configured explainer for an explanation per feature (a plain sentence, then a rule when the
+explainer writes one), scores every explanation on the feature's held-out evidence (detection
+against random and hard negatives, fuzzing) and again with the explanations deranged across
+features (the baseline), each score with a bootstrap interval and a verdict; the embedding judge
+scores the same windows. The scorer reads the rule or the sentence (its ``reads``), the judge
+the sentence; each result's ``scored`` says which. Each refined prompt is re-checked with a
 fresh forward. It is a pure function of its inputs and the seed, so batches of features can be
 explained apart and concatenated."""
 
@@ -27,6 +29,7 @@ from saeinverse.explain.results import (
 )
 from saeinverse.explain.sampling import build_evidence
 from saeinverse.explain.scoring import derangement, inversion_check, score_explanation
+from saeinverse.explain.sentence import Explanation, as_explanation
 
 if TYPE_CHECKING:
     from saeinverse.collect.stats import FeatureStats
@@ -152,14 +155,16 @@ class Draft:
 
 def draft_explanations(backend: Backend, evidence: list[FeatureEvidence]) -> list[Draft]:
     """Each feature's explanation from its evidence (one ``explain_many`` call)."""
-    explanations = backend.explainer.explain_many([e.explain for e in evidence])
+    written = backend.explainer.explain_many([e.explain for e in evidence])
     drafts = []
-    for ev, text in zip(evidence, explanations, strict=True):
-        logger.info("feature %d (%s): %s", ev.feature_id, backend.name, text)
+    for ev, explanation in zip(evidence, map(as_explanation, written), strict=True):
+        logger.info("feature %d (%s): %s", ev.feature_id, backend.name, explanation.text())
         result = ExplanationResult(
             feature_id=ev.feature_id,
             explainer=backend.name,
-            explanation=text,
+            explanation=explanation.text(),
+            sentence=explanation.sentence,
+            rule=explanation.rule,
             scorer=backend.scorer_name,
             evidence=evidence_summary(ev),
             dataset_max=ev.dataset_max,
@@ -176,7 +181,7 @@ class Baselines:
     any feature has held-out positives to score on."""
 
     partners: dict[int, int]
-    texts: dict[int, str]
+    texts: dict[int, Explanation]
     scorable: bool
 
     @classmethod
@@ -184,7 +189,7 @@ class Baselines:
         ids = [d.result.feature_id for d in drafts]
         shuffle = derangement(len(ids), seed)
         partners = {} if shuffle is None else {f: ids[j] for f, j in zip(ids, shuffle, strict=True)}
-        texts = {d.result.feature_id: d.result.explanation for d in drafts}
+        texts = {d.result.feature_id: _written(d.result) for d in drafts}
         return cls(partners, texts, any(d.evidence.heldout.positives for d in drafts))
 
 
@@ -205,21 +210,39 @@ def score_explanations(
     judged, and each refined prompt re-checked."""
     evidence = [d.evidence for d in drafts]
     results = [d.result for d in drafts]
-    own = [r.explanation for r in results]
+    own = [_written(r) for r in results]
     others = [baselines.partners.get(r.feature_id) for r in results]
-    texts = [None if f is None else baselines.texts[f] for f in others]
+    partners = [None if f is None else baselines.texts[f] for f in others]
+    reads = getattr(backend.scorer, "reads", "sentence")
     if cfg.score and baselines.scorable:
-        _score(backend, evidence, own, texts, results, seed, cfg.n_bootstrap, progress)
-        for result, other in zip(results, others, strict=True):
+        scored = [_part(e, reads) for e in own]
+        shuffled = [None if e is None else _part(e, reads) for e in partners]
+        _score(backend, evidence, scored, shuffled, results, seed, cfg.n_bootstrap, progress)
+        for result, other, explanation in zip(results, others, own, strict=True):
             result.baseline_feature = other
+            part = "rule" if reads == "rule" and explanation.rule else "sentence"
+            result.scored.update(dict.fromkeys(("detection", "detection_hard", "fuzzing"), part))
         if cfg.judge:
-            _judge(judge, evidence, own, texts, results, seed, cfg.n_bootstrap)
+            sentences = [e.sentence for e in own]
+            shuffled = [None if e is None else e.sentence for e in partners]
+            _judge(judge, evidence, sentences, shuffled, results, seed, cfg.n_bootstrap)
+            for result in results:
+                result.scored.update(dict.fromkeys(("embedding", "embedding_hard"), "sentence"))
     for result in results:
         if result.feature_id in inversions:
             result.inversion = inversion_check(
                 model, sae, inversions[result.feature_id], result.dataset_max
             )
     return results
+
+
+def _written(result: ExplanationResult) -> Explanation:
+    return Explanation(result.sentence or result.explanation, result.rule)
+
+
+def _part(explanation: Explanation, reads: str) -> str:
+    """What a scorer that ``reads`` 'rule' or 'sentence' is given (the sentence when no rule)."""
+    return explanation.rule if reads == "rule" and explanation.rule else explanation.sentence
 
 
 def _score(
