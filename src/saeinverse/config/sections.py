@@ -218,8 +218,8 @@ class OptimizationConfig(Section):
     """Discrete refinement iterations (token swaps)."""
     refine_candidates: int = 64
     """Candidate swaps evaluated per refinement step."""
-    fluency_weight: float = 1.0
-    """A fluent row's score = activation ÷ reference max − fluency_weight × max(cross-entropy − fluency_target, 0); 0: no fluent rows, an unconstrained search only."""
+    fluency_weight: float = 4.0
+    """A fluent row's score = activation ÷ reference max − fluency_weight × max(cross-entropy − fluency_target, 0), cross-entropy in nats per byte (about a quarter of nats per token for English); 0: no fluent rows, an unconstrained search only."""
     project_in_loop: bool = True
     """Forward the nearest tokens while optimising soft prompts and step the continuous copy (PEZ); false: free embeddings, projected once at the end."""
     refine_top_k: int = 64
@@ -227,13 +227,13 @@ class OptimizationConfig(Section):
     fluency_candidates: int = 8
     """Candidates per feature and step scored exactly for cross-entropy when fluency_weight > 0."""
     fluency_target: float | None = None
-    """The fluent rows' hinge in nats (cross-entropy above it is penalised); null: the real-text bound (fluency_quantile)."""
+    """The fluent rows' hinge in nats per byte (cross-entropy above it is penalised); null: the real-text bound (fluency_quantile)."""
     fluency_quantile: float = 0.5
-    """The headline bound: this quantile of real windows' cross-entropy (0.5 the median, 0.9 the 90th percentile)."""
+    """The headline bound: this quantile of real windows' cross-entropy in nats per byte (0.5 the median, 0.9 the 90th percentile)."""
     fluency_windows: int = 300
     """Random real text windows of the prompt's length the bound is measured on."""
     fluent_start: Literal["text", "soft", "both"] = "both"
-    """Where the fluent row starts: the real text window (within the hinge) closest to firing, the soft prompt's best projection (as the unconstrained row), or both (two fluent rows, fluent_share split between them)."""
+    """Where the fluent row starts: real text (the most active of the feature's exemplar windows within the hinge when a collection ran, else of random real windows), the soft prompt's best projection (as the unconstrained row), or both (two fluent rows, fluent_share split between them)."""
     fluent_share: float = 0.5
     """Share of each feature's refinement budget spent by its fluent row(s) (the rest: its unconstrained row)."""
     pareto_size: int = 8

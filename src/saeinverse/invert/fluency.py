@@ -1,10 +1,17 @@
 """Fluency: the model's own cross-entropy of a prompt, and the real-text bound it is judged by.
 
-- ``Fluency.cross_entropy``: the mean next-token cross-entropy (nats) of each prompt under the
-  subject model, the start token in front as in collection. With a start token every prompt token
-  is predicted (the first from the start token alone); without one the first token is not scored.
-  It needs the whole model and the unembedding, so the search spends it on a shortlist only
-  (resuming from the SAE's hook activations where the hook is on the residual stream).
+- ``Fluency.cross_entropy``: each prompt's next-token cross-entropy under the subject model in
+  **nats per UTF-8 byte** of its decoded text (``text_bytes``), the start token in front as in
+  collection: the summed negative log-likelihood of the predicted tokens divided by their bytes.
+  With a start token every prompt token is predicted (the first from the start token alone);
+  without one the first token is neither scored nor counted. Per byte, not per token, because a
+  per-token mean is gamed by tokenisation: pieces of one character (UTF-8 bytes of Arabic or CJK
+  text) are many predictable tokens of one byte each, which lower a per-token mean but not a
+  per-byte one. The opposite route, long predictable tokens (a run of spaces, of newlines, of one
+  repeated character), is closed by counting each run of three or more identical characters as
+  one character. It needs the whole model and the unembedding, so the search spends it on a
+  shortlist only (resuming from the SAE's hook activations where the hook is on the residual
+  stream).
 - ``measure_bound``: the real-text bound. ``n_windows`` windows of the prompt's length drawn at
   random (with the seed) from real token rows, each scored by ``cross_entropy``; the bound is the
   ``quantile`` of those scores, linearly interpolated (``torch.quantile``). The headline prompt of
@@ -17,6 +24,7 @@ import functools
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -33,6 +41,14 @@ logger = logging.getLogger(__name__)
 
 CE_BATCH = 32
 """Prompts per full forward when scoring cross-entropy."""
+REPEATS = re.compile(r"(.)\1{2,}", re.DOTALL)
+"""A run of three or more identical characters (counted as one character by ``text_bytes``)."""
+
+
+def text_bytes(text: str) -> int:
+    """The UTF-8 bytes of ``text`` with each run of 3+ identical characters counted as one
+    character (at least 1): the denominator of nats per byte."""
+    return max(1, len(REPEATS.sub(r"\1", text).encode("utf-8")))
 
 
 class Fluency:
@@ -43,6 +59,19 @@ class Fluency:
         self.allowed = allowed
         self.top_k = top_k
         self.resume_layer = resume_layer_for(target.hook_name)
+        self.first_scored = 0 if target.start_id is not None else 1
+        """The first prompt position whose token is predicted (and counted in bytes)."""
+
+    def bytes(self, ids: Int[Tensor, "batch pos"]) -> Float[Tensor, " batch"]:
+        """``text_bytes`` of each prompt's predicted tokens, decoded together."""
+        tokenizer = getattr(self.target.model, "tokenizer", None)
+        rows = ids[:, self.first_scored :].tolist()
+        if tokenizer is None:  # no text: one byte per token
+            return torch.tensor([max(1, len(r)) for r in rows], dtype=torch.float32)
+        return torch.tensor([text_bytes(tokenizer.decode(r)) for r in rows], dtype=torch.float32)
+
+    def _per_byte(self, nll: Float[Tensor, "batch pos"], ids: Tensor) -> Float[Tensor, " batch"]:
+        return nll.sum(-1) / self.bytes(ids).to(nll.device)
 
     def _chunks(self, ids: Tensor, resid: Tensor | None, size: int = CE_BATCH):
         """(tokens, log-probabilities of each next token) per chunk of prompts."""
@@ -61,25 +90,28 @@ class Fluency:
     def cross_entropy(
         self, ids: Int[Tensor, "batch pos"], resid: Float[Tensor, "batch pos1 d"] | None = None
     ) -> Float[Tensor, " batch"]:
-        """Mean next-token cross-entropy of each prompt (resumed from ``resid`` when possible)."""
+        """Each prompt's cross-entropy in nats per byte (resumed from ``resid`` when possible)."""
         if ids.shape[0] == 0:
             return torch.zeros(0, device=self.target.device)
-        out = [
-            -logprobs.gather(-1, chunk[:, 1:, None]).squeeze(-1).mean(-1)
-            for chunk, logprobs in self._chunks(ids, resid)
-        ]
+        out, lo = [], 0
+        for chunk, logprobs in self._chunks(ids, resid):
+            nll = -logprobs.gather(-1, chunk[:, 1:, None]).squeeze(-1)
+            out.append(self._per_byte(nll, ids[lo : lo + len(chunk)]))
+            lo += len(chunk)
         return torch.cat(out)
 
     def expectations(
         self, ids: Int[Tensor, "batch pos"]
     ) -> tuple[Float[Tensor, " batch"], Float[Tensor, "batch pos vocab"]]:
-        """(cross-entropy, log-probability of every token at every prompt position).
+        """(cross-entropy per byte, log-probability of every token at every prompt position).
 
         Without a start token the first position has no prediction; it gets zeros (no opinion).
         """
-        ces, expected = [], []
+        ces, expected, lo = [], [], 0
         for chunk, logprobs in self._chunks(ids, None, size=16):
-            ces.append(-logprobs.gather(-1, chunk[:, 1:, None]).squeeze(-1).mean(-1))
+            nll = -logprobs.gather(-1, chunk[:, 1:, None]).squeeze(-1)
+            ces.append(self._per_byte(nll, ids[lo : lo + len(chunk)]))
+            lo += len(chunk)
             if self.target.start_id is None:
                 logprobs = torch.cat([torch.zeros_like(logprobs[:, :1]), logprobs], dim=1)
             expected.append(logprobs)
@@ -100,7 +132,7 @@ class FluencyBound:
     """The real-text cross-entropy bound, with what it was measured on."""
 
     cross_entropy: float
-    """The bound (nats): the ``quantile`` of the windows' cross-entropies, interpolated."""
+    """The bound (nats per byte): the ``quantile`` of the windows' cross-entropies, interpolated."""
     quantile: float
     """Which quantile of real text the bound is (0.5: the median)."""
     n_windows: int
@@ -177,13 +209,13 @@ def measure_bound(
     )
     logger.info(
         "real %d-token text over %d windows: cross-entropy p10/p50/p90 = %.2f / %.2f / %.2f; "
-        "fluency bound (q%.2f) %.2f nats",
+        "fluency bound (q%.2f) %.2f nats/byte",
         length, len(ce), bound.p10, bound.p50, bound.p90, quantile, bound.cross_entropy,
     )  # fmt: skip
     return bound
 
 
-BOUND_CACHE_VERSION = 1
+BOUND_CACHE_VERSION = 2
 
 
 def window_cross_entropy(

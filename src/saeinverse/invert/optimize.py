@@ -258,7 +258,7 @@ def optimize_features(
     for record in records:
         record.seconds = seconds
     logger.info(
-        "inverted %d features in %.1f s: unconstrained median %.3g, headline within %.2f nats "
+        "inverted %d features in %.1f s: unconstrained median %.3g, headline within %.2f nats/byte "
         "for %d of %d",
         len(ids), seconds * len(ids),
         float(torch.tensor([r.refined_activation for r in records]).median()),

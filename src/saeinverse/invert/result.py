@@ -52,7 +52,7 @@ class Inversion:
     position: str = "last"
     """Where the activation is read: 'last' prompt position or 'max' over positions."""
     refined_cross_entropy: float | None = None
-    """The model's own mean next-token cross-entropy of the refined prompt (nats)."""
+    """The model's own cross-entropy of the refined prompt (nats per byte, ``invert.fluency``)."""
     pareto: list[dict[str, Any]] = field(default_factory=list)
     """The front (Pareto set): non-dominated (activation up, cross-entropy down) prompts, from fluent
     to unconstrained, each {tokens, text, activation, cross_entropy} re-scored by a fresh forward."""
