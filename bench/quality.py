@@ -14,7 +14,13 @@ feature for the whole search: soft stage, unconstrained row and fluent rows; ``-
 
 - unconstrained: the most active prompt found (any cross-entropy);
 - fluent ≤ p90: the most active re-scored front prompt with cross-entropy ≤ real p90;
-- typical-text fluent ≤ p50: the headline (the most active with cross-entropy ≤ real p50).
+- typical-text fluent ≤ p50: the headline (the most active with cross-entropy ≤ real p50);
+- the best exemplar window within the bound (the feature's top collection contexts cut to the
+  prompt's length at their peak, re-scored the same way), which the headline must not be under.
+
+Cross-entropy is in nats per UTF-8 byte (``invert.fluency``), for the real windows and every
+prompt alike. ``--no-exemplars`` is the arm without exemplar windows (fluent rows start from
+random real windows; nothing else changes), at the same budget.
 
     python bench/quality.py                         # 16 features, 4,000 sequences each
     python bench/quality.py --features 4 --budget 2000 --out q.json
@@ -104,6 +110,10 @@ def main() -> None:
         "--stats", default=None, help="a saved FeatureStats folder (a run's collect/) to reuse"
     )
     parser.add_argument(
+        "--no-exemplars", action="store_true", help="the arm without exemplar windows"
+    )
+    parser.add_argument("--exemplars", type=int, default=8, help="exemplar windows per feature")
+    parser.add_argument(
         "--chunk",
         type=int,
         default=16,
@@ -155,6 +165,11 @@ def main() -> None:
         f"= {bound.cross_entropy:.2f}",
         flush=True,
     )
+    from saeinverse.invert.inputs import exemplar_windows
+
+    windows = {} if args.no_exemplars else exemplar_windows(
+        stats, features, settings.length, count=args.exemplars
+    )  # fmt: skip
     start = time.perf_counter()
     records = []
     for lo in range(0, len(features), args.chunk):
@@ -163,6 +178,7 @@ def main() -> None:
             model, sae, chunk, settings, seed=args.seed,
             dataset_max=stats.max_activation, reference_max=reference.for_features(chunk),
             reference_tokens=reference.n_tokens, fluency_bound=bound,
+            exemplar_windows={f: windows[f] for f in chunk if f in windows},
             exclude_bos=config.data.exclude_bos, progress=False,
         )  # fmt: skip
         for r in records[lo:]:
@@ -202,11 +218,23 @@ def main() -> None:
         ),
     ]:
         print(f"| {name} | {median_ci(values)} | {sum(v >= 1 for v in values)}/{len(values)} |")
+    exemplar = [
+        (r.exemplar_window["activation"] if r.exemplar_window else 0.0) / ref[r.feature_id]
+        for r in records
+    ]
+    print(f"| best exemplar window within the bound | {median_ci(exemplar)} | "
+          f"{sum(v >= 1 for v in exemplar)}/{len(exemplar)} |")  # fmt: skip
+    fired = sum(r.headline is not None for r in records)
+    above = sum(h >= e for h, e in zip(fluent50, exemplar, strict=True))
+    print(
+        f"\nheadline for {fired}/{len(records)} features; headline ≥ best exemplar window within "
+        f"the bound for {above}/{len(records)}; exemplar windows {'off' if args.no_exemplars else 'on'}"
+    )
     print()
     for (f, kind), r, u, f9 in zip(chosen, records, unconstrained, fluent90, strict=True):
         head = r.headline
         print(
-            f"  {f:5d} {kind:<5} ref {ref[f]:7.2f}  unconstrained {u:5.2f} (CE {r.refined_cross_entropy:5.2f})  "
+            f"  {f:5d} {kind:<5} ref {ref[f]:7.2f}  unconstrained {u:5.2f} (CE {r.refined_cross_entropy:5.2f} nats/byte)  "
             f"≤p90 {f9:5.2f}  headline {r.headline_ratio:5.2f}"
             + (
                 f" (CE {head['cross_entropy']:.2f}) {head['text']!r}"
