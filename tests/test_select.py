@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -27,6 +29,7 @@ class FakeStats:
 
 
 def selection_cfg(**overrides):
+    overrides.setdefault("rule", "per_cluster")
     return update_config(get_default_config(), {"clustering": {"selection": overrides}}).clustering
 
 
@@ -196,7 +199,8 @@ def test_with_real_feature_stats_cluster_analyse_select():
     stats, groups = real_stats()
     kept = torch.arange(len(groups))
     cfg = update_config(
-        get_default_config(), {"clustering": {"selection": {"score": "selectivity"}}}
+        get_default_config(),
+        {"clustering": {"selection": {"score": "selectivity", "rule": "per_cluster"}}},
     )
     result = run_clustering(stats.prompt_feature_dense(kept), kept, cfg.clustering, seed=0)
     assert result.n_clusters == 4
@@ -206,6 +210,8 @@ def test_with_real_feature_stats_cluster_analyse_select():
         assert record["top_tokens"][0] == f"t{10 + group}"
         assert all(p % 4 == group for p in record["top_prompt_ids"])
         assert record["top_prompts"][0] == stats.prompts[record["top_prompt_ids"][0]]
+    spread = select_features(result, stats, replace(cfg.clustering.selection, rule="spread"))
+    assert sorted(f.cluster for f in spread.features) == [0, 1, 2, 3]
     selection = select_features(result, stats, cfg.clustering.selection)
     assert len(selection) == 8
     for feature in selection.features:
@@ -256,3 +262,70 @@ def test_end_to_end_on_the_tiny_model(tiny_model, tiny_sae, vectors):
         assert feature.max_activation == pytest.approx(
             float(stats.max_activation[feature.feature_id])
         )
+
+
+# ----------------------------------------------------------------------------- rule 'spread'
+
+
+class GenreStats(FakeStats):
+    """FakeStats whose features' top exemplars sit on prompts of known genres."""
+
+    def __init__(self, prompt_max, density, exemplar_prompts: dict[int, list[int]]):
+        super().__init__(prompt_max, density)
+        k = max(len(v) for v in exemplar_prompts.values())
+        self.exemplar_prompt = torch.full((self.d_sae, k), -1, dtype=torch.long)
+        for f, prompts in exemplar_prompts.items():
+            self.exemplar_prompt[f, : len(prompts)] = torch.tensor(prompts)
+
+
+def spread_case(monkeypatch):
+    """4 clusters on a line of the map (sizes 4, 2, 2, 2); prompts 0-3 are genres a, b, c, d."""
+    import saeinverse.select as select
+
+    monkeypatch.setattr(select, "corpus_genres", lambda: {f"p{i}": "abcd"[i] for i in range(4)})
+    ids = list(range(10))
+    labels = [0, 0, 0, 0, 1, 1, 2, 2, 3, 3]
+    x = [0, 0, 0, 0, 1, 1, 10, 10, 5, 5]  # centres: 0, 1, 10, 5
+    result = result_of(ids, labels)
+    result.embedding_2d = np.array([[v, 0.0] for v in x], np.float32)
+    peak = np.array([9, 8, 1, 1, 7, 6, 5, 4, 3, 2], np.float64)
+    prompt_max = np.zeros((20, 10))
+    prompt_max[0] = peak
+    genre_of = {0: 0, 1: 1, 2: 2, 3: 3, 4: 0, 5: 2, 6: 1, 7: 3, 8: 0, 9: 0}
+    exemplars = {f: [g, g] for f, g in genre_of.items()}
+    return result, GenreStats(prompt_max, np.full(10, 0.01), exemplars)
+
+
+def test_spread_orders_clusters_largest_first_then_farthest(monkeypatch):
+    from saeinverse.select import spread_order
+
+    result, _ = spread_case(monkeypatch)
+    assert spread_order(result, [0, 1, 2, 3]) == [0, 2, 3, 1]
+
+
+def test_spread_takes_one_per_cluster_preferring_new_genres(monkeypatch):
+    result, stats = spread_case(monkeypatch)
+    selection = select_features(result, stats, selection_cfg(rule="spread", max_features=4).selection)
+    # cluster 0: feature 0 (genre a); cluster 2: feature 6 (b); cluster 3: 8 and 9 are both 'a',
+    # already covered, so it waits; cluster 1: 4 is 'a', 5 is 'c'; cluster 3 then fills with 8.
+    assert selection.feature_ids == [0, 6, 5, 8]
+    assert [f.cluster for f in selection.features] == [0, 2, 1, 3]
+    assert [f.genre for f in selection.features] == ["a", "b", "c", "a"]
+    assert selection.rule == "spread" and "one per cluster" in selection.description
+    assert "3 genres: a, b, c" in selection.description
+
+
+def test_spread_is_capped_and_round_trips(monkeypatch, tmp_path):
+    result, stats = spread_case(monkeypatch)
+    selection = select_features(result, stats, selection_cfg(rule="spread", max_features=2).selection)
+    assert selection.feature_ids == [0, 6]
+    selection.save(tmp_path)
+    back = Selection.load(tmp_path)
+    assert back.features == selection.features and back.description == selection.description
+
+
+def test_per_cluster_stays_available_by_name(monkeypatch):
+    result, stats = spread_case(monkeypatch)
+    selection = select_features(result, stats, selection_cfg(rule="per_cluster", max_features=8).selection)
+    assert selection.rule == "per_cluster"
+    assert sorted(selection.feature_ids) == [0, 1, 4, 5, 6, 7, 8, 9]

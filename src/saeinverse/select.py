@@ -1,4 +1,16 @@
-"""Stage 4: choose the target features: per cluster the best by a named score, or ids the user names.
+"""Stage 4: choose the target features from the clusters by a named rule and score, or ids the user names.
+
+Rules (``clustering.selection.rule``):
+
+- ``spread``: at most one feature per cluster. Clusters are ordered over the 2-D map: the largest
+  first, then repeatedly the one whose centre (the mean of its features' map points) is farthest
+  from the nearest centre already taken. Walking that order, each cluster gives the best-scoring
+  of its top ``GENRE_CANDIDATES`` features whose *genre* no earlier pick has; a cluster with none
+  waits, and fills what is left of ``max_features`` afterwards (in the same order) with its best
+  feature. A feature's genre is the most common bundled-corpus genre of its top exemplars'
+  prompts (None for prompts outside the bundled corpus: such a feature never counts as new).
+- ``per_cluster``: the top ``features_per_cluster`` of every cluster by the score, rank-0 picks
+  of every group first (best score first), then rank-1, and so on, up to ``max_features``.
 
 Scores (per feature; the per-prompt max matrix comes from collection's FeatureStats):
 
@@ -17,8 +29,10 @@ Ties are broken by max activation (higher first), then by feature id.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -42,6 +56,8 @@ SELECTIVITY_TOP_FRACTION = 0.05
 """Share of prompts that count as a feature's 'top prompts' for selectivity."""
 SELECTIVITY_EPS = 1e-3
 """Relative epsilon of selectivity: caps it at 1 / SELECTIVITY_EPS = 1000."""
+GENRE_CANDIDATES = 5
+"""Rule 'spread': a cluster's best features (by the score) that may be taken for a new genre."""
 
 
 # ----------------------------------------------------------------------------- scores
@@ -93,6 +109,8 @@ class SelectedFeature:
     max_activation: float
     density: float
     selectivity: float
+    genre: str | None = None
+    """The most common corpus genre of its top exemplars' prompts (None: unknown)."""
 
 
 @dataclass
@@ -105,6 +123,10 @@ class Selection:
     """'clusters' (chosen per cluster), 'explicit' (clustering.selection.feature_ids) or
     'ranked' (no clustering: the best features overall)."""
     messages: list[str] = field(default_factory=list)
+    rule: str = "per_cluster"
+    """``clustering.selection.rule`` for source 'clusters' (module docstring)."""
+    description: str = ""
+    """How the features were chosen, in words (the report shows it)."""
 
     @property
     def feature_ids(self) -> list[int]:
@@ -129,6 +151,8 @@ class Selection:
                 "score_name": self.score_name,
                 "source": self.source,
                 "messages": self.messages,
+                "rule": self.rule,
+                "description": self.description,
                 "features": [asdict(f) for f in self.features],
             },
         )
@@ -138,7 +162,8 @@ class Selection:
         """Read a Selection written by ``save``."""
         data = load_json(Path(folder) / SELECTION_FILE)
         features = [SelectedFeature(**f) for f in data["features"]]
-        return cls(features, data["score_name"], data["source"], data.get("messages", []))
+        return cls(features, data["score_name"], data["source"], data.get("messages", []),
+                   data.get("rule", "per_cluster"), data.get("description", ""))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -154,10 +179,10 @@ def select_features(
     """Choose target features.
 
     With ``selection_cfg.feature_ids`` those ids are taken as given (checked against
-    [0, d_sae); never capped). Otherwise, per cluster of ``cluster_result`` the top
-    ``features_per_cluster`` by ``selection_cfg.score``, the noise as one extra group when
-    ``include_noise`` (or when there is no cluster at all), at most ``max_features`` in all:
-    rank-0 picks of every group first (best score first), then rank-1 picks, and so on.
+    [0, d_sae); never capped). Otherwise the clusters of ``cluster_result`` give at most
+    ``max_features`` by ``selection_cfg.rule`` (module docstring) and ``selection_cfg.score``,
+    the noise as one extra group when ``include_noise``; with no cluster at all, the noise
+    features by rule 'per_cluster'.
     ``stats`` is collection's FeatureStats (max_activation, density, per-prompt max).
     """
     cfg = selection_cfg
@@ -180,6 +205,21 @@ def select_features(
         groups = [NOISE]
     elif not groups:
         messages.append("no features to choose from: the selection is empty")
+    if cfg.rule == "spread" and groups not in ([], [NOISE]):
+        chosen, description = _spread(cluster_result, groups, stats, cfg)
+    else:
+        chosen, description = _per_cluster(cluster_result, groups, stats, cfg, messages)
+    for message in messages:
+        logger.warning("selection: %s", message)
+    logger.info("selection: %s", description)
+    return Selection(chosen, cfg.score, "clusters", messages, cfg.rule, description)
+
+
+def _per_cluster(
+    cluster_result: ClusterResult, groups: list[int], stats: Any, cfg: SelectionConfig,
+    messages: list[str],
+) -> tuple[list[SelectedFeature], str]:  # fmt: skip
+    """Rule 'per_cluster' (module docstring)."""
     candidates = []
     for group in groups:
         candidates += _best_of_group(cluster_result.members(group), group, stats, cfg)
@@ -188,10 +228,87 @@ def select_features(
         messages.append(f"{len(candidates)} candidates capped at max_features={cfg.max_features}")
     chosen = candidates[: cfg.max_features]
     chosen.sort(key=lambda f: (f.cluster == NOISE, f.cluster, f.rank))
-    for message in messages:
-        logger.warning("selection: %s", message)
-    logger.info("selection: %d features by %s from %d groups", len(chosen), cfg.score, len(groups))
-    return Selection(chosen, cfg.score, "clusters", messages)
+    _set_genres(chosen, stats)
+    return chosen, (
+        f"{len(chosen)} features: the top {cfg.features_per_cluster} of each of {len(groups)} "
+        f"groups by {cfg.score} (rule per_cluster), best first, capped at {cfg.max_features}"
+    )
+
+
+def _spread(
+    cluster_result: ClusterResult, groups: list[int], stats: Any, cfg: SelectionConfig
+) -> tuple[list[SelectedFeature], str]:
+    """Rule 'spread' (module docstring)."""
+    clusters = [g for g in groups if g != NOISE]
+    order = spread_order(cluster_result, clusters) + ([NOISE] if NOISE in groups else [])
+    ranked = {g: _best_of_group(cluster_result.members(g), g,  stats,
+                                replace(cfg, features_per_cluster=GENRE_CANDIDATES))
+              for g in order}  # fmt: skip
+    for picks in ranked.values():
+        _set_genres(picks, stats)
+    chosen: list[SelectedFeature] = []
+    covered: set[str] = set()
+    waiting = []
+    for group in order:
+        if len(chosen) == cfg.max_features:
+            break
+        new = [f for f in ranked[group] if f.genre is not None and f.genre not in covered]
+        if new:
+            chosen.append(new[0])
+            covered.add(new[0].genre)
+        else:
+            waiting.append(group)
+    for group in waiting[: cfg.max_features - len(chosen)]:
+        chosen.append(ranked[group][0])
+    genres = sorted({f.genre for f in chosen if f.genre is not None})
+    return chosen, (
+        f"{len(chosen)} features, at most one per cluster, from {len(clusters)} clusters spread "
+        f"over the map (the largest first, then each farthest from those taken; rule spread), "
+        f"each the best by {cfg.score} among its cluster's top {GENRE_CANDIDATES} whose exemplars' "
+        f"genre is new where one is; {len(genres)} genres: {', '.join(genres) or 'none known'}"
+    )
+
+
+def spread_order(cluster_result: ClusterResult, clusters: list[int]) -> list[int]:
+    """The clusters in farthest-point order over their centres in the 2-D map, largest first."""
+    if not clusters:
+        return []
+    points = np.asarray(cluster_result.embedding_2d, dtype=np.float64)
+    if points.ndim != 2 or len(points) != len(cluster_result.labels):
+        points = np.asarray(cluster_result.vectors, dtype=np.float64)
+    labels = np.asarray(cluster_result.labels)
+    centres = np.stack([points[labels == c].mean(axis=0) for c in clusters])
+    sizes = np.array([int((labels == c).sum()) for c in clusters])
+    first = min(range(len(clusters)), key=lambda i: (-sizes[i], clusters[i]))
+    order = [first]
+    nearest = np.linalg.norm(centres - centres[first], axis=1)
+    while len(order) < len(clusters):
+        nearest[order] = -np.inf
+        pick = int(np.argmax(nearest))  # ties: the lower index (larger cluster)
+        order.append(pick)
+        nearest = np.minimum(nearest, np.linalg.norm(centres - centres[pick], axis=1))
+    return [clusters[i] for i in order]
+
+
+def _set_genres(features: list[SelectedFeature], stats: Any) -> None:
+    """Fill each feature's ``genre``: the most common genre of its top exemplars' prompts."""
+    if not features or not hasattr(stats, "exemplar_prompt"):
+        return
+    genres = corpus_genres()
+    for f in features:
+        prompts = [int(p) for p in stats.exemplar_prompt[f.feature_id].tolist() if p >= 0]
+        found = Counter(genres[stats.prompts[p]] for p in prompts if stats.prompts[p] in genres)
+        f.genre = min(found, key=lambda g: (-found[g], g)) if found else None
+
+
+@functools.lru_cache(maxsize=1)
+def corpus_genres() -> dict[str, str]:
+    """Every bundled-corpus text -> its genre."""
+    from saeinverse.data.corpus import default_corpus
+
+    corpus = default_corpus(0)
+    texts, genres = corpus.train + corpus.heldout, corpus.train_genres + corpus.heldout_genres
+    return dict(zip(texts, genres, strict=True))
 
 
 def select_unclustered(candidates: Any, stats: Any, selection_cfg: SelectionConfig) -> Selection:

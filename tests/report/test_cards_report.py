@@ -33,6 +33,7 @@ def test_every_card_shows_the_five_components(tiny_cards_run):
     run = load_run(tiny_cards_run)
     assert run.status["cards"] == "done" and run.cards is not None
     html = build_report(tiny_cards_run).read_text()
+    assert 'class="selection-rule"' in html and "rule spread" in html
     cards = _cards_html(html)
     assert sorted(cards) == sorted(run.selected_ids) and cards
     for fid, card_html in cards.items():

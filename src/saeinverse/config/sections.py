@@ -164,8 +164,10 @@ class KMeansConfig(Section):
 
 @dataclass
 class SelectionConfig(Section):
+    rule: Literal["spread", "per_cluster"] = "spread"
+    """How clusters give features: 'spread' takes at most one per cluster, clusters spread over the map (the largest first, then each farthest from those taken), preferring features whose top exemplars come from a corpus genre not yet covered; 'per_cluster' takes the top features_per_cluster of every cluster, best first."""
     features_per_cluster: int = 2
-    """Features chosen from each cluster."""
+    """Features chosen from each cluster (rule 'per_cluster')."""
     score: Literal["max_activation", "density", "selectivity"] = "max_activation"
     """How features are ranked inside a cluster."""
     include_noise: bool = False

@@ -214,7 +214,8 @@ def feature_cards(run: RunArtifacts, figures: Sink) -> str:
     table = _feature_table(run.stats)
     selected = {f.feature_id: f for f in run.selection.features} if run.selection else {}
     cards = "".join(_card(run, fid, table, selected.get(fid), figures) for fid in ids)
-    intro = f"<p>{len(ids)} features{', chosen by ' + esc(run.selection.score_name) if run.selection else ''}.</p>"
+    how = (run.selection.description or f"chosen by {run.selection.score_name}") if run.selection else ""
+    intro = f'<p class="selection-rule">{len(ids)} features{": " + esc(how) if how else ""}.</p>'
     return section("features", "Selected features", intro + HEATMAP_LEGEND) + cards
 
 
