@@ -25,6 +25,7 @@ _LAZY = {
     "build_report": "saeinverse.report",
     "compute_cards": "saeinverse.cards",
     "feature_cards": "saeinverse.cards",
+    "export_neuronpedia": "saeinverse.export",
 }
 
 __all__ = ["get_default_config", "update_config", "load_config", *_LAZY]

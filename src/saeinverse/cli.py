@@ -81,6 +81,15 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("export")
+def _export(args: argparse.Namespace) -> int:
+    from saeinverse.export import export_run
+
+    summary = export_run(args.run_dir, args.to, args.out_dir)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 @command("config-keys")
 def _config_keys(args: argparse.Namespace) -> int:
     from saeinverse.config.docs import config_reference
@@ -134,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", parents=[common], help="list what is available offline")
     report = sub.add_parser("report", help="rebuild RUN_DIR's report.html from its saved artifacts")
     report.add_argument("run_dir")
+    export = sub.add_parser("export", help="write RUN_DIR's features in another tool's format")
+    export.add_argument("run_dir")
+    export.add_argument("--to", required=True, help="the format (neuronpedia)")
+    export.add_argument("out_dir", help="output directory")
     return parser
 
 
