@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,20 @@ def reference(campaign_cache, tmp_path_factory) -> harness.Reference:
         f"the reference run finished {list(ref.seconds)}, not every stage {list(harness.STAGES)}"
     )
     return ref
+
+
+@pytest.fixture(scope="session")
+def training_reference(reference, campaign_cache, tmp_path_factory) -> harness.Reference:
+    """The uninterrupted tiny run that trains the default SAE on first use (``reference`` when
+    the tiny run does so itself)."""
+    if list(harness.TINY_RUN_TRAINING) == list(reference.args):
+        return reference
+    cache = tmp_path_factory.mktemp("faults-training-cache")
+    if (campaign_cache / "numba").is_dir():  # UMAP's compiled code only
+        shutil.copytree(campaign_cache / "numba", cache / "numba")
+    run_dir = tmp_path_factory.mktemp("faults-training-reference") / "run"
+    env = harness.campaign_env(cache)
+    return harness.reference_run(run_dir, env, harness.TINY_RUN_TRAINING)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

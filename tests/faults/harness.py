@@ -4,8 +4,9 @@ planned point, rerun it, and compare the final artifacts with an uninterrupted r
 A *point* names a stage of the pipeline and a moment in it, each following a line the run logs
 on stderr:
 
-- ``within``: ``fraction`` of the stage's duration (its ``seconds`` in the uninterrupted
-  reference run's marker) after the run logs ``stage <name>: computing``;
+- ``within``: ``fraction`` of the stage's duration (``Reference.seconds``) after the run logs
+  ``stage <name>: computing``; a moment under ``MIN_DELAY_S`` is the line itself (the harness
+  stops the run as it reads it);
 - ``after``: as soon as the stage's successor logs that line (for the last stage: ``run
   finished``), i.e. between the two stages;
 - ``training``: as soon as the run logs that it trains the default SAE on first use.
@@ -15,8 +16,7 @@ which success markers exist (the process cannot write while stopped, so these ar
 stages finished when the signal lands), and only then sends the signal: SIGKILL (kill -9, no
 cleanup runs) or SIGINT (Ctrl-C). When the markers show the point already passed (the stage ran
 faster than in the reference), the process is killed, its run directory put back as it was, and
-the point tried again with a shorter delay (the stage's duration in the missed attempt, then
-none). ``Outcome`` records what the signal hit; the tests assert it before they compare artifacts.
+the point tried again, sooner (the stage's duration in the missed attempt, then none). ``Outcome`` records what the signal hit; the tests assert it before they compare artifacts.
 
 ``CAMPAIGN`` counts the cases each fault class tried in this session (printed at the end of the
 session by ``tests/faults/conftest.py``, and written as JSON to ``$SAEINVERSE_FAULTS_RECORD``).
@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,9 @@ import saeinverse
 from saeinverse.artifacts import MARKER, STAGE_NAMES
 from tests.run.golden import artifact_digests
 from tests.test_cli import TINY_RUN
+
+TINY_RUN_TRAINING = TINY_RUN
+"""The tiny run that trains the default SAE on first use."""
 
 STAGES: tuple[str, ...] = tuple(STAGE_NAMES)
 """The stages a full tiny run finishes, in order (checked against the reference run)."""
@@ -51,6 +55,8 @@ FINISH_LINE = "run finished:"
 TRAINING_LINE = "training one now"
 """What the run logs when it trains the default SAE on first use."""
 ATTEMPTS = 3
+MIN_DELAY_S = 0.02
+"""A moment this soon after its line is taken at the line (a timer would land no closer)."""
 POLL_S = 0.003
 RUN_TIMEOUT_S = 600
 
@@ -144,8 +150,8 @@ def schedule(seed: int, full: bool) -> list[Point]:
     ]
 
 
-def run_command(run_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "saeinverse", "run", "--run-dir", str(run_dir), *extra, *TINY_RUN]
+def run_command(run_dir: Path, args: Sequence[str] = TINY_RUN) -> list[str]:
+    return [sys.executable, "-m", "saeinverse", "run", "--run-dir", str(run_dir), *args]
 
 
 def campaign_env(cache: Path) -> dict[str, str]:
@@ -179,26 +185,46 @@ def stage_seconds(run_dir: Path, stage: str) -> float:
 
 @dataclass
 class Reference:
-    """The uninterrupted run: its artifact digests and how long each stage computed."""
+    """The uninterrupted run of ``args``: its artifact digests and how long each stage
+    computed; the runs compared with it run the same ``args``."""
 
     run_dir: Path
+    args: Sequence[str]
     digests: dict[str, str]
     seconds: dict[str, float]
+    """How long each stage computed: in this run, lowered by ``note`` to the shortest seen in any
+    run of the session (a stage reading a cache that this run filled is quicker). It only plans
+    moments; no check reads it."""
+
+    def note(self, run_dir: Path) -> None:
+        """Lower ``seconds`` to what the stages finished in ``run_dir`` took."""
+        for stage in finished(run_dir):
+            seen = stage_seconds(run_dir, stage)
+            self.seconds[stage] = min(self.seconds.get(stage, seen), seen)
+
+    def delay(self, point: Point) -> float:
+        """Seconds from ``point``'s line to its moment."""
+        if point.when != "within":
+            return 0.0
+        delay = point.fraction * self.seconds.get(point.stage, 0.0)
+        return delay if delay >= MIN_DELAY_S else 0.0
 
 
-def reference_run(run_dir: Path, env: dict[str, str]) -> Reference:
+def reference_run(run_dir: Path, env: dict[str, str], args: Sequence[str] = TINY_RUN) -> Reference:
     """Run to the end, uninterrupted."""
-    done = finish(run_dir, env)
+    done = finish(run_dir, env, args)
     if done.returncode != 0:
         raise AssertionError(f"reference run failed: exit {done.returncode}\n{done.stderr[-4000:]}")
     seconds = {stage: stage_seconds(run_dir, stage) for stage in finished(run_dir)}
-    return Reference(run_dir, artifact_digests(run_dir), seconds)
+    return Reference(run_dir, args, artifact_digests(run_dir), seconds)
 
 
-def finish(run_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+def finish(
+    run_dir: Path, env: dict[str, str], args: Sequence[str] = TINY_RUN
+) -> subprocess.CompletedProcess:
     """Rerun to the end (uninterrupted)."""
     return subprocess.run(
-        run_command(run_dir), env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+        run_command(run_dir, args), env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
     )
 
 
@@ -231,20 +257,20 @@ def interrupt_at(point: Point, run_dir: Path, env: dict[str, str], ref: Referenc
     An attempt that finds the point passed is undone (the run directory as it was before) and
     the point tried again, sooner, up to ``ATTEMPTS`` times.
     """
-    delay = point.fraction * ref.seconds.get(point.stage, 0.0) if point.when == "within" else 0.0
+    delay = ref.delay(point)
     before = run_dir.with_name(run_dir.name + ".before")
     if run_dir.exists():
         shutil.copytree(run_dir, before, symlinks=True)
     missed: list[list[str]] = []
     try:
         for attempt in range(ATTEMPTS):
-            outcome = _signal_once(point, delay, run_dir, env)
+            outcome = _signal_once(point, delay, run_dir, ref.args, env)
             if outcome.signalled or not outcome.missed:
                 outcome.missed[:0] = missed
                 return outcome
             missed += outcome.missed
-            seen = stage_seconds(run_dir, point.stage)
-            delay = point.fraction * seen if attempt + 2 < ATTEMPTS else 0.0
+            ref.note(run_dir)
+            delay = ref.delay(point) if attempt + 2 < ATTEMPTS else 0.0
             shutil.rmtree(run_dir, ignore_errors=True)
             if before.exists():
                 shutil.copytree(before, run_dir, symlinks=True)
@@ -254,9 +280,15 @@ def interrupt_at(point: Point, run_dir: Path, env: dict[str, str], ref: Referenc
         shutil.rmtree(before, ignore_errors=True)
 
 
-def _signal_once(point: Point, delay: float, run_dir: Path, env: dict[str, str]) -> Outcome:
+def _signal_once(
+    point: Point, delay: float, run_dir: Path, args: Sequence[str], env: dict[str, str]
+) -> Outcome:
     process = subprocess.Popen(
-        run_command(run_dir), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        run_command(run_dir, args),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     drain = _Drain(process, re.compile(re.escape(point.trigger)), stop_at_once=delay <= 0)
     outcome = Outcome()

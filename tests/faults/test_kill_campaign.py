@@ -2,8 +2,8 @@
 uninterrupted run, reusing every stage that had finished.
 
 By default a seeded few points run (SAEINVERSE_FAULTS_SEED, default 0); SAEINVERSE_FAULTS_FULL=1
-runs the whole schedule (``harness.schedule``) plus a kill during the SAE's first-use training and
-a kill of the rerun itself.
+runs the whole schedule (``harness.schedule``) plus kills while a fresh cache is filled (the SAE's
+first-use training, the first reference maximum) and a kill of the rerun itself.
 """
 
 from __future__ import annotations
@@ -62,8 +62,9 @@ def _check_killed_as_planned(case: str, point: harness.Point, outcome: harness.O
 
 
 def _check_resumed(run_dir, env, reference, outcome: harness.Outcome) -> None:
-    rerun = harness.finish(run_dir, env)
+    rerun = harness.finish(run_dir, env, reference.args)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
+    reference.note(run_dir)
     digests = artifact_digests(run_dir)
     differ = sorted(k for k in digests.keys() | reference.digests.keys()
                     if digests.get(k) != reference.digests.get(k))  # fmt: skip
@@ -87,21 +88,32 @@ def test_interrupted_run_resumes_to_the_uninterrupted_artifacts(
     harness.record("  … resumed equal to the uninterrupted run", point=point.id)
 
 
+FRESH_CACHE_POINTS = [harness.Point(harness.STAGES[0], "training")] + [
+    harness.Point(stage, "within", 0.5) for stage in ("reference",) if stage in harness.STAGES
+]
+
+
 @FULL_ONLY
-def test_kill_during_first_use_sae_training(reference, campaign_cache, tmp_path):
-    """A fresh cache: the run trains the SAE first; kill it then, the rerun trains it again."""
+@pytest.mark.parametrize("point", FRESH_CACHE_POINTS, ids=[p.id for p in FRESH_CACHE_POINTS])
+def test_kill_while_a_fresh_cache_is_filled(point, request, campaign_cache, tmp_path):
+    """A fresh cache: a run that names no SAE trains the default one first; every run computes
+    the reference maximum into the cache once; kill it during either, the rerun computes it
+    again."""
+    training = point.when == "training"
+    reference = request.getfixturevalue("training_reference" if training else "reference")
     cache = tmp_path / "cache"
-    if (campaign_cache / "numba").is_dir():  # UMAP's compiled code only: no SAE
+    if (campaign_cache / "numba").is_dir():  # UMAP's compiled code only
         shutil.copytree(campaign_cache / "numba", cache / "numba")
     env = harness.campaign_env(cache)
-    point = harness.Point(harness.STAGES[0], "training")
     outcome = harness.interrupt_at(point, tmp_path / "run", env, reference)
-    _check_killed_as_planned("first-use SAE training", point, outcome)
+    _check_killed_as_planned(f"fresh cache, {point.id}", point, outcome)
     trained = cache / "saeinverse" / "saes"
-    assert not list(trained.glob("*/*/cfg.json")), "the SAE was saved before the kill"
-    harness.record("kill -9 during the SAE's first-use training", hit=outcome.hit)
+    if training:
+        assert not list(trained.glob("*/*/cfg.json")), "the SAE was saved before the kill"
+    harness.record(f"kill -9 while a fresh cache is filled ({point.id})", hit=outcome.hit)
     _check_resumed(tmp_path / "run", env, reference, outcome)
-    assert list(trained.glob("*/*/cfg.json")), "the rerun did not train the SAE"
+    if training:
+        assert list(trained.glob("*/*/cfg.json")), "the rerun did not train the SAE"
 
 
 @FULL_ONLY
