@@ -9,7 +9,9 @@ explainer is then scored on those very same windows, so the rows compare like wi
 - ``context`` (the default explainer), ``tokens`` and ``llm`` (SmolLM2-135M-Instruct, embedded);
 - each by its own scorer (the rule simulator; ``llm`` by SmolLM2's P(yes) unless ``--llm-scorer
   context``) and by the embedding judge (all-MiniLM-L6-v2), which never sees any rule;
-- each against its shuffled baseline (another feature's explanation on the same windows).
+- each against its shuffled baseline (another feature's explanation on the same windows);
+- the scorer reads the rule (the rule simulator) or the sentence (a language model), the judge
+  always the sentence; the lines under the table say which, with the rules' and sentences' sizes.
 
 A cell is the mean over features with a 95% interval by bootstrap over features; "items" is the
 median number of held-out windows per score (positives + negatives); "beats" counts the features
@@ -77,6 +79,23 @@ def table(rows: dict[str, list], seed: int) -> str:
     return "\n".join(lines)
 
 
+def sizes(results: list) -> str:
+    """Median (max) rule targets and clauses, sentence words, and which text each score read."""
+    from saeinverse.explain import parse_rule
+
+    rules = [parse_rule(r.rule) for r in results if r.rule]
+    targets = [sum(len(c.targets) for c in rule.clauses()) for rule in rules]
+    clauses = [len(rule.clauses()) for rule in rules]
+    words = [len(r.sentence.split()) for r in results]
+
+    def cell(values: list[int]) -> str:
+        return f"{statistics.median(values):g} (max {max(values)})" if values else "—"
+
+    scored = ", ".join(f"{k}: {v}" for k, v in (results[0].scored if results else {}).items())
+    return (f"rule targets {cell(targets)}, clauses {cell(clauses)}; sentence words "
+            f"{cell(words)}; scored on {scored}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -85,6 +104,12 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=32)
     parser.add_argument("--n-heldout", type=int, default=50)
     parser.add_argument("--heldout-prompts", type=int, default=2000)
+    parser.add_argument(
+        "--explain-prompts",
+        type=int,
+        default=None,
+        help="explanation.explain_prompts (default: the config's)",
+    )
     parser.add_argument("--explainers", nargs="*", default=["context", "tokens", "llm"])
     parser.add_argument("--llm-scorer", choices=["llm", "context"], default="llm")
     parser.add_argument("--seed", type=int, default=0)
@@ -109,7 +134,15 @@ def main() -> None:
         {
             "seed": args.seed,
             "data": {"n_prompts": args.n_prompts},
-            "explanation": {"n_heldout": args.n_heldout, "heldout_prompts": args.heldout_prompts},
+            "explanation": {
+                "n_heldout": args.n_heldout,
+                "heldout_prompts": args.heldout_prompts,
+                **(
+                    {}
+                    if args.explain_prompts is None
+                    else {"explain_prompts": args.explain_prompts}
+                ),
+            },
         },
     )
     model, sae, _, _ = load_experiment_models(config)
@@ -164,6 +197,14 @@ def main() -> None:
     )
     print()
     print(table(rows, args.seed))
+    print(
+        "explaining side per feature (median): firing windows "
+        f"{statistics.median(len(ev.explain.positives()) for ev in evidence):g} "
+        f"(from bundled texts outside the run: "
+        f"{statistics.median(sum(s.origin == 'explain-extra' for s in ev.explain.firing) for ev in evidence):g})"
+    )
+    for name, results in rows.items():
+        print(f"{name}: {sizes(results)}")
     print()
     print("seconds per explainer (explain + score + judge): "
           + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
@@ -171,7 +212,7 @@ def main() -> None:
     for name, results in rows.items():
         print(f"\n{name}: first explanations")
         for r in results[:4]:
-            print(f"  feature {r.feature_id}: {r.explanation[:140]}")
+            print(f"  feature {r.feature_id}: {r.sentence}  | rule: {r.rule[:120]}")
     if args.out:
         blob = {name: [r.to_dict() for r in results] for name, results in rows.items()}
         Path(args.out).write_text(json.dumps(blob, indent=1))

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from saeinverse.collect.activations import collect_activations
 from saeinverse.config import get_default_config
 from saeinverse.explain.evidence import TokenSequence
-from saeinverse.explain.pool import forward_features
-from saeinverse.explain.sampling import build_evidence
+from saeinverse.explain.pool import draw_extra_prompts, forward_features
+from saeinverse.explain.sampling import FIT_PROMPTS, build_evidence
 from saeinverse.invert import score_prompts
 from tests.explain.planted import PLANTED_LETTERS, planted_model_and_sae, planted_stats
 
@@ -20,15 +21,17 @@ def planted():
     return model, sae, planted_stats(model, sae)
 
 
-def explain_prompts(evidence) -> set[int]:
+def explain_prompts(evidence) -> set[tuple[str, int]]:
     ex = evidence.explain
     seen = ex.sequences() + ex.firing + ex.silent
-    return {s.prompt_index for s in seen if s.prompt_index is not None}
+    return {(s.origin, s.prompt_index) for s in seen if s.prompt_index is not None}
 
 
-def heldout_prompts(evidence) -> set[int]:
+def heldout_prompts(evidence) -> set[tuple[str, int]]:
     held = evidence.heldout
-    return {s.prompt_index for s in held.positives + held.negatives + held.hard_negatives}
+    return {
+        (s.origin, s.prompt_index) for s in held.positives + held.negatives + held.hard_negatives
+    }
 
 
 def test_sequences_carry_each_tokens_activation(planted):
@@ -75,8 +78,10 @@ def test_heldout_is_disjoint_from_what_the_explainer_sees_and_follows_the_seed(p
         assert explain_prompts(ev) and heldout_prompts(ev)
         assert not explain_prompts(ev) & heldout_prompts(ev)
         assert ev.explain.firing and all(s.max_activation > 0 for s in ev.explain.firing)
-        fitted = {s.prompt_index for s in ev.explain.firing}
-        shown = {s.prompt_index for s in ev.explain.exemplars + ev.explain.decile_samples}
+        fitted = {(s.origin, s.prompt_index) for s in ev.explain.firing}
+        shown = {
+            (s.origin, s.prompt_index) for s in ev.explain.exemplars + ev.explain.decile_samples
+        }
         assert not fitted & shown
         assert heldout_prompts(ev) == heldout_prompts(ev2)
         assert heldout_prompts(ev) != heldout_prompts(ev3)
@@ -182,8 +187,10 @@ def test_hard_negatives_hold_the_top_tokens_and_stay_silent(tiny_model, tiny_sae
             assert seq.source == "hard:token" and not any(seq.firing)
             assert top & {normalise(t) for t in seq.tokens}
             found += 1
-        assert not explain_prompts(ev) & {s.prompt_index for s in ev.heldout.hard_negatives}
-        assert not {s.prompt_index for s in ev.explain.silent} & heldout_prompts(ev)
+        assert not explain_prompts(ev) & {
+            (s.origin, s.prompt_index) for s in ev.heldout.hard_negatives
+        }
+        assert not {(s.origin, s.prompt_index) for s in ev.explain.silent} & heldout_prompts(ev)
     assert found >= 20  # the check above ran on real cases
 
 
@@ -201,3 +208,23 @@ def test_genre_hard_negatives_come_from_the_exemplars_genre(planted):
     kinds = {s.source for s in ev.heldout.hard_negatives}
     assert kinds == {"hard:genre"}  # the planted feature fires on every "x": no silent "x" window
     assert all(s.genre == main and not any(s.firing) for s in ev.heldout.hard_negatives)
+
+
+def test_bundled_texts_top_up_the_explaining_side_apart_from_the_heldout_ones(planted):
+    model, sae, stats = planted
+    cfg = {"n_heldout": 60, "heldout_prompts": 512, "explain_prompts": stats.n_prompts + 512}
+    (ev,) = build_evidence(model, sae, [0], stats, cfg, seed=0)
+    origins = [s.origin for s in ev.explain.firing]
+    assert "explain-extra" in origins and len(origins) <= FIT_PROMPTS
+    assert all(
+        s.firing == [t == "x" for t in s.tokens] and any(s.firing) for s in ev.explain.firing
+    )
+    assert {s.origin for s in ev.heldout.positives} <= {"run", "extra"}
+    (alone,) = build_evidence(model, sae, [0], stats, {**cfg, "explain_prompts": 0}, seed=0)
+    assert {s.origin for s in alone.explain.firing} <= {"run"}
+    assert len(alone.explain.firing) < len(ev.explain.firing)
+    first = draw_extra_prompts(model, sae, stats, [0], np.array([30]), limit=256, first=1, seed=0)
+    second = draw_extra_prompts(model, sae, stats, [0], np.array([30]), limit=256, first=1,
+                                seed=0, exclude=first.texts, stream=8)  # fmt: skip
+    assert first.texts and second.texts and not set(first.texts) & set(second.texts)
+    assert not set(second.texts) & set(stats.prompts)

@@ -167,3 +167,26 @@ def test_more_firing_windows_of_the_explaining_side_are_fitted_on_not_only_exemp
                                      top_tokens=[(" York", 0.5), (" bank", 0.5)])  # fmt: skip
     narrow, _ = ContextExplainer().choose(only_exemplars)
     assert not any(" bank" in c.targets for c in narrow.clauses())
+
+
+def test_a_target_that_fits_one_window_only_never_earns_its_place():
+    """' York' fires in 40 windows; each of 12 more fires on a word seen in that window alone.
+    Every such word raises the fit on the windows it was fitted on, none on a fold it was not."""
+    rng = random.Random(5)
+    positives = [window(rng, [" new", " York"]) for _ in range(40)]
+    singles = [f" word{i}" for i in range(12)]
+    for word in singles:
+        tokens = [rng.choice(WORDS[:6]) for _ in range(12)]
+        tokens[5] = word
+        positives.append(TokenSequence(tokens, list(range(12)), [float(t == word) for t in tokens],
+                                       "exemplar"))  # fmt: skip
+    silent = [s for s in (window(rng) for _ in range(200)) if " York" not in s.tokens][:60]
+    top = [(" York", 0.7)] + [(w, 0.3 / len(singles)) for w in singles]
+    evidence = ExplainEvidence(0, exemplars=positives, top_tokens=top[:8], candidate_tokens=top,
+                               silent=silent)  # fmt: skip
+    rule, _ = ContextExplainer().choose(evidence)
+    assert " York" in rule.targets and len([t for c in rule.clauses() for t in c.targets]) <= 2
+    side = Side(positives, silent, [])
+    every = np.ones(len(side.windows), dtype=bool)
+    in_sample = ContextExplainer().grow(ContextExplainer().tokens(evidence), side, every)
+    assert len(in_sample) >= 12  # fitted on every window, each single word would be kept

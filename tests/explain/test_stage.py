@@ -22,8 +22,8 @@ from saeinverse.invert import Inversion, score_prompt
 from tests.explain.conftest import completion
 from tests.explain.planted import planted_model_and_sae, planted_stats
 
-FAST = {"n_heldout": 10, "heldout_prompts": 0, "judge": False}
-"""Held-out windows from the run's prompts only, no embedding judge: fast, same code paths."""
+FAST = {"n_heldout": 10, "heldout_prompts": 0, "explain_prompts": 0, "judge": False}
+"""Both sides from the run's prompts only, no embedding judge: fast, same code paths."""
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Every range check of the config, in one table by dotted key (``RANGES``), plus the pairs of
-keys that must be ordered (``ORDERED``). ``update_config`` applies them, so a config that exists
-is a config whose values are in range.
+keys that must be ordered (``ORDERED``) and the keys that only one choice of another key reads
+(``USED_ONLY_WITH``). ``update_config`` applies them, so a config that exists is a config whose
+values are in range and whose every setting has an effect.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ RANGES: dict[str, Bound] = {
     "explanation.max_retries": at_least(0),
     "explanation.batch_size": at_least(1),
     "explanation.heldout_prompts": at_least(0),
+    "explanation.explain_prompts": at_least(0),
     "explanation.n_bootstrap": at_least(100),
     "scale.workers": at_least(1),
     "scale.gpus_per_worker": at_least(0),
@@ -86,6 +88,14 @@ ORDERED: list[tuple[str, str]] = [
     ("data.filtering.entropy_threshold_low", "data.filtering.entropy_threshold_high"),
 ]
 """Pairs of keys whose first value must not exceed the second."""
+
+
+USED_ONLY_WITH: dict[str, tuple[tuple[str, ...], str]] = {
+    "explanation.base_url": (("explanation.explainer", "explanation.scorer"), "openai"),
+    "explanation.api_model": (("explanation.explainer", "explanation.scorer"), "openai"),
+}
+"""Keys that have an effect only when one of the given keys has the given value (checked when
+set, i.e. not None)."""
 
 
 def check_ranges(config: Section) -> None:
@@ -105,4 +115,13 @@ def check_ranges(config: Section) -> None:
             raise ConfigError(
                 f"config key {low_key} ({values[low_key]!r}) must not exceed "
                 f"{high_key} ({values[high_key]!r})"
+            )
+    for key, (users, value) in USED_ONLY_WITH.items():
+        present = [u for u in users if u in values]
+        if values.get(key) is not None and present and value not in [values[u] for u in present]:
+            choice = ", ".join(f"{u}={values[u]!r}" for u in present)
+            raise ConfigError(
+                f"config key {key} has no effect with {choice}: only "
+                + " or ".join(f"{u}={value}" for u in users)
+                + " uses it"
             )

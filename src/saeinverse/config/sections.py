@@ -264,6 +264,8 @@ class ExplanationConfig(Section):
     """Held-out windows per kind for scoring: positives, random negatives and hard negatives (each)."""
     heldout_prompts: int = 2000
     """Bundled-corpus prompts (never collected) forwarded at most to top up the held-out side; 0: the run's prompts only."""
+    explain_prompts: int = 2000
+    """Prompts the explaining side draws firing windows from, the run's included: bundled-corpus texts outside the run and the held-out side top it up; at most the run's prompts when smaller."""
     n_bootstrap: int = 1000
     """Bootstrap resamples for every score's 95% interval (seeded)."""
     judge: bool = True

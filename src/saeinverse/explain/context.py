@@ -6,7 +6,6 @@ to fit a rule on some windows:
 
 - ``single``: one clause over the top k tokens (k = 1 … ``max_tokens``): alone, at a word's
   start, inside a word, or right after the tokens that precede their firing occurrences;
-- ``tokens``: the plain token list (``rules.token_list``);
 - ``grown``: a rule grown greedily from one-token clauses over the evidence's
   ``candidate_tokens`` (each bare, at a word's start, inside a word, or right after the tokens
   that precede half of its firings), stopped after n of them (at most ``MAX_CLAUSES`` clauses).
@@ -100,9 +99,12 @@ class ContextExplainer:
     def fitted(
         self, tokens: list[str], side: Side, train: np.ndarray, fallback: Rule
     ) -> dict[tuple, Rule]:
-        """Every recipe's rule fitted on the ``train`` windows, by recipe key."""
-        rules: dict[tuple, Rule] = {("tokens",): fallback}
-        for k in range(1, min(len(tokens), self.max_tokens) + 1):
+        """Every recipe's rule fitted on the ``train`` windows, by recipe key (targets: the
+        candidate tokens that fire in a ``train`` window, in the candidates' order; the plain
+        token list when none does)."""
+        rules: dict[tuple, Rule] = {}
+        tokens = [t for t in tokens if side.fires_on(normalise(t), train)] or list(fallback.targets)
+        for k in range(1, self.max_tokens + 1):
             base = Rule(tuple(tokens[:k]))
             after = side.preceding(base.targets, train, AFTER_COVERED, MAX_AFTER) or ()
             variants = (base, replace(base, word="start"), replace(base, word="inside"),
@@ -195,6 +197,7 @@ class Side:
                 where.setdefault(token, []).append(i)
             self.index.append(where)
         self._hits: dict[Rule, np.ndarray] = {}
+        self._firing: dict[str, set[int]] | None = None
 
     def folds(self, k: int, seed: int) -> np.ndarray:
         """Int[ndarray, "windows"]: each window's fold, stratified by group (fewer folds when
@@ -207,6 +210,16 @@ class Side:
             where = np.flatnonzero(self.group == g)
             fold[where[rng.permutation(len(where))]] = np.arange(len(where)) % max(k, 1)
         return fold
+
+    def fires_on(self, form: str, mask: np.ndarray) -> bool:
+        """Whether the feature fires on a token of this normalised form in a masked positive."""
+        if self._firing is None:
+            self._firing = {}
+            for w in np.flatnonzero(self.group == 0):
+                for token, value in zip(self.normed[w], self.windows[w].activations, strict=True):
+                    if value > 0:
+                        self._firing.setdefault(token, set()).add(int(w))
+        return any(mask[w] for w in self._firing.get(form, ()))
 
     def clause_hits(self, clause: Rule) -> np.ndarray:
         """Bool[ndarray, "windows"]: whether the clause (alternatives aside) holds somewhere."""

@@ -16,7 +16,10 @@ For each feature, the run's prompts are split with the seed (``plan_feature``):
   (windows a rule is fitted on, never shown to a language model); the refined prompts from
   inversion; the top tokens by activation mass over the corpus *minus the held-out prompts*
   (``n_top_tokens`` shown, ``CANDIDATE_TOKENS`` for rules); ``FIT_SILENT`` silent windows of
-  each kind (random, and around a top token) from the other half of the silent prompts.
+  each kind (random, and around a top token) from the other half of the silent prompts. When a
+  feature has fewer than ``FIT_PROMPTS`` other firing prompts, bundled-corpus texts that neither
+  the run nor the held-out side holds top them up (``explain_prompts`` prompts in all, the run's
+  included: a small run's explaining side sees as many prompts as a large run's).
 
 A window is ``2 * context_window + 1`` tokens around its peak (positives), a random silent
 stretch (random negatives) or the stretch around a top token (hard negatives), with every
@@ -181,6 +184,7 @@ def build_evidence(
             model, sae, stats, fids, needed, limit=cfg.heldout_prompts, first=first, seed=seed,
             progress=progress,
         )  # fmt: skip
+    fit_extra = _explain_extra(model, sae, stats, fids, plans, cfg, first, seed, extra, progress)
     evidence = []
     for j, (fid, plan) in enumerate(zip(fids, plans, strict=True)):
         cut = _Windows(window, first, j, np.random.default_rng([int(seed), fid, 1]))
@@ -188,6 +192,8 @@ def build_evidence(
         explain.exemplars = [cut.around(run, p, "exemplar", pos) for p, pos in plan.exemplars]
         explain.decile_samples = [cut.around(run, p, f"decile:{d}") for p, d in plan.deciles]
         explain.firing = [cut.around(run, p, "firing") for p in plan.explain_firing]
+        if fit_extra is not None:
+            explain.firing += cut.firing(fit_extra, FIT_PROMPTS - len(explain.firing), "firing")
         ranked = _top_tokens_without(stats, fid, plan.heldout, run, j, first)
         explain.top_tokens = [(s, share) for _, s, share in ranked[: cfg.n_top_tokens]]
         n_candidates = max(CANDIDATE_TOKENS, cfg.n_top_tokens)
@@ -248,14 +254,14 @@ class _Windows:
             position = self.first + int(acts[self.first : length].argmax())
         return self.make(ps, prompt, *self.bounds(length, position), source)
 
-    def firing(self, ps: PromptSet, n: int) -> list[TokenSequence]:
+    def firing(self, ps: PromptSet, n: int, source: str = "heldout") -> list[TokenSequence]:
         """Up to ``n`` windows around the peak of prompts where the feature fires, in order."""
         found = []
         for prompt in range(len(ps)):
             if len(found) >= n:
                 break
             if ps.acts.get(prompt) is not None and ps.activations(prompt, self.column).max() > 0:
-                found.append(self.around(ps, prompt, "heldout"))
+                found.append(self.around(ps, prompt, source))
         return found
 
     def silent(
@@ -301,6 +307,21 @@ class _Windows:
                         found.append(self.make(ps, prompt, lo, hi, source))
                         break
         return found
+
+
+def _explain_extra(model, sae, stats, fids, plans, cfg, first, seed, heldout_extra, progress):
+    """The explaining side's extra prompts (None when no feature needs any): bundled-corpus
+    texts outside the run and the held-out draw, until each feature has ``FIT_PROMPTS`` other
+    firing prompts, at most ``explain_prompts`` minus the run's prompts."""
+    limit = int(cfg.explain_prompts) - int(stats.n_prompts)
+    needed = np.array([max(0, FIT_PROMPTS - len(plan.explain_firing)) for plan in plans])
+    if limit <= 0 or not needed.any():
+        return None
+    exclude = heldout_extra.texts if heldout_extra is not None else ()
+    return draw_extra_prompts(
+        model, sae, stats, fids, needed, limit=limit, first=first, seed=seed, exclude=exclude,
+        stream=8, desc="explaining prompts", origin="explain-extra", progress=progress,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -1,0 +1,71 @@
+"""The sentence a reader sees first: short, naming what fires; the artifact keeps it apart from
+the rule, and older artifacts still read."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from saeinverse.config import get_default_config, update_config
+from saeinverse.errors import ConfigError
+from saeinverse.explain.evidence import ExplainEvidence, TokenSequence
+from saeinverse.explain.results import ExplanationResult, load_explanations
+from saeinverse.explain.rules import Rule
+from saeinverse.explain.sentence import (
+    MAX_WORDS,
+    Explanation,
+    as_explanation,
+    common_stem,
+    describe,
+    word_count,
+)
+
+
+def evidence(genre: str | None = None, shares=None) -> ExplainEvidence:
+    tokens = ["def", " __", "hash", "__", "(", "self", ")"]
+    seq = TokenSequence(tokens, list(range(7)), [0, 0, 2.0, 0, 0, 0, 0], "exemplar", genre=genre)
+    return ExplainEvidence(0, exemplars=[seq] * 3, candidate_tokens=shares or [])
+
+
+def test_targets_sharing_a_word_are_named_by_it_with_the_genre_and_an_example():
+    assert common_stem([" hash", "hash", "hashable", "__hash__", " garbage"]) == "hash"
+    assert common_stem([" if", " else"]) is None
+    rule = Rule((" hash", "hashable", "__hash__"))
+    text = describe(rule, evidence("python_source", [(" hash", 0.5), ("hashable", 0.3)]))
+    assert text.startswith('Fires on the word "hash" (also "hashable"') and "in Python code" in text
+    assert "__hash__" in text and word_count(text) <= MAX_WORDS
+
+
+def test_a_long_rule_still_gets_a_short_sentence_and_a_broad_one_says_so():
+    many = tuple(f" token{i}xyz"[: 4 + i % 5] + chr(97 + i) for i in range(24))
+    rule = Rule(many[:10], (" after",), "start", alternatives=(Rule(many[10:], word="inside"),))
+    shares = [(t, 0.01) for t in many]
+    text = describe(rule, evidence("python_docstring", shares))
+    assert word_count(text) <= MAX_WORDS and text.startswith("Fires weakly on many tokens")
+    narrow = describe(Rule((" if", " else")), evidence(None, [(" if", 0.6), (" else", 0.3)]))
+    assert narrow.startswith('Fires on "if" or "else"') and word_count(narrow) <= MAX_WORDS
+
+
+def test_a_language_models_words_are_its_sentence_cut_to_twenty_words():
+    long = " ".join(["word"] * 40)
+    assert word_count(as_explanation(long).sentence) == MAX_WORDS
+    assert as_explanation("Fires on x.") == Explanation("Fires on x.")
+    assert Explanation("A.", 'Fires on "a".').text() == 'A. Rule: Fires on "a".'
+
+
+def test_a_version_2_artifact_reads_with_its_explanation_as_the_sentence(tmp_path):
+    old = {"version": 2, "feature_id": 3, "explainer": "context", "explanation": 'Fires on "a".',
+           "detection": 0.8, "scores": {}}  # fmt: skip
+    (tmp_path / "explanations.jsonl").write_text(json.dumps(old) + "\n")
+    (result,) = load_explanations(tmp_path)
+    assert result.sentence == 'Fires on "a".' and result.rule == "" and result.detection == 0.8
+    assert ExplanationResult.from_dict(result.to_dict()) == result
+
+
+def test_an_endpoint_setting_with_a_local_explainer_is_an_error_naming_who_uses_it():
+    config = get_default_config()
+    with pytest.raises(ConfigError, match=r"explanation.base_url has no effect.*'llm'.*openai"):
+        update_config(config, {"explanation": {"explainer": "llm", "base_url": "http://x"}})
+    update_config(config, {"explanation": {"explainer": "openai", "base_url": "http://x"}})
+    update_config(config, {"explanation": {"scorer": "openai", "base_url": "http://x"}})
