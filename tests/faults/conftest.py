@@ -1,5 +1,6 @@
-"""The fault campaign's shared state: one uninterrupted reference run per session (which also
-trains the tiny SAE into a private cache), and a summary of the cases each fault class tried."""
+"""The fault campaign's shared state: one uninterrupted reference run of the tiny run per session
+(in a private cache), one of the tiny run that trains the default SAE (asked for by the full
+campaign only), and a summary of the cases each fault class tried."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.builders import TINY_RUN_TRAINING
 from tests.faults import harness
 
 
 @pytest.fixture(scope="session")
 def campaign_cache(tmp_path_factory) -> Path:
-    """A session cache (the tiny SAE, UMAP's compiled code) shared by every campaign run."""
+    """A session cache (the reference maximum, UMAP's compiled code) shared by the campaign's
+    runs."""
     return tmp_path_factory.mktemp("faults-cache")
 
 
@@ -31,17 +34,14 @@ def reference(campaign_cache, tmp_path_factory) -> harness.Reference:
 
 
 @pytest.fixture(scope="session")
-def training_reference(reference, campaign_cache, tmp_path_factory) -> harness.Reference:
-    """The uninterrupted tiny run that trains the default SAE on first use (``reference`` when
-    the tiny run does so itself)."""
-    if list(harness.TINY_RUN_TRAINING) == list(reference.args):
-        return reference
+def training_reference(campaign_cache, tmp_path_factory) -> harness.Reference:
+    """The uninterrupted tiny run that trains the default SAE on first use (in its own cache)."""
     cache = tmp_path_factory.mktemp("faults-training-cache")
     if (campaign_cache / "numba").is_dir():  # UMAP's compiled code only
         shutil.copytree(campaign_cache / "numba", cache / "numba")
     run_dir = tmp_path_factory.mktemp("faults-training-reference") / "run"
     env = harness.campaign_env(cache)
-    return harness.reference_run(run_dir, env, harness.TINY_RUN_TRAINING)
+    return harness.reference_run(run_dir, env, TINY_RUN_TRAINING)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

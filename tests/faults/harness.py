@@ -1,5 +1,6 @@
-"""Fault campaign harness: start ``python -m saeinverse run`` on the tiny model, signal it at a
-planned point, rerun it, and compare the final artifacts with an uninterrupted run.
+"""Fault campaign harness: start ``python -m saeinverse run`` on the tiny run
+(``tests.builders.TINY_RUN``), signal it at a planned point, rerun it, and compare the final
+artifacts with an uninterrupted run.
 
 A *point* names a stage of the pipeline and a moment in it, each following a line the run logs
 on stderr:
@@ -41,11 +42,8 @@ from pathlib import Path
 
 import saeinverse
 from saeinverse.artifacts import MARKER, STAGE_NAMES
+from tests.builders import TINY_RUN
 from tests.run.golden import artifact_digests
-from tests.test_cli import TINY_RUN
-
-TINY_RUN_TRAINING = TINY_RUN
-"""The tiny run that trains the default SAE on first use."""
 
 STAGES: tuple[str, ...] = tuple(STAGE_NAMES)
 """The stages a full tiny run finishes, in order (checked against the reference run)."""

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from saeinverse.cli import main
+from tests.builders import TINY_RUN
 from tests.faults import harness
-from tests.test_cli import TINY_RUN
 
 BAD_RUNS = [
     (["data.batch_size=0"], "data.batch_size must be ≥ 1, got 0"),

@@ -9,9 +9,6 @@ import torch
 from saeinverse.cli import main
 from tests import builders
 from tests.faults import harness
-from tests.test_cli import TINY_RUN
-
-MODEL_ONLY = [a for a in TINY_RUN if not a.startswith("sae.train")]
 
 
 def _saved_sae(folder, fill_bias: float):
@@ -29,7 +26,10 @@ def test_a_run_with_an_all_dead_sae_finishes_and_says_why_nothing_was_chosen(
     monkeypatch.setenv("SAEINVERSE_CACHE", str(tmp_path / "cache"))
     sae = _saved_sae(tmp_path / "dead", -1e4)
     run_dir = tmp_path / "run"
-    assert main(["run", "--run-dir", str(run_dir), f"sae.path={sae}", *MODEL_ONLY]) == 0
+    assert (
+        main(["run", "--run-dir", str(run_dir), *builders.tiny_run_args(sae={"path": str(sae)})])
+        == 0
+    )
     assert "Traceback" not in capsys.readouterr().err
     assert "no features to cluster" in caplog.text
     assert "the selection is empty" in caplog.text
@@ -44,7 +44,10 @@ def test_a_run_with_a_non_finite_sae_stops_at_collection_with_one_line(
     monkeypatch.setenv("SAEINVERSE_CACHE", str(tmp_path / "cache"))
     sae = _saved_sae(tmp_path / "nan", bad)
     run_dir = tmp_path / "run"
-    assert main(["run", "--run-dir", str(run_dir), f"sae.path={sae}", *MODEL_ONLY]) == 2
+    assert (
+        main(["run", "--run-dir", str(run_dir), *builders.tiny_run_args(sae={"path": str(sae)})])
+        == 2
+    )
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "saeinverse: error" in line]  # after the bar
     assert len(lines) == 1 and "Traceback" not in err
