@@ -249,16 +249,20 @@ class Outcome:
         return left[0] if left else "done"
 
 
-def interrupt_at(point: Point, run_dir: Path, env: dict[str, str], ref: Reference) -> Outcome:
+def interrupt_at(
+    point: Point, run_dir: Path, env: dict[str, str], ref: Reference, undo: Sequence[Path] = ()
+) -> Outcome:
     """Start a run and send ``point.signal`` at ``point``; wait for the process to end.
 
-    An attempt that finds the point passed is undone (the run directory as it was before) and
-    the point tried again, sooner, up to ``ATTEMPTS`` times.
+    An attempt that finds the point passed is undone (the run directory and the folders in
+    ``undo``, e.g. a fresh cache, put back as they were) and the point tried again, sooner, up to
+    ``ATTEMPTS`` times.
     """
     delay = ref.delay(point)
-    before = run_dir.with_name(run_dir.name + ".before")
-    if run_dir.exists():
-        shutil.copytree(run_dir, before, symlinks=True)
+    kept = {path: path.with_name(path.name + ".before") for path in (run_dir, *undo)}
+    for path, copy in kept.items():
+        if path.exists():
+            shutil.copytree(path, copy, symlinks=True)
     missed: list[list[str]] = []
     try:
         for attempt in range(ATTEMPTS):
@@ -269,13 +273,15 @@ def interrupt_at(point: Point, run_dir: Path, env: dict[str, str], ref: Referenc
             missed += outcome.missed
             ref.note(run_dir)
             delay = ref.delay(point) if attempt + 2 < ATTEMPTS else 0.0
-            shutil.rmtree(run_dir, ignore_errors=True)
-            if before.exists():
-                shutil.copytree(before, run_dir, symlinks=True)
+            for path, copy in kept.items():
+                shutil.rmtree(path, ignore_errors=True)
+                if copy.exists():
+                    shutil.copytree(copy, path, symlinks=True)
         outcome.missed = missed
         return outcome
     finally:
-        shutil.rmtree(before, ignore_errors=True)
+        for copy in kept.values():
+            shutil.rmtree(copy, ignore_errors=True)
 
 
 def _signal_once(

@@ -105,7 +105,7 @@ def test_kill_while_a_fresh_cache_is_filled(point, request, campaign_cache, tmp_
     if (campaign_cache / "numba").is_dir():  # UMAP's compiled code only
         shutil.copytree(campaign_cache / "numba", cache / "numba")
     env = harness.campaign_env(cache)
-    outcome = harness.interrupt_at(point, tmp_path / "run", env, reference)
+    outcome = harness.interrupt_at(point, tmp_path / "run", env, reference, undo=[cache])
     _check_killed_as_planned(f"fresh cache, {point.id}", point, outcome)
     trained = cache / "saeinverse" / "saes"
     if training:
