@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from saeinverse.collect.activations import collect_activations
-from saeinverse.config import get_default_config, update_config
 from saeinverse.collect.sharded import merge_in_order
+from saeinverse.config import get_default_config, update_config
 from tests import builders
 
 

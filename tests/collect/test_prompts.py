@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from saeinverse.collect.activations import collect_activations
+from saeinverse.collect.prompts import TOKEN_PROBE, draw_prompts, token_counter
 from saeinverse.config import get_default_config, update_config
 from saeinverse.data.sources import load_prompts
-from saeinverse.collect.prompts import TOKEN_PROBE, draw_prompts, token_counter
 from tests import builders
 
 
