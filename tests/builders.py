@@ -11,7 +11,7 @@ maximum). Build it as
 - ``tiny_config(**changes)``: the validated ``Config``;
 - ``tiny_run_args(**changes)`` / ``TINY_RUN``: ``KEY=VALUE`` items for the CLI.
 
-``tiny_overrides(sae={"path": None})`` (``TINY_RUN_TRAINING``) names no SAE: the run trains the
+``tiny_overrides(sae={"path": None})`` and ``TINY_RUN_TRAINING`` name no SAE: the run trains the
 default one at ``sae.train`` on first use, as the package does for the embedded default.
 """
 
@@ -118,5 +118,5 @@ def tiny_run_args(**changes: Any) -> list[str]:
 
 TINY_RUN = tiny_run_args()
 """``saeinverse run`` items of the tiny run (the saved SAE)."""
-TINY_RUN_TRAINING = tiny_run_args(sae={"path": None})
+TINY_RUN_TRAINING = [item for item in TINY_RUN if not item.startswith("sae.path=")]
 """The tiny run naming no SAE: the default one (``TINY_SAE_TRAIN``) is trained on first use."""

@@ -1,6 +1,9 @@
-"""Shared fixtures: a tiny random model with a character tokenizer and tiny random SAEs.
+"""Shared fixtures: a tiny random model with a character tokenizer, tiny random SAEs, and caches.
 
-They are session-scoped: tests must not change them (build a fresh one with `tests.builders`).
+The models are session-scoped: tests must not change them (build a fresh one with
+`tests.builders`). A test that runs the pipeline on the tiny run names the saved SAE
+(`builders.TINY_RUN`) or, naming none, finds it already cached (`tiny_sae_cache`): only the tests
+of training train an SAE.
 """
 
 from __future__ import annotations
@@ -40,3 +43,18 @@ def isolated_cache(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("SAEINVERSE_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture
+def tiny_sae_cache(isolated_cache):
+    """An isolated cache that holds the saved tiny SAE where a tiny run naming no SAE looks for
+    its default one (``sae.train`` = ``builders.TINY_SAE_TRAIN``): that run loads it, it trains
+    nothing."""
+    import shutil
+
+    from saeinverse.models.from_config import default_sae_path
+
+    shutil.copytree(
+        builders.TINY_SAE_DIR, default_sae_path(builders.tiny_config(sae={"path": None}))
+    )
+    return isolated_cache

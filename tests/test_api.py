@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests import builders
+
 SNIPPET = """
 from saeinverse import (
     analyze_clusters, collect_and_filter_data, get_default_config, load_experiment_models,
@@ -31,36 +33,18 @@ for feature_id in selected_features[:2]:
 visualize_results(feature_results)
 """
 
-TINY_OVERRIDES = {
-    "model": {"name": "tiny-char"},
-    "sae": {
-        "train": {
-            "hook_name": "blocks.0.hook_resid_post",
-            "d_sae": 64,
-            "k": 4,
-            "training_tokens": 4096,
-            "context_size": 32,
-            "batch_size_tokens": 256,
-        }
-    },
-    "data": {
-        "n_prompts": 30,
-        "max_length": 24,
-        "filtering": {"sparsity_max": 0.9, "entropy_threshold_low": 0.0},
-    },
-    "clustering": {"hdbscan": {"min_cluster_size": 3}, "selection": {"max_features": 3}},
-    "optimization": {"length": 4, "max_steps": 8, "refine_steps": 2},
-}
+TINY_OVERRIDES = builders.tiny_overrides()
 
 
-@pytest.fixture
-def notebook(tmp_path, monkeypatch):
-    monkeypatch.setenv("SAEINVERSE_CACHE", str(tmp_path / "cache"))
+@pytest.fixture(scope="module")
+def notebook(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     namespace = {"TINY_OVERRIDES": TINY_OVERRIDES}
     try:
-        exec(compile(SNIPPET, "seed-readme-snippet", "exec"), namespace)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("SAEINVERSE_CACHE", str(tmp_path_factory.mktemp("cache")))
+            exec(compile(SNIPPET, "seed-readme-snippet", "exec"), namespace)
     finally:
         torch.set_num_threads(threads)
     return namespace
@@ -124,13 +108,51 @@ def test_visualize_results_draws_the_inversions(notebook, tmp_path):
 
 DEFAULT_OVERRIDES = {
     "data": {"n_prompts": 60, "max_length": 32},
-    "clustering": {"hdbscan": {"min_cluster_size": 3}, "selection": {"max_features": 2}},
-    "optimization": {"length": 6, "max_steps": 10, "refine_steps": 2, "refine_candidates": 16},
+    "clustering": {"hdbscan": {"min_cluster_size": 3}, "selection": {"max_features": 1}},
+    "optimization": {
+        "length": 6,
+        "max_steps": 10,
+        "refine_steps": 2,
+        "refine_candidates": 16,
+        "fluency_weight": 0.0,
+    },
 }
+"""One feature, searched without fluent rows: each inversion on the real model costs minutes."""
+
+
+ALIVE_FEATURES = 256
+"""Features of the random default SAE that can fire (the rest never do, as in a trained one)."""
+
+
+@pytest.fixture
+def random_default_sae(tmp_path, monkeypatch):
+    """A private cache whose default SAE is a random one of the default's shape, all but
+    ``ALIVE_FEATURES`` features dead (training the real one takes minutes; first-use training
+    is checked on the tiny model in test_cli). The embedded model's converted weights stay
+    shared with the user cache."""
+    from saeinverse import get_default_config
+    from saeinverse.models.default import MODEL_NAME
+    from saeinverse.models.from_config import default_sae_path
+    from saeinverse.models.paths import models_dir
+
+    shared_models = models_dir()
+    shared_models.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("SAEINVERSE_CACHE", str(tmp_path / "cache"))
+    models_dir().parent.mkdir(parents=True)
+    models_dir().symlink_to(shared_models, target_is_directory=True)
+    train = get_default_config().sae.train
+    sae = builders.tiny_sae(
+        hook_name=train.hook_name, d_in=576, d_sae=train.d_sae, k=train.k, model_name=MODEL_NAME
+    )
+    with torch.no_grad():
+        sae.b_enc[ALIVE_FEATURES:] = -1e4
+    sae.save_model(str(default_sae_path(get_default_config())))
 
 
 @pytest.mark.slow
-def test_the_seed_snippet_runs_verbatim_on_the_embedded_default(tmp_path, monkeypatch):
+def test_the_seed_snippet_runs_verbatim_on_the_embedded_default(
+    random_default_sae, tmp_path, monkeypatch
+):
     """The seed's text exactly, ``load_experiment_models(config['hardware'])`` included: the
     hardware section alone loads the embedded default model and SAE."""
     verbatim = SNIPPET.replace(

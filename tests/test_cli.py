@@ -6,6 +6,7 @@ import yaml
 from saeinverse import get_default_config
 from saeinverse.cli import main
 from saeinverse.config import config_from_dict
+from tests import builders
 
 
 def test_config_show_prints_resolved_yaml(capsys, tmp_path):
@@ -42,23 +43,8 @@ def test_unknown_force_stage_is_clear(capsys, tmp_path):
     assert "colect" in capsys.readouterr().err
 
 
-TINY_RUN = [
-    "model.name=tiny-char",
-    "sae.train.hook_name=blocks.0.hook_resid_post",
-    "sae.train.d_sae=64",
-    "sae.train.k=4",
-    "sae.train.training_tokens=4096",
-    "sae.train.context_size=32",
-    "sae.train.batch_size_tokens=256",
-    "data.n_prompts=30",
-    "data.max_length=24",
-    "data.filtering={sparsity_max: 0.9, entropy_threshold_low: 0.0}",
-    "clustering.hdbscan.min_cluster_size=3",
-    "clustering.selection.max_features=2",
-    "optimization.length=4",
-    "optimization.max_steps=8",
-    "optimization.refine_steps=2",
-]
+TINY_RUN = builders.TINY_RUN_TRAINING
+"""The tiny run naming no SAE (it trains the default one on first use, as this module checks)."""
 
 
 def test_run_trains_the_sae_on_first_use_then_resumes(tmp_path, monkeypatch, capsys):

@@ -6,10 +6,10 @@ from pathlib import Path
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom_experiment.py"
 
 
-def test_example_runs_on_the_tiny_model(tmp_path, monkeypatch):
+def test_example_runs_on_the_tiny_model(tiny_sae_cache, tmp_path, monkeypatch):
+    """Its tiny branch names no SAE: it finds the saved tiny SAE cached as the default one."""
     monkeypatch.setenv("SAEINVERSE_EXAMPLE_MODEL", "tiny-char")
     monkeypatch.setenv("SAEINVERSE_EXAMPLE_OUT", str(tmp_path))
-    monkeypatch.setenv("SAEINVERSE_CACHE", str(tmp_path / "cache"))
     namespace = runpy.run_path(str(EXAMPLE), run_name="__main__")
     inversions = namespace["inversions"]
     assert [inv.feature_id for inv in inversions] == namespace["selection"].feature_ids

@@ -112,10 +112,9 @@ def test_sae_state_dict_mismatch_is_one_line(tmp_path, capsys):
     with pytest.raises(ModelLoadError) as info:
         loading.load_sae(path=tmp_path / "sae")
     assert "\n" not in str(info.value) and str(tmp_path / "sae") in str(info.value)
-    from tests.test_cli import TINY_RUN
-
     run_dir, sae_dir = tmp_path / "run", tmp_path / "sae"
-    assert main(["run", "--run-dir", str(run_dir), *TINY_RUN, f"sae.path={sae_dir}"]) == 2
+    args = builders.tiny_run_args(sae={"path": str(sae_dir)})
+    assert main(["run", "--run-dir", str(run_dir), *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("saeinverse: error: Could not read the SAE") and err.count("\n") == 1
 
