@@ -1,29 +1,46 @@
-"""A tiny finished run directory, built by calling every stage on the tiny model and SAE.
+"""A tiny finished run directory, made once per session by ``run_experiment`` on the tiny run
+(``tests.builders``) with the report's own prompts and settings.
 
-Stages are run through ``Run.run_stage`` so each folder has its success marker, as the pipeline
-writes them. Some prompts hold HTML-like text (``<b>``, ``&``, quotes, ``</script>``): the
-character tokenizer makes each of those characters a token of its own.
+Some prompts hold HTML-like text (``<b>``, ``&``, quotes, ``</script>``): the character tokenizer
+makes each of those characters a token of its own. The noise features are a group of their own,
+and the explanations come from the 'tokens' explainer. The run builds no report: the tests do.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from saeinverse.config import get_default_config, update_config
-from saeinverse.run.rundir import Run, digest
+from tests import builders
 
-FAST_INVERSION = {
-    "length": 6,
-    "max_steps": 30,
-    "refine_steps": 10,
-    "refine_candidates": 16,
-    "patience": 15,
-}
 NASTY = "</script><b>bold</b> & \"quoted\" 'single' <!-- x -->"
+REPORT_RUN = {
+    "pipeline": {"run_visualization": False},  # the tests build the report
+    "data": {
+        "n_prompts": 48,
+        "max_length": 40,
+        "filtering": {"sparsity_max": 0.3, "entropy_threshold_low": 0.5},
+    },
+    "clustering": {
+        "umap": {"n_neighbors": 5},
+        "hdbscan": {"min_cluster_size": 3},
+        "selection": {"features_per_cluster": 2, "max_features": 4, "include_noise": True},
+    },
+    "optimization": {
+        "length": 6,
+        "max_steps": 30,
+        "refine_steps": 10,
+        "refine_candidates": 16,
+        "patience": 15,
+    },
+    "explanation": {"explainer": "tokens"},
+    "output": {"name": "tiny"},
+}
+"""The report run's changes to the tiny run (``builders.tiny_overrides``)."""
 
 
 def tiny_prompts() -> list[str]:
@@ -33,112 +50,33 @@ def tiny_prompts() -> list[str]:
     return words + [f"{NASTY} {i} {w[:12]}" for i, w in enumerate(words[:12])]
 
 
-def tiny_config():
-    return update_config(
-        get_default_config(),
-        {
-            "data": {
-                "max_length": 40,
-                "filtering": {"sparsity_max": 0.3, "entropy_threshold_low": 0.5},
-            },
-            "clustering": {
-                "umap": {"n_neighbors": 5},
-                "hdbscan": {"min_cluster_size": 3},
-                "selection": {"features_per_cluster": 2, "max_features": 4, "include_noise": True},
-            },
-            "output": {"name": "tiny"},
-        },
+def build_tiny_run(root: Path, until: str | None = None, **changes) -> Path:
+    """``run_experiment`` of the report run (``REPORT_RUN`` with ``changes``) over
+    ``tiny_prompts()`` into ``root/run``, on one thread and with a cache in ``root/cache``;
+    ``until`` stops after that stage. Returns the run directory."""
+    from saeinverse.run.pipeline import run_experiment
+
+    root.mkdir(parents=True, exist_ok=True)
+    source = root / "prompts.jsonl"
+    source.write_text("".join(json.dumps({"text": p}) + "\n" for p in tiny_prompts()))
+    config = builders.tiny_config(
+        **builders.merged(REPORT_RUN, {"data": {"source": str(source)}, **changes})
     )
-
-
-def build_tiny_run(
-    root: Path,
-    model,
-    sae,
-    config=None,
-    skip: tuple[str, ...] = (),
-    prompts: list[str] | None = None,
-    inversion: dict | None = None,
-) -> Path:
-    """Run every stage (but those in ``skip``) into ``root``; returns ``root``.
-
-    Defaults: ``tiny_config()``, ``tiny_prompts()`` and ``FAST_INVERSION``.
-    """
-    from saeinverse.cluster.analysis import analyze_clusters
-    from saeinverse.cluster.clustering import run_clustering
-    from saeinverse.collect.activations import collect_activations
-    from saeinverse.explain import generate_explanations, save_explanations
-    from saeinverse.filter import filter_features
-    from saeinverse.invert import dataset_maxima, optimize_features, save_inversions
-    from saeinverse.io import save_json
-    from saeinverse.select import select_features
-
-    config = config or tiny_config()
-    run = Run.create(config, root=root)
-    done: dict[str, object] = {}
-
-    def stage(name, compute):
-        if name not in skip:
-            done[name] = run.run_stage(name, digest(name), compute, lambda folder: None)
-
-    def models(folder):
-        save_json(folder / "models.json", {"model": model.cfg.model_name, "hook_name": sae.cfg.metadata.hook_name,
-                                           "d_sae": sae.cfg.d_sae, "d_model": model.cfg.d_model})  # fmt: skip
-
-    def collect(folder):
-        stats = collect_activations(
-            model, sae, prompts or tiny_prompts(), config.data, progress=False
-        )
-        stats.save(folder)
-        return stats
-
-    def filtering(folder):
-        kept = filter_features(done["collect"], config.data.filtering)
-        kept.save(folder)
-        return kept
-
-    def cluster(folder):
-        stats, kept = done["collect"], done["filter"]
-        result = run_clustering(
-            stats.prompt_feature_dense(kept.kept), kept.kept, config.clustering, sae=sae
-        )
-        result.save(folder)
-        analyze_clusters(result, stats).save(folder)
-        return result
-
-    def select(folder):
-        chosen = select_features(done.get("cluster"), done["collect"], config.clustering.selection)
-        chosen.save(folder)
-        return chosen
-
-    def invert(folder):
-        ids = done["select"].feature_ids
-        records = optimize_features(model, sae, ids, inversion or FAST_INVERSION, seed=0, progress=False,
-                                    dataset_max=dataset_maxima(done["collect"], ids))  # fmt: skip
-        save_inversions(folder, records)
-        return records
-
-    def explain(folder):
-        results = generate_explanations(model, sae, done["select"], None, None, {"explainer": "tokens"},
-                                        stats=done["collect"], inversions=done.get("invert"))  # fmt: skip
-        save_explanations(folder, results)
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for name, compute in [("models", models), ("collect", collect), ("filter", filtering),
-                              ("cluster", cluster), ("select", select), ("invert", invert),
-                              ("explain", explain)]:  # fmt: skip
-            stage(name, compute)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("SAEINVERSE_CACHE", str(root / "cache"))
+            run_experiment(config, run_dir=root / "run", until=until)
     finally:
         torch.set_num_threads(threads)
-    return root
+    return root / "run"
 
 
-@pytest.fixture(scope="package")
-def tiny_run(tmp_path_factory, tiny_model, tiny_topk_sae) -> Path:
-    """A finished run directory of the tiny model and TopK SAE (read-only: copy it to change it)."""
-    return build_tiny_run(tmp_path_factory.mktemp("runs") / "tiny", tiny_model, tiny_topk_sae)
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished run directory of the report run (read-only: copy it to change it)."""
+    return build_tiny_run(tmp_path_factory.mktemp("report-run"))
 
 
 @pytest.fixture

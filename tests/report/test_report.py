@@ -128,11 +128,8 @@ def test_corrupt_artifact_is_a_note_not_a_crash(run_copy):
     assert "entropy-density" in figure_names(build_report(run_copy).read_text())
 
 
-def test_collection_only_run(tmp_path, tiny_model, tiny_topk_sae):
-    root = build_tiny_run(
-        tmp_path / "run", tiny_model, tiny_topk_sae,
-        skip=("filter", "cluster", "select", "invert", "explain"),
-    )  # fmt: skip
+def test_collection_only_run(tmp_path):
+    root = build_tiny_run(tmp_path, until="collect")
     text = build_report(root).read_text()
     assert set(figure_names(text)) == {"density-histogram", "entropy-density"}
     assert (
