@@ -9,7 +9,7 @@ from saeinverse.data.sources import load_prompts
 from saeinverse.invert import FeatureTarget, optimize_features, score_prompt
 from saeinverse.invert.fluency import default_bound
 from saeinverse.invert.inputs import exemplar_windows
-from saeinverse.invert.optimize import fluent_starts
+from saeinverse.invert.starts import fluent_starts
 
 LENGTH = 6
 

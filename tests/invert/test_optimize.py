@@ -236,7 +236,7 @@ def test_inversions_round_trip_through_json(tiny_model, tiny_sae, tmp_path):
 
 def test_fluent_row_starts_from_the_real_window_closest_to_firing(tiny_model, tiny_topk_sae):
     from saeinverse.invert.fluency import measure_bound, text_token_rows
-    from saeinverse.invert.optimize import FLUENT_START, fluent_starts, generator
+    from saeinverse.invert.starts import FLUENT_START, fluent_starts, generator
 
     texts = ["The quick brown fox jumps over the lazy dog near the river bank."] * 4 + [
         "def add(a, b):\n    return a + b  # the sum of two numbers"

@@ -49,17 +49,19 @@ from saeinverse.invert.project import Vocabulary, score_prompts
 from saeinverse.invert.refine import Population, refine, start_cost, step_cost
 from saeinverse.invert.result import Inversion
 from saeinverse.invert.soft import initial_ids, optimize_soft
+from saeinverse.invert.starts import (
+    FLUENT,
+    FLUENT_SOFT,
+    FLUENT_START_SCREEN,
+    FLUENT_STREAMS,
+    SOFT,
+    TRAJECTORY_NAMES,
+    UNCONSTRAINED,
+    fluent_starts,
+    generator,
+)
 
 logger = logging.getLogger(__name__)
-
-SOFT, UNCONSTRAINED, FLUENT, FLUENT_START, FLUENT_SOFT = 0, 1, 2, 3, 4
-"""Random streams per feature: the soft start, the unconstrained row, the fluent row, the real
-windows its start is chosen from, and (``fluent_start='both'``) the second fluent row, which
-starts from the soft prompt."""
-FLUENT_STREAMS = (FLUENT, FLUENT_SOFT)
-TRAJECTORY_NAMES = {UNCONSTRAINED: "refine", FLUENT: "fluent", FLUENT_SOFT: "fluent_soft"}
-FLUENT_START_SCREEN = 64
-"""Real text windows (within the hinge) screened per feature for the fluent row's start."""
 
 
 def _check_feature_ids(feature_ids: Sequence[int], d_sae: int) -> list[int]:
@@ -86,12 +88,6 @@ def _per_feature(values: Any, feature_ids: list[int], aligned: bool = False) -> 
     if aligned and len(values) == len(feature_ids):
         return list(values)
     return [values[f] for f in feature_ids]
-
-
-def generator(seed: int, feature_id: int, stream: int) -> torch.Generator:
-    """The random stream ``stream`` of one feature (see ``SOFT``, ``UNCONSTRAINED``, ``FLUENT``)."""
-    value = ((int(seed) * 1_000_003 + int(feature_id)) * 8 + int(stream)) % (2**63)
-    return torch.Generator().manual_seed(value)
 
 
 def _decode(model, ids: list[int]) -> str:
@@ -311,50 +307,6 @@ def _candidates(i, soft, refined, owners, streams, size) -> list[list[int]]:
     for p in prompts:
         unique.setdefault(tuple(p), p)
     return list(unique.values())
-
-
-def fluent_starts(target, bound, hinge, ids, seed, windows=None):
-    """Per feature, the real text a fluent row starts from; (starts, sequences screened).
-
-    A feature with exemplar windows (``windows[i]``, its top exemplars of the prompt's length)
-    starts from the most active of them within the hinge (the most active of all when none is
-    within it: the hinge then pulls the row towards fluency); the others from the most active of
-    ``FLUENT_START_SCREEN`` random real windows within the hinge (those the bound was measured
-    on). ``(None, zeros)`` when a feature has neither.
-    """
-    windows = windows or [[] for _ in ids]
-    pool = bound.fluent_windows(hinge) if bound is not None else None
-    if pool is None and not all(windows):
-        return None, [0] * len(ids)
-    rows, owners, spans = [], [], []
-    for f, own in zip(ids, windows, strict=True):
-        if own:
-            cands = torch.tensor(own, dtype=torch.long)
-        else:
-            pick = torch.randperm(len(pool), generator=generator(seed, f, FLUENT_START))
-            cands = pool[pick[:FLUENT_START_SCREEN]]
-        rows.append(cands)
-        owners += [f] * len(cands)
-        spans.append((len(cands), bool(own)))
-    rows = torch.cat(rows).to(target.device)
-    owners = torch.tensor(owners, device=target.device)
-    keys = torch.cat([
-        target.read_ids(rows[lo : lo + 256], owners[lo : lo + 256]).key
-        for lo in range(0, len(rows), 256)
-    ]).cpu()  # fmt: skip
-    own_rows = torch.tensor([own for n, own in spans for _ in range(n)])
-    ce = torch.full((len(rows),), float("-inf"))
-    if own_rows.any():
-        ce[own_rows] = Fluency(target).cross_entropy(rows[own_rows.to(rows.device)]).float().cpu()
-    starts, screened, cursor = [], [], 0
-    for n, own in spans:
-        key, within = keys[cursor : cursor + n], ce[cursor : cursor + n] <= hinge
-        if within.any():
-            key = key.masked_fill(~within, float("-inf"))
-        starts.append(rows[cursor + int(key.argmax())])
-        screened.append(2 * n if own else n)  # an exemplar window's cross-entropy: one more
-        cursor += n
-    return torch.stack(starts), screened
 
 
 def _checked_records(
