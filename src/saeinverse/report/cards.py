@@ -25,14 +25,14 @@ def activation_histogram(card: Any) -> go.Figure | None:
     """The feature's firing activations in collection's log-spaced bins; density in the title."""
     if not card.histogram:
         return None
-    fig = new_figure(plot_text(card.histogram_title), height=260,
-                     margin=dict(l=50, r=10, t=40, b=60))  # fmt: skip
+    fig = new_figure(plot_text(card.histogram_title), height=300,
+                     margin=dict(l=50, r=10, t=40, b=90))  # fmt: skip
     labels = [f"{b.low:.3g}–{b.high:.3g}" for b in card.histogram]
     fig.add_trace(go.Bar(
         x=labels, y=[b.count for b in card.histogram], marker_color="#ea580c",
         hovertemplate="activation %{x}<br>%{y} tokens<extra></extra>",
     ))  # fmt: skip
-    fig.update_xaxes(title_text="activation (log-spaced bins)", tickangle=-45)
+    fig.update_xaxes(title_text="activation (log-spaced bins)", title_standoff=8, tickangle=-45)
     fig.update_yaxes(title_text="tokens")
     return fig
 
