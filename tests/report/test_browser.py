@@ -10,6 +10,7 @@ browser download).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -117,7 +118,25 @@ def test_report_renders_every_figure_and_card_in_chromium(browser, tiny_run):
         card = page.locator(f"#feature-{fid}")
         assert card.locator(".token-row").count() >= 2  # exemplars and inverted prompts
         assert card.locator("blockquote.explanation").count() == 1
+        assert_dashboard_holds_values(card)
     assert page.locator("script").count() == 2 + n_figures  # Plotly once, the renderer, the data
+
+
+def assert_dashboard_holds_values(card) -> None:
+    """The card's five dashboard components exist and hold values: 20 logit effects with numbers,
+    a drawn histogram titled with the density, 5 nearest features, and exemplars and interval
+    samples whose every token carries its activation."""
+    values = card.locator('[data-component="logits"] td.logit-value').all_inner_texts()
+    assert len(values) == 20 and all(math.isfinite(float(v)) for v in values)
+    histogram = card.locator('[data-component="histogram"] div.plotly-figure')
+    assert histogram.get_attribute("data-rendered") == "true"
+    assert "density" in (histogram.locator("text.gtitle").first.text_content() or "").lower()
+    assert card.locator('[data-component="neighbours"] li.neighbour').count() == 5
+    for component in ("exemplars", "intervals"):
+        tokens = card.locator(f'[data-component="{component}"] span.tok')
+        assert tokens.count() > 0, component
+        titles = [tokens.nth(i).get_attribute("title") or "" for i in range(tokens.count())]
+        assert not any(t.endswith("not saved") for t in titles), component
 
 
 def test_cluster_menu_switches_the_heatmap(browser, tiny_run):

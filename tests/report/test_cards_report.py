@@ -1,5 +1,5 @@
 """The feature cards in the report of a tiny run: every card shows the five dashboard components
-with values, read from the cards stage's artifact."""
+with values, read from the cards stage's artifact (in Chromium: ``test_browser.py``)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,14 @@ import pytest
 
 from saeinverse.report import build_report
 from saeinverse.report.loaders import load_run
-from tests import builders
 
 COMPONENTS = ("logits", "histogram", "neighbours", "exemplars", "intervals")
 
 
-@pytest.fixture(scope="module")
-def tiny_cards_run(tmp_path_factory):
-    from saeinverse.run.pipeline import run_experiment
-
-    root = tmp_path_factory.mktemp("cards") / "run"
-    config = builders.tiny_config(pipeline={"run_explanations": False})
-    run_experiment(config, run_dir=root, until="cards")
-    return root
+@pytest.fixture
+def tiny_cards_run(tiny_run):
+    """The report's tiny run (``tests/report/conftest.py``): run_experiment with every stage."""
+    return tiny_run
 
 
 def _cards_html(html: str) -> dict[int, str]:
@@ -69,46 +64,3 @@ def test_the_api_reads_the_cards_the_report_shows(tiny_cards_run):
 
     cards = saeinverse.feature_cards(tiny_cards_run)
     assert cards.cards == load_run(tiny_cards_run).cards.cards
-
-
-def test_the_five_components_hold_values_in_chromium(tiny_cards_run, tmp_path):
-    from tests.report.test_browser import LAUNCH_FLAGS, chromium_path
-
-    executable = chromium_path()
-    if executable is None:
-        pytest.skip("Chromium is not installed (CI: apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
-    run = load_run(tiny_cards_run)
-    path = build_report(tiny_cards_run)
-    with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=executable, headless=True,
-            args=LAUNCH_FLAGS, viewport={"width": 1280, "height": 900},
-        )  # fmt: skip
-        try:
-            page = context.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda err: errors.append(str(err)))
-            page.goto(path.resolve().as_uri(), wait_until="load")
-            page.wait_for_function(
-                "document.body.getAttribute('data-figures-rendered') !== null", timeout=60_000
-            )
-            for fid in run.selected_ids:
-                card = page.locator(f"#feature-{fid}")
-                values = card.locator('[data-component="logits"] td.logit-value').all_inner_texts()
-                assert len(values) == 20 and all(float(v) == float(v) for v in values)
-                histogram = card.locator('[data-component="histogram"] div.plotly-figure')
-                assert histogram.get_attribute("data-rendered") == "true"
-                assert (
-                    "density"
-                    in (histogram.locator("text.gtitle").first.text_content() or "").lower()
-                )
-                assert card.locator('[data-component="neighbours"] li.neighbour').count() == 5
-                for component in ("exemplars", "intervals"):
-                    tokens = card.locator(f'[data-component="{component}"] span.tok')
-                    assert tokens.count() > 0
-                    titles = [tokens.nth(i).get_attribute("title") for i in range(tokens.count())]
-                    assert not any(t.endswith("not saved") for t in titles), component
-        finally:
-            context.close()
-    assert errors == []
