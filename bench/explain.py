@@ -201,7 +201,7 @@ def main() -> None:
         "explaining side per feature (median): firing windows "
         f"{statistics.median(len(ev.explain.positives()) for ev in evidence):g} "
         f"(from bundled texts outside the run: "
-        f"{statistics.median(sum(s.origin == 'explain-extra' for s in ev.explain.firing) for ev in evidence):g})"
+        f"{statistics.median(sum(s.origin == 'extra' for s in ev.explain.firing) for ev in evidence):g})"
     )
     for name, results in rows.items():
         print(f"{name}: {sizes(results)}")

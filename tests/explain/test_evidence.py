@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from saeinverse.collect.activations import collect_activations
 from saeinverse.config import get_default_config
 from saeinverse.explain.evidence import TokenSequence
-from saeinverse.explain.pool import draw_extra_prompts, forward_features
+from saeinverse.explain.pool import forward_features
 from saeinverse.explain.sampling import FIT_PROMPTS, build_evidence
 from saeinverse.invert import score_prompts
 from tests.explain.planted import PLANTED_LETTERS, planted_model_and_sae, planted_stats
@@ -214,17 +213,14 @@ def test_bundled_texts_top_up_the_explaining_side_apart_from_the_heldout_ones(pl
     model, sae, stats = planted
     cfg = {"n_heldout": 60, "heldout_prompts": 512, "explain_prompts": stats.n_prompts + 512}
     (ev,) = build_evidence(model, sae, [0], stats, cfg, seed=0)
-    origins = [s.origin for s in ev.explain.firing]
-    assert "explain-extra" in origins and len(origins) <= FIT_PROMPTS
+    fitted = {(s.origin, s.prompt_index) for s in ev.explain.firing}
+    assert ("extra" in {o for o, _ in fitted}) and len(fitted) <= FIT_PROMPTS
     assert all(
         s.firing == [t == "x" for t in s.tokens] and any(s.firing) for s in ev.explain.firing
     )
-    assert {s.origin for s in ev.heldout.positives} <= {"run", "extra"}
+    assert len(ev.heldout.positives) == 60
+    assert not fitted & heldout_prompts(ev)  # never a held-out positive nor negative
     (alone,) = build_evidence(model, sae, [0], stats, {**cfg, "explain_prompts": 0}, seed=0)
     assert {s.origin for s in alone.explain.firing} <= {"run"}
     assert len(alone.explain.firing) < len(ev.explain.firing)
-    first = draw_extra_prompts(model, sae, stats, [0], np.array([30]), limit=256, first=1, seed=0)
-    second = draw_extra_prompts(model, sae, stats, [0], np.array([30]), limit=256, first=1,
-                                seed=0, exclude=first.texts, stream=8)  # fmt: skip
-    assert first.texts and second.texts and not set(first.texts) & set(second.texts)
-    assert not set(second.texts) & set(stats.prompts)
+    assert heldout_prompts(alone) == heldout_prompts(ev) - fitted

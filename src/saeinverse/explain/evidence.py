@@ -33,8 +33,8 @@ class TokenSequence:
     genre: str | None = None
     """The bundled corpus's genre of its prompt (None: not a bundled text)."""
     origin: str = "run"
-    """'run': a prompt of the collection; 'extra': a bundled-corpus prompt drawn for scoring;
-    'explain-extra': one drawn for the explaining side."""
+    """'run': a prompt of the collection; 'extra': a bundled-corpus prompt drawn to top up the
+    held-out or the explaining side."""
 
     @property
     def max_activation(self) -> float:

@@ -8,8 +8,8 @@ A ``PromptSet`` is a list of token rows with the selected features' activation o
   feature never fire reads as silent without a forward (its activations are zero);
 - **extra prompts** (``draw_extra_prompts``): texts of the bundled corpus that the run never
   collected, drawn with the seed and forwarded in chunks until every feature fires in enough of
-  them (or ``limit`` prompts are spent). One draw serves the held-out side only; a second,
-  disjoint from it (``exclude``), serves the explaining side only.
+  them (or ``limit`` prompts are spent). For each feature, the held-out side takes its first
+  firing ones, the explaining side the next (``sampling.build_evidence``).
 
 Genres come from the bundled corpus (``corpus_genres``): a prompt that is not a bundled text has
 none.
@@ -46,12 +46,10 @@ class PromptSet:
     strings: Callable[[int], str]
     """Token id -> its string."""
     origin: str
-    """'run', 'extra' (held-out side) or 'explain-extra' (explaining side)."""
+    """'run' or 'extra'."""
     acts: dict[int, Tensor] = field(default_factory=dict)
     """Forwarded prompts' activations; any other prompt reads as silent."""
     genres: dict[int, str] = field(default_factory=dict)
-    texts: list[str] = field(default_factory=list)
-    """The prompts' texts (extra prompts only)."""
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -161,34 +159,26 @@ def draw_extra_prompts(
     limit: int,
     first: int,
     seed: int,
-    exclude: Sequence[str] = (),
-    stream: int = 7,
-    desc: str = "held-out prompts",
-    origin: str = "extra",
     progress: bool = False,
 ) -> PromptSet:
-    """Bundled-corpus texts the run never collected (nor in ``exclude``), forwarded until
-    feature ``j`` fires in at least ``needed[j]`` of them for every ``j`` (or ``limit`` texts
-    are spent).
+    """Bundled-corpus texts the run never collected, forwarded until feature ``j`` fires in at
+    least ``needed[j]`` of them for every ``j`` (or ``limit`` texts are spent).
 
-    The texts are drawn in an order seeded by ``seed`` and ``stream``; each round forwards
-    ``EXTRA_CHUNK`` of them.
+    The texts are drawn in a seeded order; each round forwards ``EXTRA_CHUNK`` of them.
     """
     from saeinverse.collect.activations import tokenize_prompts
     from saeinverse.errors import DataError
 
     genres = corpus_genres()
-    seen = set(stats.prompts) | set(exclude)
+    seen = set(stats.prompts)
     texts = sorted(t for t in genres if t not in seen)
-    order = np.random.default_rng([int(seed), int(stream)]).permutation(len(texts))
-    order = order[: max(int(limit), 0)]
+    order = np.random.default_rng([int(seed), 7]).permutation(len(texts))[: max(int(limit), 0)]
     max_length = int(stats.tokens.shape[1])
     all_rows: list[list[int]] = []
     acts: dict[int, Tensor] = {}
     found: dict[int, str] = {}
-    drawn: list[str] = []
     firing = np.zeros(len(feature_ids), dtype=np.int64)
-    bar = tqdm(total=len(order), desc=desc, unit="prompt", disable=not progress)
+    bar = tqdm(total=len(order), desc="extra prompts", unit="prompt", disable=not progress)
     for lo in range(0, len(order), EXTRA_CHUNK):
         if np.all(firing >= needed):
             break
@@ -203,13 +193,12 @@ def draw_extra_prompts(
         for row, text, act in zip(rows, batch.prompts, forwarded, strict=True):
             acts[len(all_rows)] = act
             found[len(all_rows)] = genres[text]
-            drawn.append(text)
             all_rows.append(row)
             firing += (act[first:] > 0).any(0).numpy()
     bar.close()
-    logger.info("drew %d extra prompts from the bundled corpus (%s)", len(all_rows), desc)
+    logger.info("drew %d extra prompts from the bundled corpus", len(all_rows))
     lengths = np.array([len(r) for r in all_rows], dtype=np.int64)
     tokens = np.zeros((len(all_rows), int(lengths.max(initial=1))), dtype=np.int64)
     for i, row in enumerate(all_rows):
         tokens[i, : len(row)] = row
-    return PromptSet(tokens, lengths, _strings(model, stats), origin, acts, found, drawn)
+    return PromptSet(tokens, lengths, _strings(model, stats), "extra", acts, found)

@@ -17,9 +17,11 @@ For each feature, the run's prompts are split with the seed (``plan_feature``):
   inversion; the top tokens by activation mass over the corpus *minus the held-out prompts*
   (``n_top_tokens`` shown, ``CANDIDATE_TOKENS`` for rules); ``FIT_SILENT`` silent windows of
   each kind (random, and around a top token) from the other half of the silent prompts. When a
-  feature has fewer than ``FIT_PROMPTS`` other firing prompts, bundled-corpus texts that neither
-  the run nor the held-out side holds top them up (``explain_prompts`` prompts in all, the run's
-  included: a small run's explaining side sees as many prompts as a large run's).
+  feature has fewer than ``FIT_PROMPTS`` other firing prompts, the extra prompts top them up
+  (``explain_prompts`` prompts in all, the run's included: a small run's explaining side sees as
+  many prompts as a large run's). One draw of extra prompts serves both sides: for each feature,
+  its first firing extra prompts go to the held-out side, the next ones to the explaining side,
+  and those never serve as its held-out negatives.
 
 A window is ``2 * context_window + 1`` tokens around its peak (positives), a random silent
 stretch (random negatives) or the stretch around a top token (hard negatives), with every
@@ -177,23 +179,28 @@ def build_evidence(
     forward |= {p for j, plan in enumerate(plans) for p in plan.negative_candidates
                 if dense[p, j] > 0}  # fmt: skip
     run = run_prompts(model, sae, stats, fids, forward)
-    needed = np.array([max(0, cfg.n_heldout - len(plan.heldout)) for plan in plans])
-    extra = None
-    if needed.any() and cfg.heldout_prompts > 0:
-        extra = draw_extra_prompts(
-            model, sae, stats, fids, needed, limit=cfg.heldout_prompts, first=first, seed=seed,
-            progress=progress,
-        )  # fmt: skip
-    fit_extra = _explain_extra(model, sae, stats, fids, plans, cfg, first, seed, extra, progress)
+    extra = _extra_prompts(model, sae, stats, fids, plans, cfg, first, seed, progress)
     evidence = []
     for j, (fid, plan) in enumerate(zip(fids, plans, strict=True)):
         cut = _Windows(window, first, j, np.random.default_rng([int(seed), fid, 1]))
+        heldout = HeldoutEvidence()
+        heldout.positives = [s for s in (cut.around(run, p, "heldout") for p in plan.heldout)
+                             if s.max_activation > 0]  # fmt: skip
+        held_side = [(run, p) for p in plan.negative_candidates]
+        held_extra, fit_extra = [], []
+        if extra is not None:  # its firing prompts: first the held-out's, then the explaining's
+            fires = cut.firing_prompts(extra)
+            n_held = cfg.n_heldout - len(heldout.positives) if cfg.heldout_prompts > 0 else 0
+            held_extra = fires[: max(n_held, 0)]
+            fit_extra = fires[len(held_extra) :][: FIT_PROMPTS - len(plan.explain_firing)]
+            heldout.positives += [cut.around(extra, p, "heldout") for p in held_extra]
+            if cfg.heldout_prompts > 0:
+                held_side += [(extra, p) for p in range(len(extra)) if p not in set(fit_extra)]
         explain = ExplainEvidence(fid, refined=refined.get(fid, []))
         explain.exemplars = [cut.around(run, p, "exemplar", pos) for p, pos in plan.exemplars]
         explain.decile_samples = [cut.around(run, p, f"decile:{d}") for p, d in plan.deciles]
         explain.firing = [cut.around(run, p, "firing") for p in plan.explain_firing]
-        if fit_extra is not None:
-            explain.firing += cut.firing(fit_extra, FIT_PROMPTS - len(explain.firing), "firing")
+        explain.firing += [cut.around(extra, p, "firing") for p in fit_extra]
         ranked = _top_tokens_without(stats, fid, plan.heldout, run, j, first)
         explain.top_tokens = [(s, share) for _, s, share in ranked[: cfg.n_top_tokens]]
         n_candidates = max(CANDIDATE_TOKENS, cfg.n_top_tokens)
@@ -203,13 +210,6 @@ def build_evidence(
         n_silent = max(FIT_SILENT, cfg.n_heldout)
         explain.silent = cut.silent(explain_side, n_silent, "silent")
         explain.silent += cut.around_tokens(explain_side, top_ids, n_silent, "silent:token")
-        heldout = HeldoutEvidence()
-        heldout.positives = [s for s in (cut.around(run, p, "heldout") for p in plan.heldout)
-                             if s.max_activation > 0]  # fmt: skip
-        held_side = [(run, p) for p in plan.negative_candidates]
-        if extra is not None:
-            heldout.positives += cut.firing(extra, cfg.n_heldout - len(heldout.positives))
-            held_side += [(extra, p) for p in range(len(extra))]
         heldout.negatives = cut.silent(held_side, cfg.n_heldout, "negative")
         heldout.hard_negatives = cut.around_tokens(held_side, top_ids, cfg.n_heldout, "hard:token")
         genre = _main_genre(run, [p for p, _ in plan.exemplars])
@@ -254,15 +254,10 @@ class _Windows:
             position = self.first + int(acts[self.first : length].argmax())
         return self.make(ps, prompt, *self.bounds(length, position), source)
 
-    def firing(self, ps: PromptSet, n: int, source: str = "heldout") -> list[TokenSequence]:
-        """Up to ``n`` windows around the peak of prompts where the feature fires, in order."""
-        found = []
-        for prompt in range(len(ps)):
-            if len(found) >= n:
-                break
-            if ps.acts.get(prompt) is not None and ps.activations(prompt, self.column).max() > 0:
-                found.append(self.around(ps, prompt, source))
-        return found
+    def firing_prompts(self, ps: PromptSet) -> list[int]:
+        """The forwarded prompts where the feature fires, in order."""
+        return [p for p in range(len(ps))
+                if ps.acts.get(p) is not None and ps.activations(p, self.column).max() > 0]  # fmt: skip
 
     def silent(
         self, candidates: Iterable[tuple[PromptSet, int]], n: int, source: str
@@ -309,18 +304,22 @@ class _Windows:
         return found
 
 
-def _explain_extra(model, sae, stats, fids, plans, cfg, first, seed, heldout_extra, progress):
-    """The explaining side's extra prompts (None when no feature needs any): bundled-corpus
-    texts outside the run and the held-out draw, until each feature has ``FIT_PROMPTS`` other
-    firing prompts, at most ``explain_prompts`` minus the run's prompts."""
-    limit = int(cfg.explain_prompts) - int(stats.n_prompts)
-    needed = np.array([max(0, FIT_PROMPTS - len(plan.explain_firing)) for plan in plans])
-    if limit <= 0 or not needed.any():
+def _extra_prompts(model, sae, stats, fids, plans, cfg, first, seed, progress):
+    """Bundled-corpus texts the run never collected (None when no feature needs any), drawn
+    until each feature fires in as many as its held-out positives and its explaining side's
+    other firing prompts lack (``n_heldout``, ``FIT_PROMPTS``), at most the larger of
+    ``heldout_prompts`` and ``explain_prompts`` minus the run's prompts."""
+    held_limit, fit_limit = int(cfg.heldout_prompts), int(cfg.explain_prompts) - stats.n_prompts
+    needed = np.zeros(len(plans), dtype=np.int64)
+    if held_limit > 0:
+        needed += [max(0, cfg.n_heldout - len(plan.heldout)) for plan in plans]
+    if fit_limit > 0:
+        needed += [max(0, FIT_PROMPTS - len(plan.explain_firing)) for plan in plans]
+    if not needed.any():
         return None
-    exclude = heldout_extra.texts if heldout_extra is not None else ()
     return draw_extra_prompts(
-        model, sae, stats, fids, needed, limit=limit, first=first, seed=seed, exclude=exclude,
-        stream=8, desc="explaining prompts", origin="explain-extra", progress=progress,
+        model, sae, stats, fids, needed, limit=max(held_limit, fit_limit), first=first,
+        seed=seed, progress=progress,
     )  # fmt: skip
 
 
