@@ -84,7 +84,7 @@ def test_inverted_prompts_without_per_token_activations_shade_the_read_position(
     rows = inversion_rows(record(), table)
     assert [r.tokens for r in rows] == [["a", "b"], ["a", "<"], ["b", "b"]]  # refined not repeated
     assert [r.activations for r in rows] == [[None, 1.0], [None, 2.0], [None, 1.5]]
-    assert rows[1].detail == "0.50× dataset max · cross-entropy 3.50 nats"
+    assert rows[1].detail == "0.50× dataset max · cross-entropy 3.50 nats/byte"
 
 
 def test_inverted_prompts_use_saved_per_token_activations():

@@ -52,7 +52,7 @@ def optimisation_curve(inversion: Any) -> go.Figure | None:
     if cross_entropy and any(c is not None for c in cross_entropy):
         steps = list(range(len(soft), len(soft) + len(cross_entropy)))
         fig.add_trace(
-            go.Scatter(x=steps, y=cross_entropy, mode="lines", name="cross-entropy (nats)",
+            go.Scatter(x=steps, y=cross_entropy, mode="lines", name="cross-entropy (nats/byte)",
                        yaxis="y2", line=dict(color=COLORS[3], dash="dash"))
         )  # fmt: skip
         fig.update_layout(yaxis2=dict(title="cross-entropy", overlaying="y", side="right"))
@@ -173,7 +173,7 @@ def front_plot(inversion: Any) -> go.Figure | None:
         f"Feature {inversion.feature_id}: fluent ↔ unconstrained front",
         height=320,
         margin=dict(l=55, r=20, t=45, b=45),
-        xaxis_title="cross-entropy of the prompt (nats; lower reads more like text)",
+        xaxis_title="cross-entropy of the prompt (nats per byte; lower reads more like text)",
         yaxis_title=f"activation ÷ {name}" if reference else "activation",
         legend=dict(orientation="h", y=-0.3),
     )

@@ -214,7 +214,11 @@ def feature_cards(run: RunArtifacts, figures: Sink) -> str:
     table = _feature_table(run.stats)
     selected = {f.feature_id: f for f in run.selection.features} if run.selection else {}
     cards = "".join(_card(run, fid, table, selected.get(fid), figures) for fid in ids)
-    how = (run.selection.description or f"chosen by {run.selection.score_name}") if run.selection else ""
+    how = (
+        (run.selection.description or f"chosen by {run.selection.score_name}")
+        if run.selection
+        else ""
+    )
     intro = f'<p class="selection-rule">{len(ids)} features{": " + esc(how) if how else ""}.</p>'
     return section("features", "Selected features", intro + HEATMAP_LEGEND) + cards
 
@@ -335,7 +339,7 @@ def _inversion_html(
     bound = getattr(inversion, "fluency_bound", None) or {}
     info = kv_table([
         ("headline bound (real-text cross-entropy)",
-         f"≤ {bound['cross_entropy']:.2f} nats: q{bound['quantile']:g} of {bound['n_windows']} real "
+         f"≤ {bound['cross_entropy']:.2f} nats/byte: q{bound['quantile']:g} of {bound['n_windows']} real "
          f"{bound['length']}-token windows (p10 / p50 / p90 = {bound['p10']:.2f} / "
          f"{bound['p50']:.2f} / {bound['p90']:.2f})" if bound else "not measured"),
         (getattr(inversion, "reference_name", "dataset max"), getattr(inversion, "reference", None)),

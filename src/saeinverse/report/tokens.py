@@ -99,6 +99,15 @@ def inversion_rows(
              or "(no prompt fires within the bound)", (headline or {}).get("activation"),
              (headline or {}).get("cross_entropy"), None, None)
         )  # fmt: skip
+        exemplar = getattr(inversion, "exemplar_window", None)
+        if exemplar is not None:
+            same = headline is not None and headline.get("tokens") == exemplar.get("tokens")
+            prompts.append(
+                ("best exemplar window within the bound" + (" (the headline itself)" if same
+                 else " (the headline is never below it)"), exemplar.get("tokens") or [],
+                 exemplar.get("text", ""), exemplar.get("activation"),
+                 exemplar.get("cross_entropy"), None, None)
+            )  # fmt: skip
     prompts += [
         ("projected (soft stage, nearest tokens)", inversion.projected_tokens,
          inversion.projected_text, inversion.projected_activation, None,
@@ -178,7 +187,7 @@ def _detail(
     if value is not None and dataset_max:
         parts.append(f"{value / dataset_max:.2f}× {name}")
     if cross_entropy is not None:
-        parts.append(f"cross-entropy {cross_entropy:.2f} nats")
+        parts.append(f"cross-entropy {cross_entropy:.2f} nats/byte")
     return " · ".join(parts)
 
 
