@@ -305,7 +305,9 @@ def test_spread_orders_clusters_largest_first_then_farthest(monkeypatch):
 
 def test_spread_takes_one_per_cluster_preferring_new_genres(monkeypatch):
     result, stats = spread_case(monkeypatch)
-    selection = select_features(result, stats, selection_cfg(rule="spread", max_features=4).selection)
+    selection = select_features(
+        result, stats, selection_cfg(rule="spread", max_features=4).selection
+    )
     # cluster 0: feature 0 (genre a); cluster 2: feature 6 (b); cluster 3: 8 and 9 are both 'a',
     # already covered, so it waits; cluster 1: 4 is 'a', 5 is 'c'; cluster 3 then fills with 8.
     assert selection.feature_ids == [0, 6, 5, 8]
@@ -317,7 +319,9 @@ def test_spread_takes_one_per_cluster_preferring_new_genres(monkeypatch):
 
 def test_spread_is_capped_and_round_trips(monkeypatch, tmp_path):
     result, stats = spread_case(monkeypatch)
-    selection = select_features(result, stats, selection_cfg(rule="spread", max_features=2).selection)
+    selection = select_features(
+        result, stats, selection_cfg(rule="spread", max_features=2).selection
+    )
     assert selection.feature_ids == [0, 6]
     selection.save(tmp_path)
     back = Selection.load(tmp_path)
@@ -326,6 +330,8 @@ def test_spread_is_capped_and_round_trips(monkeypatch, tmp_path):
 
 def test_per_cluster_stays_available_by_name(monkeypatch):
     result, stats = spread_case(monkeypatch)
-    selection = select_features(result, stats, selection_cfg(rule="per_cluster", max_features=8).selection)
+    selection = select_features(
+        result, stats, selection_cfg(rule="per_cluster", max_features=8).selection
+    )
     assert selection.rule == "per_cluster"
     assert sorted(selection.feature_ids) == [0, 1, 4, 5, 6, 7, 8, 9]
