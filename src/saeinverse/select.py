@@ -44,6 +44,7 @@ from saeinverse import artifacts
 from saeinverse.cluster.clustering import NOISE, ClusterResult
 from saeinverse.collect.arrays import d_sae_of, prompt_max_columns, to_numpy
 from saeinverse.config import SelectionConfig
+from saeinverse.config.tree import mark_paths
 from saeinverse.errors import ConfigError
 from saeinverse.io import load_json, save_json
 
@@ -241,8 +242,8 @@ def _spread(
     """Rule 'spread' (module docstring)."""
     clusters = [g for g in groups if g != NOISE]
     order = spread_order(cluster_result, clusters) + ([NOISE] if NOISE in groups else [])
-    ranked = {g: _best_of_group(cluster_result.members(g), g,  stats,
-                                replace(cfg, features_per_cluster=GENRE_CANDIDATES))
+    wider = mark_paths(replace(cfg, features_per_cluster=GENRE_CANDIDATES), cfg._path())
+    ranked = {g: _best_of_group(cluster_result.members(g), g, stats, wider)
               for g in order}  # fmt: skip
     for picks in ranked.values():
         _set_genres(picks, stats)
