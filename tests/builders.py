@@ -70,7 +70,13 @@ _TINY: dict[str, Any] = {
         "refine_steps": 2,
         "reference_tokens": 2000,
     },
-    "explanation": {"judge": False, "heldout_prompts": 0, "n_heldout": 10, "n_bootstrap": 100},
+    "explanation": {
+        "judge": False,
+        "heldout_prompts": 0,
+        "explain_prompts": 0,
+        "n_heldout": 10,
+        "n_bootstrap": 100,
+    },
 }
 
 
