@@ -8,15 +8,29 @@ of training train an SAE.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import pytest
+
+# Tests run torch on one thread, and so do the processes they start (set before torch is
+# imported): tiny models are fastest that way, and on a busy machine an op whose second thread
+# waits for a descheduled core takes a hundred times longer.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from tests import builders
 
 if TYPE_CHECKING:
     from sae_lens import SAE
     from transformer_lens import HookedTransformer
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """torch on one thread for the session (in case it was imported before this module)."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

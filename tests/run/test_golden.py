@@ -69,7 +69,10 @@ def test_compare_reads_rounded_values_and_the_map_leniently():
     assert compare(layout, moved) == ["embedding_2d.shape[0]: 1 != 2 expected"]
 
 
-if __name__ == "__main__":  # re-record
+if __name__ == "__main__":  # re-record, on one thread as the tests run (tests/conftest.py)
+    import torch
+
+    torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["SAEINVERSE_CACHE"] = str(Path(tmp) / "cache")
         GOLDEN.write_text(dumps(run_content(_run(Path(tmp)))) + "\n")
