@@ -107,7 +107,8 @@ def test_report_stage_writes_a_self_contained_page(tiny_model, tiny_sae, small_c
 
 
 ALL_STAGES = {
-    "models", "collect", "filter", "cluster", "select", "reference", "invert", "explain", "report",
+    "models", "collect", "filter", "cluster", "select", "cards", "reference", "invert", "explain",
+    "report",
 }  # fmt: skip
 OFF_EXPECTATIONS = {
     # toggle switched off -> stages that must not be produced (it, and those with no input left)
@@ -116,13 +117,14 @@ OFF_EXPECTATIONS = {
         "filter",
         "cluster",
         "select",
+        "cards",
         "reference",
         "invert",
         "explain",
-    },  # fmt: skip
+    },
     "run_filtering": {"filter"},
     "run_clustering": {"cluster"},
-    "run_feature_selection": {"select", "reference", "invert", "explain"},
+    "run_feature_selection": {"select", "cards", "reference", "invert", "explain"},
     "run_prompt_optimization": {"reference", "invert"},
     "run_explanations": {"explain"},
     "run_visualization": {"report"},
