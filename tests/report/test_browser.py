@@ -159,11 +159,13 @@ def test_hostile_text_in_artifacts_stays_text(browser, run_copy):
     path = run_copy / "explain" / "explanations.jsonl"
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     hostile = '</blockquote><img src=x onerror="window.__injected=1"><script>window.__injected=2</script> & "q"'
-    lines[0]["explanation"] = hostile
+    lines[0]["explanation"] = lines[0]["sentence"] = hostile  # the card shows the sentence
+    lines[0]["rule"] = hostile
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     page, problems, requests = open_report(browser, build_report(run_copy))
     card = page.locator(f"#feature-{lines[0]['feature_id']}")
     assert card.locator("blockquote.explanation").inner_text() == hostile
+    assert card.locator("details code").inner_text() == hostile
     assert page.locator("main img").count() == 0
     assert page.evaluate("typeof window.__injected") == "undefined"
     assert problems == [] and all(url.startswith("file://") for url in requests)

@@ -206,7 +206,10 @@ def _feature_hover(fid: int, cluster: int, stats: Any, explanation: Any, n_token
         tokens = ", ".join(repr(t) for _, t, _ in stats.top_tokens(fid, n_tokens))
         lines.append("top tokens: " + plot_text(tokens, 80))
     if explanation is not None:
-        lines.append("explanation: " + plot_text(explanation.explanation, 100))
+        lines.append(
+            "explanation: "
+            + plot_text(getattr(explanation, "sentence", "") or explanation.explanation, 100)
+        )
     return "<br>".join(lines)
 
 

@@ -296,9 +296,19 @@ def _explanation_html(run: RunArtifacts, explanation: Any) -> str:
     if check:
         rows += [("refined prompt fires again", "yes" if check.get("fires") else "no"),
                  ("its activation ÷ dataset max", check.get("ratio"))]  # fmt: skip
+    sentence = getattr(explanation, "sentence", "") or explanation.explanation
+    rule = getattr(explanation, "rule", "") or ""
+    scored = getattr(explanation, "scored", None) or {}
+    if scored:
+        rows.insert(0, ("what each score read", "; ".join(f"{k}: {v}" for k, v in scored.items())))
     return (
         f"<h3>Explanation <small>({esc(explanation.explainer)})</small></h3>"
-        f'<blockquote class="explanation">{esc(explanation.explanation)}</blockquote>'
+        f'<blockquote class="explanation">{esc(sentence)}</blockquote>'
+        + (
+            f"<details open><summary>Rule</summary><code>{esc(rule)}</code></details>"
+            if rule
+            else ""
+        )
         + kv_table(rows)
     )
 
