@@ -19,25 +19,14 @@ from saeinverse.config import Section, read_values
 from saeinverse.run import pipeline
 from saeinverse.run.pipeline import run_experiment, stage_hash_of
 from saeinverse.run.stages import NOT_RESULTS
+from tests.builders import tiny_overrides
 
-SMALL = {
-    "data": {
-        "n_prompts": 30,
-        "max_length": 20,
-        "filtering": {"sparsity_max": 0.9, "entropy_threshold_low": 0.0},
-    },
-    "clustering": {"hdbscan": {"min_cluster_size": 3}, "selection": {"max_features": 2}},
-    "optimization": {
-        "length": 4,
-        "max_steps": 8,
-        "refine_steps": 2,
-        "refine_candidates": 8,
-        "reference_tokens": 2000,
-        "init": "exemplar",
-    },  # fmt: skip
-    "explanation": {"judge": False, "heldout_prompts": 20, "n_bootstrap": 100, "n_heldout": 10},
-    "pipeline": {"run_visualization": False},
-}
+SMALL = tiny_overrides(
+    data={"max_length": 20},
+    optimization={"refine_candidates": 8, "init": "exemplar"},
+    explanation={"heldout_prompts": 20},
+    pipeline={"run_visualization": False},
+)
 
 
 def _leaves(tree: dict[str, Any], prefix: str = "") -> list[str]:

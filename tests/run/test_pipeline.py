@@ -5,24 +5,13 @@ import pytest
 from saeinverse import get_default_config, update_config
 from saeinverse.run.pipeline import run_experiment
 from saeinverse.run.rundir import MARKER
+from tests.builders import tiny_overrides
 
-SMALL = {
-    "data": {
-        "n_prompts": 30,
-        "max_length": 20,
-        "filtering": {"sparsity_max": 0.9, "entropy_threshold_low": 0.0},
-    },
-    "clustering": {"hdbscan": {"min_cluster_size": 3}, "selection": {"max_features": 2}},
-    "optimization": {
-        "length": 4,
-        "max_steps": 8,
-        "refine_steps": 2,
-        "refine_candidates": 8,
-        "reference_tokens": 2000,
-    },  # fmt: skip
-    "explanation": {"judge": False, "heldout_prompts": 20, "n_bootstrap": 100},
-    "pipeline": {"run_explanations": False, "run_visualization": False},
-}
+SMALL = tiny_overrides(
+    data={"max_length": 20},
+    optimization={"refine_candidates": 8},
+    pipeline={"run_explanations": False, "run_visualization": False},
+)
 
 
 @pytest.fixture
