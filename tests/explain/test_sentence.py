@@ -47,6 +47,26 @@ def test_a_long_rule_still_gets_a_short_sentence_and_a_broad_one_says_so():
     assert narrow.startswith('Fires on "if" or "else"') and word_count(narrow) <= MAX_WORDS
 
 
+def window(tokens: list[str], peak: int, source: str = "exemplar") -> TokenSequence:
+    values = [0.0] * len(tokens)
+    if peak >= 0:
+        values[peak] = 1.0
+    return TokenSequence(tokens, list(range(len(tokens))), values, source)
+
+
+def test_the_sentence_quotes_distinct_examples_and_words_typical_of_the_firing_windows():
+    firing = [window(["def", " __", "hash", "__", "(", "self", ")", " the"], 2) for _ in range(8)]
+    firing.append(window([" a", " hashable", " object", " the", " end"], 1))
+    silent = [window([" the", " cat", " sat", " on", " mats"], -1, "silent") for _ in range(20)]
+    ev = ExplainEvidence(0, exemplars=[firing[0], firing[-1]], firing=firing[1:-1],
+                         silent=silent, candidate_tokens=[("hash", 0.9)])  # fmt: skip
+    text = describe(Rule(("hash", " hashable")), ev)
+    assert "“def __hash__(” or “a hashable object the”" in text
+    assert 'near "def", "self"' in text and '"the"' not in text and word_count(text) <= MAX_WORDS
+    no_silent = describe(Rule(("hash",)), ExplainEvidence(0, exemplars=firing[:2]))
+    assert "near" not in no_silent and no_silent.count("“") == 1
+
+
 def test_a_language_models_words_are_its_sentence_cut_to_twenty_words():
     long = " ".join(["word"] * 40)
     assert word_count(as_explanation(long).sentence) == MAX_WORDS

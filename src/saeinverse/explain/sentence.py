@@ -3,25 +3,30 @@
 An explanation is an ``Explanation``: the ``sentence``, and the ``rule`` (the checkable
 statement that follows it, ``saeinverse.explain.rules``; empty when the explainer writes only
 words, as a language model does). ``describe`` builds the sentence of a rule from the rule and
-its evidence:
+its evidence, in the words the feature's own windows use:
 
 - **what**: the targets' common word or stem (``the word "hash" (also "hashable")``), else the
-  first few targets quoted (``"if", "else" or "elif", and 3 more tokens``);
+  first few targets quoted (``"if", "else" or "elif" and 3 more``);
 - **where**: the position in the word (``at the start of a word``, ``inside a word``) and the
   tokens it needs before it (``right after "new"``), when every clause needs the same;
 - **genre**: the genre most of the firing windows come from (``in Python code``);
-- **breadth**: ``Fires weakly on many tokens; most strongly on …`` when the targets carry less
-  than ``BROAD_SHARE`` of the feature's activation mass;
-- **example**: a few words around the strongest firing of the top exemplar, while the sentence
-  stays within ``MAX_WORDS``.
+- **context**: up to ``CONTEXT_WORDS`` words of the explaining side's firing windows that are
+  at least ``CONTEXT_ENRICHMENT`` times as common there as in its random silent windows
+  (``near "self", "object"``; common function words and the targets' own words left out);
+- **breadth**: ``Fires weakly on many tokens, most on …`` when the targets carry less than
+  ``BROAD_SHARE`` of the feature's activation mass;
+- **examples**: a few words around the strongest firing of up to ``EXAMPLES`` exemplars that
+  read differently (``as in “__hash__(self)” or “hashable objects”``).
 
-Parts are dropped (the example, then extra targets, then the genre, then the position) until
-the sentence fits.
+Parts are dropped (the second example, a context word, extra targets, the first example, the
+context, the genre, the position) until the sentence fits.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 from saeinverse.explain.evidence import ExplainEvidence, display, normalise
@@ -35,6 +40,36 @@ BROAD_SHARE = 0.3
 LISTED = 3
 """Targets named in the sentence when they share no stem."""
 EXAMPLE_RADIUS = 2
+"""Tokens either side of an example's strongest firing."""
+EXAMPLES = 2
+"""Examples a sentence quotes at most (from exemplars that read differently)."""
+CONTEXT_WORDS = 3
+"""Context words a sentence names at most."""
+CONTEXT_ENRICHMENT = 2.0
+"""How many times more often (share of windows) a context word appears in the firing windows
+than in the random silent ones."""
+CONTEXT_SUPPORT = 0.1
+"""Share of the firing windows (and at least 3) a context word must appear in."""
+STOP_WORDS = frozenset(
+    "the and for that this with from are was were been have has had not but you your its his "
+    "her they them then than there their which what when where who will would can could should "
+    "may might must also into onto over under about after before more most some such only other "
+    "each any all one two out our use used using see".split()
+)
+"""Function words never named as context."""
+SHORTER = (
+    (EXAMPLES, CONTEXT_WORDS, LISTED, True, True),
+    (1, CONTEXT_WORDS, LISTED, True, True),
+    (1, 2, LISTED, True, True),
+    (1, 2, 1, True, True),
+    (0, 2, 1, True, True),
+    (0, 0, 1, True, True),
+    (0, 0, 1, False, True),
+    (0, 0, 1, False, False),
+)
+"""The sentence's parts, each step shorter (examples, context words, targets listed, genre,
+position): the first that fits ``MAX_WORDS`` is kept."""
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{2,}")
 GENRES = {
     "python_docstring": "Python docstrings",
     "python_source": "Python code",
@@ -95,24 +130,24 @@ def describe(rule: Rule, evidence: ExplainEvidence) -> str:
     stem = common_stem(forms)
     genre = main_genre(evidence)
     where = _where(rule)
-    example = _example(evidence)
-    broad = _mass(rule, evidence) < BROAD_SHARE
-    for listed, keep_genre, keep_where, keep_example in (
-        (LISTED, True, True, True),
-        (LISTED, True, True, False),
-        (1, True, True, False),
-        (1, False, True, False),
-        (1, False, False, False),
-    ):
-        what = _what(forms, stem, listed)
-        text = "Fires weakly on many tokens; most strongly on " if broad else "Fires on "
-        text += what
+    near = context_words(evidence, forms, CONTEXT_WORDS)
+    examples = _examples(evidence, EXAMPLES)
+    head = (
+        "Fires weakly on many tokens, most on "
+        if _mass(rule, evidence) < BROAD_SHARE
+        else "Fires on "
+    )
+    text = ""
+    for n_examples, n_near, listed, keep_genre, keep_where in SHORTER:
+        text = head + _what(forms, stem, listed)
         if keep_where and where:
             text += " " + where
         if keep_genre and genre:
             text += " in " + GENRES.get(genre, genre.replace("_", " ") + " text")
-        if keep_example and example:
-            text += f", as in “{example}”"
+        if near[:n_near]:
+            text += ", near " + ", ".join(f'"{w}"' for w in near[:n_near])
+        if examples[:n_examples]:
+            text += ", as in " + " or ".join(f"“{e}”" for e in examples[:n_examples])
         text += "."
         if word_count(text) <= MAX_WORDS:
             return text
@@ -159,7 +194,7 @@ def _what(forms: list[str], stem: str | None, listed: int) -> str:
     text = shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " or " + shown[-1]
     rest = len(forms) - len(shown)
     if rest:
-        text += f" and {rest} more token" + ("s" if rest > 1 else "")
+        text += f" and {rest} more"
     return text
 
 
@@ -186,13 +221,50 @@ def _mass(rule: Rule, evidence: ExplainEvidence) -> float:
     return sum(share for token, share in shares if normalise(token) in forms)
 
 
-def _example(evidence: ExplainEvidence) -> str:
-    """A few words around the strongest firing of the top exemplar, plain."""
-    windows = [s for s in evidence.exemplars + evidence.decile_samples if s.max_activation > 0]
-    if not windows:
-        return ""
-    seq = windows[0]
-    peak = max(range(len(seq.activations)), key=lambda i: seq.activations[i])
-    lo, hi = max(0, peak - EXAMPLE_RADIUS), peak + EXAMPLE_RADIUS + 1
-    text = "".join(display(t) for t in seq.tokens[lo:hi])
-    return " ".join(text.replace('"', "'").replace("“", "'").replace("”", "'").split())
+def _examples(evidence: ExplainEvidence, n: int) -> list[str]:
+    """A few words around the strongest firing of the first ``n`` firing windows (exemplars
+    first) that read differently, plain."""
+    out: list[str] = []
+    for seq in evidence.exemplars + evidence.decile_samples:
+        if len(out) >= n:
+            break
+        if seq.max_activation <= 0:
+            continue
+        peak = max(range(len(seq.activations)), key=lambda i: seq.activations[i])
+        lo, hi = max(0, peak - EXAMPLE_RADIUS), peak + EXAMPLE_RADIUS + 1
+        text = "".join(seq.tokens[lo:hi]).replace('"', "'").replace("“", "'").replace("”", "'")
+        text = " ".join(text.split())
+        if text and text.lower() not in {o.lower() for o in out}:
+            out.append(text)
+    return out
+
+
+def context_words(evidence: ExplainEvidence, forms: list[str], n: int) -> list[str]:
+    """Up to ``n`` words typical of the explaining side's firing windows (see the module
+    docstring), most enriched first; none without random silent windows to compare with."""
+    firing = evidence.positives()
+    silent = [s for s in evidence.silent if s.source == "silent"]
+    if not firing or not silent:
+        return []
+
+    def windows_with(seqs: list) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        for seq in seqs:
+            counts.update({w.lower() for w in _WORD.findall("".join(seq.tokens))})
+        return counts
+
+    on, off = windows_with(firing), windows_with(silent)
+    named = {re.sub(r"[^0-9a-z]", "", f.lower()) for f in forms}
+    support = max(3.0, CONTEXT_SUPPORT * len(firing))
+    scores = {}
+    for word, count in on.items():
+        if (
+            count < support
+            or word in STOP_WORDS
+            or any(len(t) >= STEM_MIN and t in word for t in named)
+        ):
+            continue
+        ratio = (count + 0.5) / len(firing) / ((off[word] + 0.5) / len(silent))
+        if ratio >= CONTEXT_ENRICHMENT:
+            scores[word] = math.log(ratio)
+    return sorted(scores, key=lambda w: (-scores[w], w))[:n]
