@@ -37,6 +37,18 @@ from pathlib import Path
 
 import torch
 
+ARMS = {
+    "default": ({}, True),
+    "no-exemplars": ({}, False),
+    "no-beam": ({"beam_width": 0}, True),
+    "from-scratch-no-beam": ({"beam_width": 0}, False),
+    "gradient-proposals": ({"proposals": "gradient"}, True),
+    "model-proposals": ({"proposals": "model"}, True),
+    "swaps-only": ({"edit_moves": False}, True),
+    "old-moves": ({"edit_moves": False, "beam_width": 0}, True),
+}
+"""Bench arms: optimization overrides, and whether the feature's exemplar windows are given."""
+
 CODE_CHARS = set("()[]{}=_:;#.,'\"<>/\\*+-%@|&^~`!")
 
 
@@ -114,6 +126,10 @@ def main() -> None:
     )
     parser.add_argument("--exemplars", type=int, default=8, help="exemplar windows per feature")
     parser.add_argument(
+        "--arms", nargs="*", choices=sorted(ARMS), default=None,
+        help="run these arms on the same features at the same budget and print one row each",
+    )  # fmt: skip
+    parser.add_argument(
         "--chunk",
         type=int,
         default=16,
@@ -167,27 +183,46 @@ def main() -> None:
     )
     from saeinverse.invert.inputs import exemplar_windows
 
-    windows = {} if args.no_exemplars else exemplar_windows(
-        stats, features, settings.length, count=args.exemplars
-    )  # fmt: skip
-    start = time.perf_counter()
-    records = []
-    for lo in range(0, len(features), args.chunk):
-        chunk = features[lo : lo + args.chunk]
-        records += optimize_features(
-            model, sae, chunk, settings, seed=args.seed,
-            dataset_max=stats.max_activation, reference_max=reference.for_features(chunk),
-            reference_tokens=reference.n_tokens, fluency_bound=bound,
-            exemplar_windows={f: windows[f] for f in chunk if f in windows},
-            exclude_bos=config.data.exclude_bos, progress=False,
-        )  # fmt: skip
-        for r in records[lo:]:
-            print(
-                f"  done {r.feature_id}: unconstrained {r.refined_ratio:.2f} "
-                f"headline {r.headline_ratio:.2f} ({time.perf_counter() - start:.0f} s)",
-                flush=True,
-            )
-    seconds = time.perf_counter() - start
+    all_windows = exemplar_windows(stats, features, settings.length, count=args.exemplars)
+    arms = [("default", {}, not args.no_exemplars)]
+    if args.arms:
+        arms = [(name, ARMS[name][0], ARMS[name][1]) for name in args.arms]
+    summary = []
+    for name, overrides, with_windows in arms:
+        arm = as_section({**settings.to_dict(), **overrides}, OptimizationConfig)
+        windows = all_windows if with_windows else {}
+        start = time.perf_counter()
+        records = []
+        for lo in range(0, len(features), args.chunk):
+            chunk = features[lo : lo + args.chunk]
+            records += optimize_features(
+                model, sae, chunk, arm, seed=args.seed,
+                dataset_max=stats.max_activation, reference_max=reference.for_features(chunk),
+                reference_tokens=reference.n_tokens, fluency_bound=bound,
+                exemplar_windows={f: windows[f] for f in chunk if f in windows},
+                exclude_bos=config.data.exclude_bos, progress=False,
+            )  # fmt: skip
+        seconds = time.perf_counter() - start
+        print(f"\n## arm {name}: {overrides or 'the defaults'}, exemplar windows "
+              f"{'on' if with_windows else 'off'}")  # fmt: skip
+        summary.append((name, report(args, chosen, records, reference, bound, p90, seconds)))
+        if args.out:
+            Path(args.out if len(arms) == 1 else f"{args.out}.{name}").write_text(json.dumps({
+                "reference": reference.name, "bound": bound.to_dict(), "p90": p90.to_dict(),
+                "seconds": seconds, "arm": name, "records": [r.to_dict() for r in records],
+            }, indent=1))  # fmt: skip
+    if len(summary) > 1:
+        print(f"\n| arm ({len(features)} features, budget {args.budget} sequence-equivalents) "
+              "| search spent, mean | unconstrained | ≤ p90 | headline ≤ p50 | headlines "
+              "| ≥ exemplar | s/feature |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|")
+        for name, row in summary:
+            print(f"| {name} | " + " | ".join(row) + " |")
+
+
+def report(args, chosen, records, reference, bound, p90, seconds) -> list[str]:
+    """Print one arm's table and per-feature lines; its summary row."""
+    features = [f for f, _ in chosen]
     ref = reference.for_features(features)
     unconstrained = [r.refined_activation / ref[r.feature_id] for r in records]
     within90 = [r.best_within(p90.cross_entropy) for r in records]
@@ -199,9 +234,11 @@ def main() -> None:
     search = [
         r.forward_passes_by_stage["soft"] + r.forward_passes_by_stage["refine"] for r in records
     ]
+    check = statistics.mean(r.forward_passes_by_stage["check"] for r in records)
     print(
-        f"\nsearch sequences per feature: mean {statistics.mean(search):.0f}, max {max(search)} "
-        f"(budget {args.budget}); check forwards per feature {statistics.mean(r.forward_passes_by_stage['check'] for r in records):.0f}; "
+        f"search sequence-equivalents per feature (token-layers ÷ {bound.length + 1}-token "
+        f"prompts to the hook): mean {statistics.mean(search):.0f}, max {max(search):.0f} "
+        f"(budget {args.budget}); check {check:.0f} per feature; "
         f"{seconds:.0f} s for {len(records)} features ({seconds / len(records):.1f} s per feature)\n"
     )
     print(
@@ -211,7 +248,7 @@ def main() -> None:
     print("|---|---|---|")
     for name, values in [
         ("unconstrained", unconstrained),
-        (f"fluent, CE ≤ real p90 ({p90.cross_entropy:.2f})", fluent90),
+        (f"fluent, CE ≤ real p90 ({p90.cross_entropy:.2f} nats/byte)", fluent90),
         (
             f"typical-text fluent, CE ≤ real p{100 * bound.quantile:g} ({bound.cross_entropy:.2f})",
             fluent50,
@@ -228,7 +265,7 @@ def main() -> None:
     above = sum(h >= e for h, e in zip(fluent50, exemplar, strict=True))
     print(
         f"\nheadline for {fired}/{len(records)} features; headline ≥ best exemplar window within "
-        f"the bound for {above}/{len(records)}; exemplar windows {'off' if args.no_exemplars else 'on'}"
+        f"the bound for {above}/{len(records)}"
     )
     print()
     for (f, kind), r, u, f9 in zip(chosen, records, unconstrained, fluent90, strict=True):
@@ -242,11 +279,15 @@ def main() -> None:
                 else "  (none fires within the bound)"
             )
         )
-    if args.out:
-        Path(args.out).write_text(json.dumps({
-            "reference": reference.name, "bound": bound.to_dict(), "p90": p90.to_dict(),
-            "seconds": seconds, "records": [r.to_dict() for r in records],
-        }, indent=1))  # fmt: skip
+    return [
+        f"{statistics.mean(search):.0f}",
+        median_ci(unconstrained),
+        median_ci(fluent90),
+        median_ci(fluent50),
+        f"{fired}/{len(records)}",
+        f"{above}/{len(records)}",
+        f"{seconds / len(records):.1f}",
+    ]
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Fluency in nats per byte: neither route through the tokenizer makes a prompt look fluent.
 
 - Pieces of characters (UTF-8 bytes as tokens) add predictable tokens, not bytes.
-- Long predictable tokens (runs of spaces, newlines, one repeated character) add bytes, not text:
-  each run of three or more identical characters counts as one character.
+- Long predictable tokens (runs of spaces, newlines, one repeated character or word) add bytes,
+  not text: three or more repeats in a row of one piece of text count as the piece once.
 """
 
 from __future__ import annotations
@@ -39,6 +39,13 @@ def test_text_bytes_counts_utf8_bytes_and_a_run_as_one_character():
     assert text_bytes("a" + " " * 40 + "b") == 3
     assert text_bytes("\n\n\n\n") == 1
     assert text_bytes("book keeper") == 11  # doubled letters are ordinary text
+
+
+def test_a_repeated_word_or_line_counts_once():
+    assert text_bytes(" probability hash" + "Hash" * 5) == len(" probability hashHash")
+    assert text_bytes("x" + "-\n" * 4 + "y") == 4
+    assert text_bytes(" hash hash hash") == len(" hash")
+    assert text_bytes("a hash, a hash") == 14  # twice is ordinary text
 
 
 def test_character_pieces_cannot_pass_as_fluent_text():

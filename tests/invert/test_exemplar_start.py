@@ -3,10 +3,13 @@ best of them within the bound (both re-scored like every prompt)."""
 
 from __future__ import annotations
 
+import pytest
+
 from saeinverse.collect.activations import collect_activations
 from saeinverse.config import get_default_config, update_config
 from saeinverse.data.sources import load_prompts
 from saeinverse.invert import FeatureTarget, optimize_features, score_prompt
+from saeinverse.invert.cost import Cost
 from saeinverse.invert.fluency import default_bound
 from saeinverse.invert.inputs import exemplar_windows
 from saeinverse.invert.starts import fluent_starts
@@ -44,15 +47,17 @@ def test_a_fluent_row_starts_from_the_most_active_exemplar_window_within_the_hin
     target = FeatureTarget(tiny_model, tiny_topk_sae)
     opt = update_config(get_default_config(), {"optimization": {"length": LENGTH}}).optimization
     bound = default_bound(target, opt, seed=0)
-    starts, screened = fluent_starts(
+    starts, spent, beams = fluent_starts(
         target, bound, float("inf"), features, 0, [windows[f] for f in features]
     )
+    cost = Cost.of(target, LENGTH)
     for i, f in enumerate(features):
         start = starts[i].tolist()
         assert start in windows[f]
         acts = [score_prompt(tiny_model, tiny_topk_sae, f, w, "last") for w in windows[f]]
         assert score_prompt(tiny_model, tiny_topk_sae, f, start, "last") >= max(acts) - 1e-5
-        assert screened[i] == 2 * len(windows[f])
+        assert spent[i] == pytest.approx(len(windows[f]) * (1 + cost.full))
+        assert beams[i] == [], "a feature with a window within the hinge needs no beam"
 
 
 def test_the_headline_is_never_below_the_best_exemplar_window_within_the_bound(

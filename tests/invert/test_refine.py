@@ -39,10 +39,11 @@ def test_shared_prefix_screening_finds_the_same_prompts(tiny_model, tiny_topk_sa
     full = run(tiny_model, tiny_topk_sae, position, False, hinge)
     assert torch.equal(shared.ids, full.ids)
     assert shared.activation == pytest.approx(full.activation, rel=1e-5, abs=1e-6)
-    # one extra forward per step for the shared prefix, and it is counted
-    assert [
-        s - f for s, f in zip(shared.forward_passes, full.forward_passes, strict=True)
-    ] == shared.steps
+    # the shared prefix costs one forward per step and saves each candidate its prefix: counted
+    for row, hinge_row in enumerate(hinge):
+        assert shared.forward_passes[row] < full.forward_passes[row]
+        if hinge_row is None:  # start, then per step a gradient (3) and 24 whole candidates
+            assert full.forward_passes[row] == pytest.approx(1 + full.steps[row] * (3 + 24))
 
 
 def test_fluency_hinge_penalises_only_cross_entropy_above_it(tiny_model, tiny_sae):
@@ -89,3 +90,37 @@ def test_update_pareto_keeps_the_named_prompt_when_thinning():
     many = [ParetoPoint([i], float(i + 1), float(i)) for i in range(20)]
     thinned = update_pareto([], many, size=4, keep=[[7]])
     assert [7] in [p.ids for p in thinned] and thinned[0].ids == [0] and thinned[-1].ids == [19]
+
+
+def _one_edit_apart(new: list[int], old: list[int]) -> bool:
+    """Whether ``new`` is ``old`` with one token dropped and one token put in (anywhere)."""
+    return any(
+        new[:i] + new[i + 1 :] == old[:j] + old[j + 1 :]
+        for i in range(len(new))
+        for j in range(len(old))
+    )
+
+
+def test_edit_moves_insert_or_delete_one_token_and_keep_both_ends():
+    from saeinverse.invert.moves import draw_candidates
+
+    old = list(range(10, 22))
+    current = torch.tensor([old])
+    grad_top = torch.randint(100, 200, (1, 12, 4), generator=torch.Generator().manual_seed(1))
+    cands, positions = draw_candidates(
+        current, grad_top, [None], 64, [torch.Generator().manual_seed(0)], edits=True
+    )
+    shifted = 0
+    for c in range(64):
+        new, p = cands[0, c].tolist(), int(positions[0, c])
+        assert len(new) == 12
+        assert new[:p] == old[:p], "nothing before the first changed position moves"
+        changed = [i for i in range(12) if new[i] != old[i]]
+        if c % 8 in (3, 7):
+            assert _one_edit_apart(new, old) and new[-1] == old[-1]
+            shifted += len(changed) > 1
+        else:
+            assert changed == [p], "a swap changes one token, at its position"
+    assert shifted >= 6, "inserts and deletes shift the tokens between their two positions"
+    swaps, _ = draw_candidates(current, grad_top, [None], 64, [torch.Generator().manual_seed(0)])
+    assert all(sum(a != b for a, b in zip(row.tolist(), old, strict=True)) == 1 for row in swaps[0])

@@ -220,6 +220,10 @@ class OptimizationConfig(Section):
     """Discrete refinement iterations (token swaps)."""
     refine_candidates: int = 64
     """Candidate swaps evaluated per refinement step."""
+    edit_moves: bool = True
+    """Besides single-token swaps, every fourth refinement candidate inserts or deletes a token (the prompt keeps its length and last token)."""
+    proposals: Literal["both", "gradient", "model"] = "both"
+    """Where a fluent row's candidate tokens come from: the feature's gradient and the model's own next-token predictions alternately, or one of them only (the unconstrained row always uses the gradient)."""
     fluency_weight: float = 4.0
     """A fluent row's score = activation ÷ reference max − fluency_weight × max(cross-entropy − fluency_target, 0), cross-entropy in nats per byte (about a quarter of nats per token for English); 0: no fluent rows, an unconstrained search only."""
     project_in_loop: bool = True
@@ -235,13 +239,17 @@ class OptimizationConfig(Section):
     fluency_windows: int = 300
     """Random real text windows of the prompt's length the bound is measured on."""
     fluent_start: Literal["text", "soft", "both"] = "both"
-    """Where the fluent row starts: real text (the most active of the feature's exemplar windows within the hinge when a collection ran, else of random real windows), the soft prompt's best projection (as the unconstrained row), or both (two fluent rows, fluent_share split between them)."""
+    """Where the fluent row starts: text (the most active of the feature's exemplar windows within the hinge when a collection ran, else the best prompt of a left-to-right beam, see beam_width, or without one the most active of random real windows), the soft prompt's best projection (as the unconstrained row), or both (two fluent rows, fluent_share split between them)."""
+    beam_width: int = 8
+    """Prompts per feature in the left-to-right beam that builds a fluent start from scratch for a feature without an exemplar window within the hinge (0: no beam, random real windows instead)."""
+    beam_proposals: int = 16
+    """Next tokens each beam prompt proposes per step: half drawn from the model's own next-token distribution, half ranked by the feature's gradient; each costs one cached token forwarded to the hook."""
     fluent_share: float = 0.5
     """Share of each feature's refinement budget spent by its fluent row(s) (the rest: its unconstrained row)."""
     pareto_size: int = 8
     """About this many (activation, cross-entropy) prompts kept per feature on its front."""
     max_sequences: int | None = 1500
-    """Budget of sequences evaluated per feature, the whole search (soft + every refinement row); null: only the step limits stop it."""
+    """Budget per feature for the whole search (soft stage, starts, every refinement row), in sequence-equivalents: token positions x layers forwarded (a backward counts as two forwards) / (prompt tokens x layers to the hook); null: only the step limits stop it."""
     reference_tokens: int | None = 150000
     """Tokens of the bundled corpus's train split the reference maximum is taken over (null: the whole split, about 495k tokens); ratios divide by it."""
 

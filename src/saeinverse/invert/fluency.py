@@ -8,8 +8,8 @@
   per-token mean is gamed by tokenisation: pieces of one character (UTF-8 bytes of Arabic or CJK
   text) are many predictable tokens of one byte each, which lower a per-token mean but not a
   per-byte one. The opposite route, long predictable tokens (a run of spaces, of newlines, of one
-  repeated character), is closed by counting each run of three or more identical characters as
-  one character. It needs the whole model and the unembedding, so the search spends it on a
+  repeated character or word), is closed by counting three or more repeats in a row of one piece
+  of text as the piece once. It needs the whole model and the unembedding, so the search spends it on a
   shortlist only (resuming from the SAE's hook activations where the hook is on the residual
   stream).
 - ``measure_bound``: the real-text bound. ``n_windows`` windows of the prompt's length drawn at
@@ -41,13 +41,15 @@ logger = logging.getLogger(__name__)
 
 CE_BATCH = 32
 """Prompts per full forward when scoring cross-entropy."""
-REPEATS = re.compile(r"(.)\1{2,}", re.DOTALL)
-"""A run of three or more identical characters (counted as one character by ``text_bytes``)."""
+REPEATS = re.compile(r"(.+?)\1{2,}", re.DOTALL)
+"""Three or more repeats in a row of one piece of text (a character, a word, a line): counted once
+by ``text_bytes``."""
 
 
 def text_bytes(text: str) -> int:
-    """The UTF-8 bytes of ``text`` with each run of 3+ identical characters counted as one
-    character (at least 1): the denominator of nats per byte."""
+    """The UTF-8 bytes of ``text`` with each run of 3+ repeats of one piece (``"    "``,
+    ``"HashHashHash"``, ``"-\n-\n-\n"``) counted as the piece once (at least 1): the
+    denominator of nats per byte."""
     return max(1, len(REPEATS.sub(r"\1", text).encode("utf-8")))
 
 
@@ -215,7 +217,7 @@ def measure_bound(
     return bound
 
 
-BOUND_CACHE_VERSION = 2
+BOUND_CACHE_VERSION = 3
 
 
 def window_cross_entropy(

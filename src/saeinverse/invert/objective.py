@@ -232,7 +232,16 @@ class FeatureTarget:
                 f"a prompt of {hook_acts.shape[1] - self.start_offset} token(s) has no readable "
                 f"position (collection reads from position {self.first_read}); raise optimization.length"
             )
-        enc = encode_with_pre(self.sae, hook_acts[:, self.first_read :])
+        return self.read_positions(hook_acts[:, self.first_read :], feature_ids, selectivity_weight)
+
+    def read_positions(
+        self,
+        hook_acts: Float[Tensor, "batch pos d_in"],
+        feature_ids: Int[Tensor, " batch"],
+        selectivity_weight: float = 0.0,
+    ) -> Readout:
+        """``read`` on positions that are all readable (e.g. the one new token of a cached step)."""
+        enc = encode_with_pre(self.sae, hook_acts)
         acts = enc.acts
         feature_ids = feature_ids.to(self.device)
         target_pre = _gather(enc.pre, feature_ids)  # [batch, pos]

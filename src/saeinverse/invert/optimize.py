@@ -5,23 +5,27 @@ what makes inversion affordable: one forward of 16 prompts costs far less than 1
 one. Per feature, the search is:
 
 1. a soft prompt (``soft.optimize_soft``, PEZ-style), whose best projected prompt starts
-2. two refinement rows run in the same batch (``refine.refine``): an **unconstrained** row
+2. refinement rows run in the same batch (``refine.refine``): an **unconstrained** row
    (activation only), starting from the soft prompt, and, with ``fluency_weight > 0``, a
    **fluent** row (activation with a cross-entropy hinge at ``fluency_target``, by default the
-   real-text bound), starting from real text: of ``FLUENT_START_SCREEN`` random windows among
-   those the bound was measured on whose cross-entropy is within the hinge, the one closest to
-   firing (highest key; the screening forwards count against the row). Without measured windows,
-   or with ``fluent_start='soft'``, it starts from the soft prompt too; ``fluent_start='both'``
-   runs two fluent rows, one from each start, with half of ``fluent_share`` each;
-3. a check: every prompt either row accepted or put on its front, and the projected prompt, is
-   re-scored by a fresh forward (activation, and the model's own cross-entropy); the **front** is
-   their Pareto set, the **headline** the most active of them at or below the bound, and the
-   **unconstrained best** the most active of all.
+   real-text bound) that starts from what already fires (``starts.fluent_starts``): the most
+   active of the feature's exemplar windows within the hinge, else the best prompt of a
+   left-to-right beam over the model's own proposals (``beam.beam_prompts``) built from scratch,
+   or the most active exemplar window when the fluent score ranks it above the beam's.
+   ``fluent_start='soft'`` starts it from the soft prompt; ``'both'`` (the default) runs a second
+   fluent row from the soft prompt, ``fluent_share`` split between the two;
+3. a check (``check.checked_records``): every prompt a row accepted or put on its front, the
+   projected prompt, the beam's prompts and the exemplar windows are re-scored by fresh forwards
+   (activation, and the model's own cross-entropy per byte); the **front** is their Pareto set,
+   the **headline** the most active of them at or below the bound (so never under the best
+   exemplar window within it), and the **unconstrained best** the most active of all.
 
-**Budget.** ``max_sequences`` bounds the whole search of a feature: the soft stage
-(``max_steps`` + 1 sequences) and every refinement row (the rest, split by ``fluent_share``). A
-config whose soft stage and one refinement step per row do not fit is refused with a
-``ConfigError`` (the check's re-scoring forwards are counted apart, as ``check``).
+**Budget.** ``max_sequences`` bounds the whole search of a feature in sequence-equivalents of
+token-layers (``invert.cost``): the soft stage (3 × ``max_steps`` + 1: a step is a forward and a
+backward), and every refinement row (the rest, split by ``fluent_share``), whose start (the
+exemplar windows screened, or the beam) is paid from its share. A config whose soft stage and
+one start and refinement step per row do not fit is refused with a ``ConfigError`` (the check's
+re-scoring forwards are counted apart, as ``check``).
 
 **Independence.** Every random draw comes from a generator seeded by (``seed``, feature id,
 stream), every stopping rule is per row, and the prefix sharing does not depend on the batch: a
@@ -42,20 +46,22 @@ from tqdm.auto import tqdm
 
 from saeinverse.config import OptimizationConfig, as_section
 from saeinverse.errors import ConfigError
-from saeinverse.invert.fluency import Fluency, FluencyBound, default_bound
-from saeinverse.invert.front import ParetoPoint, spread, update_pareto
+from saeinverse.invert.beam import beam_cost, beam_prompts
+from saeinverse.invert.check import checked_records
+from saeinverse.invert.cost import GRADIENT, Cost
+from saeinverse.invert.fluency import FluencyBound, default_bound
 from saeinverse.invert.objective import FeatureTarget, allowed_token_mask
-from saeinverse.invert.project import Vocabulary, score_prompts
+from saeinverse.invert.project import Vocabulary
 from saeinverse.invert.refine import Population, refine, start_cost, step_cost
 from saeinverse.invert.result import Inversion
 from saeinverse.invert.soft import initial_ids, optimize_soft
 from saeinverse.invert.starts import (
+    BEAM,
     FLUENT,
     FLUENT_SOFT,
     FLUENT_START_SCREEN,
     FLUENT_STREAMS,
     SOFT,
-    TRAJECTORY_NAMES,
     UNCONSTRAINED,
     fluent_starts,
     generator,
@@ -90,11 +96,6 @@ def _per_feature(values: Any, feature_ids: list[int], aligned: bool = False) -> 
     return [values[f] for f in feature_ids]
 
 
-def _decode(model, ids: list[int]) -> str:
-    tokenizer = getattr(model, "tokenizer", None)
-    return tokenizer.decode(ids) if tokenizer is not None else " ".join(map(str, ids))
-
-
 # ----------------------------------------------------------------------------- the budget
 
 
@@ -112,8 +113,15 @@ def _from_text(s: OptimizationConfig) -> bool:
     return s.fluent_start != "soft"
 
 
-def plan_budget(s: OptimizationConfig, share_prefix: bool = True) -> BudgetPlan:
-    """Split ``max_sequences`` between the soft stage and the refinement rows, or refuse it."""
+def plan_budget(
+    s: OptimizationConfig, share_prefix: bool = True, cost: Cost | None = None
+) -> BudgetPlan:
+    """Split ``max_sequences`` between the soft stage and the refinement rows, or refuse it.
+
+    Budgets are sequence-equivalents (``invert.cost``); ``cost`` is the model's (without one,
+    a one-layer model's, which under-counts cross-entropies: the refusal is then a lower bound).
+    """
+    cost = cost or Cost(s.length + 1, 1, 1)
     fluent = s.fluency_weight > 0
     shares = [(UNCONSTRAINED, 1.0 - s.fluent_share if fluent else 1.0)]
     if fluent and s.fluent_start == "both":
@@ -123,25 +131,32 @@ def plan_budget(s: OptimizationConfig, share_prefix: bool = True) -> BudgetPlan:
     shares = [(stream, share) for stream, share in shares if share > 0]
     if s.max_sequences is None:
         return BudgetPlan(s.max_steps, [(stream, None) for stream, _ in shares])
-    soft = s.max_steps + 1
+    soft = GRADIENT * s.max_steps + 1
     rest = s.max_sequences - soft
     n_fluent = min(s.fluency_candidates, s.refine_candidates)
     rows = []
     for stream, share in shares:
         is_fluent = stream in FLUENT_STREAMS
         screen = stream == FLUENT and _from_text(s)
-        need = start_cost(is_fluent) + (FLUENT_START_SCREEN if screen else 0)
+        need = start_cost(cost, is_fluent)
+        if screen:
+            need += (
+                beam_cost(cost, s.beam_width, s.beam_proposals, s.length)
+                if s.beam_width > 0
+                else FLUENT_START_SCREEN
+            )
         if s.refine_steps > 0:
-            need += step_cost(s.refine_candidates, n_fluent, is_fluent, share_prefix)
-        budget = int(rest * share)
+            need += step_cost(cost, s.refine_candidates, n_fluent, is_fluent, share_prefix)
+        budget = rest * share
         if budget < need:
             kind = "fluent" if is_fluent else "unconstrained"
             raise ConfigError(
                 f"optimization.max_sequences={s.max_sequences} cannot hold the search: the soft "
-                f"stage takes max_steps + 1 = {soft} sequences and the {kind} row's share "
-                f"({share:g} of the rest = {budget}) is under one refinement step ({need}); "
-                f"raise max_sequences to at least {soft + int(need / share) + 1} or lower "
-                "max_steps / refine_candidates"
+                f"stage takes 3 x max_steps + 1 = {soft:g} sequence-equivalents and the {kind} "
+                f"row's share ({share:g} of the rest = {budget:.0f}) is under its start and one "
+                f"refinement step ({need:.0f}); raise max_sequences to at least "
+                f"{int(soft + need / share) + 1} or lower max_steps / refine_candidates"
+                + (" / beam_width" if is_fluent and s.beam_width > 0 else "")
             )
         rows.append((stream, budget))
     return BudgetPlan(s.max_steps, rows)
@@ -184,7 +199,6 @@ def optimize_features(
     ids = _check_feature_ids(feature_ids, int(sae.cfg.d_sae))
     if not ids:
         return []
-    plan = plan_budget(s)
     maxima = _per_feature(dataset_max, ids)
     references = _per_feature(reference_max, ids)
     windows = [
@@ -206,6 +220,7 @@ def optimize_features(
     target = FeatureTarget(model, sae, s.position, exclude_bos)
     vocab = Vocabulary(model, allowed_token_mask(model))
     bound = fluency_bound or default_bound(target, s, seed)
+    plan = plan_budget(s, cost=Cost.of(target, s.length))
     fids = torch.tensor(ids, device=target.device)
     bar = tqdm(
         total=plan.soft_steps + s.refine_steps,
@@ -224,10 +239,24 @@ def optimize_features(
         owners = [i for i in range(len(ids)) for _ in plan.rows]
         streams = [stream for _ in ids for stream, _ in plan.rows]
         hinge = s.fluency_target if s.fluency_target is not None else bound.cross_entropy
-        starts, screened = (
-            fluent_starts(target, bound, hinge, ids, seed, windows)
+        weight = float(s.fluency_weight)
+
+        def rank(i: int, key: float, ce: float) -> float:
+            return key / scale[i] - weight * max(ce - hinge, 0.0)
+
+        def beam(need: list[int]):
+            return beam_prompts(
+                target, vocab.allowed, vocab.W_E, fids[need], [scale[i] for i in need], hinge,
+                weight, s.length, s.beam_width, s.beam_proposals,
+                [generator(seed, ids[i], BEAM) for i in need],
+            )  # fmt: skip
+
+        starts, screened, beams = (
+            fluent_starts(
+                target, bound, hinge, ids, seed, windows, beam if s.beam_width > 0 else None, rank
+            )
             if FLUENT in streams and _from_text(s)
-            else (None, [0] * len(ids))
+            else (None, [0.0] * len(ids), [[] for _ in ids])
         )
         init = soft.best_ids[owners].clone()
         budgets = [budget for _ in ids for _, budget in plan.rows]
@@ -247,9 +276,9 @@ def optimize_features(
     finally:
         bar.close()
     if starts is None:
-        screened = [0] * len(ids)
-    records = _checked_records(model, target, ids, maxima, references, soft, refined, owners,
-                               streams, s, bound, reference_tokens, screened, windows)  # fmt: skip
+        screened = [0.0] * len(ids)
+    records = checked_records(model, target, ids, maxima, references, soft, refined, owners,
+                              streams, s, bound, reference_tokens, screened, windows, beams)  # fmt: skip
     seconds = (time.perf_counter() - start) / len(ids)
     for record in records:
         record.seconds = seconds
@@ -289,110 +318,3 @@ def optimize_feature(
         fluency_bound=fluency_bound, exclude_bos=exclude_bos, progress=progress,
     )  # fmt: skip
     return record
-
-
-# ----------------------------------------------------------------------------- the check
-
-
-def _candidates(i, soft, refined, owners, streams, size) -> list[list[int]]:
-    """The prompts of feature ``i`` worth re-scoring: projected, accepted and front prompts."""
-    prompts = [soft.best_ids[i].tolist()]
-    for row, owner in enumerate(owners):
-        if owner != i:
-            continue
-        accepted = [ids for ids, _ in refined.accepted[row]]
-        prompts += spread(accepted, size) + [p.ids for p in refined.front[row]]
-        prompts.append(refined.ids[row].tolist())
-    unique: dict[tuple[int, ...], list[int]] = {}
-    for p in prompts:
-        unique.setdefault(tuple(p), p)
-    return list(unique.values())
-
-
-def _checked_records(
-    model,
-    target,
-    ids,
-    maxima,
-    references,
-    soft,
-    refined,
-    owners,
-    streams,
-    s,
-    bound,
-    ref_tokens,
-    screened,
-    windows,
-) -> list[Inversion]:
-    """Re-score every candidate prompt (and each feature's exemplar windows) with fresh forwards
-    and build the records."""
-    n = len(ids)
-    searched = [_candidates(i, soft, refined, owners, streams, s.pareto_size) for i in range(n)]
-    per_feature = [
-        found + [w for w in windows[i] if w not in found] for i, found in enumerate(searched)
-    ]
-    flat = [p for prompts in per_feature for p in prompts]
-    features = [ids[i] for i, prompts in enumerate(per_feature) for _ in prompts]
-    acts = score_prompts(model, None, features, flat, s.position, target=target)
-    ce = Fluency(target).cross_entropy(torch.tensor(flat, device=target.device)).tolist()
-    records, cursor = [], 0
-    for i in range(n):
-        count = len(per_feature[i])
-        points = [ParetoPoint(flat[j], acts[j], ce[j]) for j in range(cursor, cursor + count)]
-        cursor += count
-        best = max(points, key=lambda p: p.activation)
-        within = [p for p in points if p.cross_entropy <= bound.cross_entropy and p.activation > 0]
-        headline = max(within, key=lambda p: p.activation) if within else None
-        exemplars = [p for p in within if p.ids in windows[i]]
-        exemplar = max(exemplars, key=lambda p: p.activation) if exemplars else None
-        keep = [best.ids] + ([headline.ids] if headline else [])
-        front = update_pareto([], points, s.pareto_size, keep=keep)
-        rows = [r for r, o in enumerate(owners) if o == i]
-        passes = {
-            "soft": soft.forward_passes[i],
-            "refine": sum(refined.forward_passes[r] for r in rows) + screened[i],
-            "check": 2 * count,  # one activation forward, one full forward per prompt
-        }
-        trajectory = {
-            "soft_objective": soft.trajectory[i]["objective"],
-            "soft_activation": soft.trajectory[i]["activation"],
-        }
-        for r in rows:
-            name = TRAJECTORY_NAMES[streams[r]]
-            trajectory[f"{name}_activation"] = refined.trajectory[r]["activation"]
-            trajectory[f"{name}_cross_entropy"] = refined.trajectory[r]["cross_entropy"]
-        records.append(
-            Inversion(
-                feature_id=ids[i],
-                soft_activation=float(soft.soft_activation[i]),
-                projected_tokens=points[0].ids,
-                projected_text=_decode(model, points[0].ids),
-                projected_activation=points[0].activation,
-                refined_tokens=best.ids,
-                refined_text=_decode(model, best.ids),
-                refined_activation=best.activation,
-                refined_cross_entropy=best.cross_entropy,
-                dataset_max=None if maxima[i] is None else float(maxima[i]),
-                position=s.position,
-                pareto=[_point(model, p) for p in front],
-                headline=None if headline is None else _point(model, headline),
-                exemplar_window=None if exemplar is None else _point(model, exemplar),
-                fluency_bound=bound.to_dict(),
-                reference_max=None if references[i] is None else float(references[i]),
-                reference_tokens=None if references[i] is None else ref_tokens,
-                forward_passes=sum(passes.values()),
-                forward_passes_by_stage=passes,
-                trajectory=trajectory,
-            )
-        )
-    return records
-
-
-def _point(model, p: ParetoPoint) -> dict[str, Any]:
-    return {
-        "tokens": p.ids,
-        "text": _decode(model, p.ids),
-        "activation": p.activation,
-        "cross_entropy": p.cross_entropy,
-    }

@@ -13,9 +13,11 @@ Each step, for every still-active row:
 1. one forward + backward on the current prompt gives the gradient of the objective with respect
    to the one-hot tokens (``grad_embeds @ W_E.T``); its ``top_k`` tokens per position are the
    promising swaps;
-2. ``candidates`` single swaps are drawn with the row's own generator (positions in turn,
+2. ``candidates`` one-token moves are drawn with the row's own generator (positions in turn,
    shuffled; tokens from the gradient's top-k, and for a fluent row every other one from the
-   model's own top next-token predictions at that position instead);
+   model's own top next-token predictions at that position instead, ``proposals``): swaps, and
+   with ``edit_moves`` every fourth an insert (a later token dropped) or a delete (the new token
+   put later), so a phrase can shift by a token while both ends of the prompt stay;
 3. every candidate is evaluated exactly by forwards stopped at the SAE's layer; with
    ``share_prefix`` the current prompt's keys and values are computed once (one sequence) and each
    candidate forwards only its suffix from the swapped position;
@@ -26,14 +28,14 @@ Each step, for every still-active row:
    the best combined score if it improves.
 
 A row stops after ``patience`` steps without improvement, after ``steps`` steps, or when its
-next step would pass its sequence budget. Every sequence forwarded is counted against its row;
-nothing a row does depends on the other rows of the batch.
+next step would pass its budget. Every forward is counted against its row, in sequence-equivalents
+of token-layers (``invert.cost``: a suffix forward costs its share of a prompt, a gradient three
+forwards, a cross-entropy every layer); nothing a row does depends on the other rows of the batch.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -41,8 +43,10 @@ from jaxtyping import Int
 from torch import Tensor
 
 from saeinverse.config import OptimizationConfig
+from saeinverse.invert.cost import Cost
 from saeinverse.invert.fluency import Fluency
 from saeinverse.invert.front import ParetoPoint, update_pareto
+from saeinverse.invert.moves import draw_candidates
 from saeinverse.invert.objective import FeatureTarget
 from saeinverse.invert.project import Vocabulary
 from saeinverse.invert.soft import improves
@@ -64,8 +68,8 @@ class Population:
     """Divides the key in a fluent row's score (the reference max when known)."""
     hinge: list[float | None]
     """None: an unconstrained row; else the cross-entropy above which a fluent row is penalised."""
-    budget: list[int | None]
-    """Sequences the row may spend (None: only the step limits stop it)."""
+    budget: list[float | None]
+    """Sequence-equivalents the row may spend (``invert.cost``; None: only the step limits stop it)."""
 
 
 @dataclass
@@ -77,20 +81,27 @@ class RefineResult:
     front: list[list[ParetoPoint]]
     accepted: list[list[tuple[list[int], float]]]
     """Every prompt the row accepted, in order, with its screening activation."""
-    forward_passes: list[int]
+    forward_passes: list[float]
+    """Sequence-equivalents each row spent (``invert.cost``)."""
     steps: list[int]
     trajectory: list[dict[str, list[float]]]
 
 
-def step_cost(candidates: int, n_fluent: int, fluent: bool, share_prefix: bool) -> int:
-    """Sequences one step of a row may spend: gradient, prefix, candidates (+ fluency)."""
-    cost = 1 + int(share_prefix) + candidates
-    return cost + (n_fluent + 1 if fluent else 0)
+def step_cost(
+    cost: Cost, candidates: int, n_fluent: int, fluent: bool, share_prefix: bool
+) -> float:
+    """The most one step of a row may spend: gradient, prefix, candidates (each a whole suffix at
+    most), and for a fluent row its shortlist's cross-entropies and the new expectations."""
+    if share_prefix:
+        screen = cost.sequence + candidates * cost.suffix(0)
+    else:
+        screen = candidates * cost.sequence
+    return cost.gradient + screen + (n_fluent * cost.resumed + cost.full if fluent else 0.0)
 
 
-def start_cost(fluent: bool) -> int:
-    """Sequences spent scoring a row's start prompt (its activation, and its expectations)."""
-    return 2 if fluent else 1
+def start_cost(cost: Cost, fluent: bool) -> float:
+    """Scoring a row's start prompt: its activation, and a fluent row's expectations."""
+    return cost.sequence + (cost.full if fluent else 0.0)
 
 
 # ----------------------------------------------------------------------------- one step's parts
@@ -104,32 +115,6 @@ def _swap_gradient(target, vocab, ids, feature_ids, selectivity, top_k) -> Tenso
     scores = grad @ vocab.W_E.T  # [batch, pos, vocab]
     scores[..., ~vocab.allowed] = float("-inf")
     return scores.topk(top_k, dim=-1).indices
-
-
-def _draw_candidates(
-    current: Int[Tensor, "batch pos"],
-    grad_top: Int[Tensor, "batch pos k"],
-    lm_top: list[Tensor | None],
-    n: int,
-    generators: Sequence[torch.Generator],
-) -> tuple[Int[Tensor, "batch n pos"], Int[Tensor, "batch n"]]:
-    """``n`` single swaps per row and each swap's position, from the row's own generator."""
-    batch, length = current.shape
-    cands = current[:, None, :].repeat(1, n, 1).cpu()
-    positions = torch.empty(batch, n, dtype=torch.long)
-    grad_top = grad_top.cpu()
-    for row, gen in enumerate(generators):
-        pos = (torch.arange(n) % length)[torch.randperm(n, generator=gen)]
-        rank = torch.randint(grad_top.shape[-1], (n,), generator=gen)
-        tokens = grad_top[row, pos, rank]
-        if lm_top[row] is not None:
-            lm = lm_top[row].cpu()
-            from_lm = torch.arange(n) % 2 == 1
-            lm_rank = torch.randint(lm.shape[-1], (n,), generator=gen)
-            tokens = torch.where(from_lm, lm[pos, lm_rank], tokens)
-        cands[row, torch.arange(n), pos] = tokens
-        positions[row] = pos
-    return cands.to(current.device), positions
 
 
 def _screen(target, cands, positions, current, feature_ids, keep_resid, share_prefix):
@@ -183,7 +168,7 @@ class _State:
     score: Tensor
     ce: Tensor
     logprobs: dict[int, Tensor]
-    passes: list[int]
+    passes: list[float]
     steps: list[int]
     since: list[int]
     active: list[bool]
@@ -202,7 +187,7 @@ def _penalty(ce: Tensor, hinge: Tensor, weight: float) -> Tensor:
     return weight * (ce - hinge).clamp(min=0.0)
 
 
-def _start(target, pop: Population, fluency: Fluency, weight: float, size: int) -> _State:
+def _start(target, pop: Population, fluency: Fluency, weight: float, size: int, cost) -> _State:
     """Score the start prompts (and a fluent row's cross-entropy and expectations)."""
     n = pop.init_ids.shape[0]
     first = target.read_ids(pop.init_ids, pop.feature_ids)
@@ -228,7 +213,7 @@ def _start(target, pop: Population, fluency: Fluency, weight: float, size: int) 
         score=score,
         ce=ce,
         logprobs=logprobs,
-        passes=[start_cost(h is not None) for h in pop.hinge],
+        passes=[start_cost(cost, h is not None) for h in pop.hinge],
         steps=[0] * n,
         since=[0] * n,
         active=[True] * n,
@@ -256,11 +241,13 @@ def refine(
     """Greedy gradient-guided token search for every row at once; see the module docstring."""
     n_rows = pop.init_ids.shape[0]
     fluency = Fluency(target, vocab.allowed, s.refine_top_k)
+    cost = Cost.of(target, pop.init_ids.shape[1])
     weight = float(s.fluency_weight)
-    state = _start(target, pop, fluency, weight, s.pareto_size)
+    state = _start(target, pop, fluency, weight, s.pareto_size, cost)
     n_fluent = min(s.fluency_candidates, s.refine_candidates)
     costs = [
-        step_cost(s.refine_candidates, n_fluent, h is not None, share_prefix) for h in pop.hinge
+        step_cost(cost, s.refine_candidates, n_fluent, h is not None, share_prefix)
+        for h in pop.hinge
     ]
     for _ in range(s.refine_steps):
         for row in range(n_rows):
@@ -270,7 +257,7 @@ def refine(
         rows = [r for r in range(n_rows) if state.active[r]]
         if not rows:
             break
-        _step(target, vocab, fluency, pop, state, rows, s, n_fluent, share_prefix)
+        _step(target, vocab, fluency, cost, pop, state, rows, s, n_fluent, share_prefix)
         if progress is not None:
             progress.update(1)
     return RefineResult(
@@ -279,7 +266,7 @@ def refine(
     )  # fmt: skip
 
 
-def _step(target, vocab, fluency, pop, state, rows, s, n_fluent, share_prefix) -> None:
+def _step(target, vocab, fluency, cost, pop, state, rows, s, n_fluent, share_prefix) -> None:
     """One step of every active row in ``rows`` (see the module docstring)."""
     idx = torch.tensor(rows, device=target.device)
     current = state.current[idx]
@@ -289,9 +276,10 @@ def _step(target, vocab, fluency, pop, state, rows, s, n_fluent, share_prefix) -
         fluency.top_tokens(state.logprobs[r][None])[0] if pop.hinge[r] is not None else None
         for r in rows
     ]
-    cands, positions = _draw_candidates(
-        current, grad_top, lm_top, s.refine_candidates, [pop.generators[r] for r in rows]
-    )
+    cands, positions = draw_candidates(
+        current, grad_top, lm_top, s.refine_candidates, [pop.generators[r] for r in rows],
+        s.edit_moves, s.proposals,
+    )  # fmt: skip
     fluent = [j for j, r in enumerate(rows) if pop.hinge[r] is not None]
     c_key, c_act, c_resid = _screen(
         target, cands, positions, current, fids, bool(fluent), share_prefix
@@ -306,10 +294,15 @@ def _step(target, vocab, fluency, pop, state, rows, s, n_fluent, share_prefix) -
         )  # fmt: skip
         pick[fluent], new_score[fluent], new_ce[fluent] = f_pick, f_score, f_ce
     accepted = []
+    ce_cost = cost.resumed if fluency.resume_layer is not None else cost.full
     for j, row in enumerate(rows):
-        state.passes[row] += 1 + int(share_prefix) + s.refine_candidates
+        if share_prefix:
+            screened = cost.sequence + sum(cost.suffix(int(p)) for p in positions[j].tolist())
+        else:
+            screened = s.refine_candidates * cost.sequence
+        state.passes[row] += cost.gradient + screened
         if pop.hinge[row] is not None:
-            state.passes[row] += n_fluent
+            state.passes[row] += n_fluent * ce_cost
         state.steps[row] += 1
         if improves(float(new_score[j]), float(state.score[row])):
             state.current[row] = cands[j, pick[j]]
@@ -328,7 +321,7 @@ def _step(target, vocab, fluency, pop, state, rows, s, n_fluent, share_prefix) -
         logprobs = fluency.expectations(state.current[fluent_accepted])[1]
         for j, row in enumerate(fluent_accepted):
             state.logprobs[row] = logprobs[j]
-            state.passes[row] += 1
+            state.passes[row] += cost.full
 
 
 def _fluent_choice(

@@ -71,10 +71,12 @@ class Inversion:
     """The feature's maximum over ``reference_tokens`` tokens of the corpus (what ratios divide by)."""
     reference_tokens: int | None = None
     """Tokens the reference maximum was taken over."""
-    forward_passes: int = 0
-    """Sequences evaluated for this feature (gradient, screening, fluency and check forwards)."""
-    forward_passes_by_stage: dict[str, int] = field(default_factory=dict)
-    """``forward_passes`` split by stage: soft, refine, check."""
+    forward_passes: float = 0.0
+    """Sequence-equivalents spent on this feature (``invert.cost``: token positions x layers
+    forwarded, a backward as two forwards, over prompt tokens x layers to the hook)."""
+    forward_passes_by_stage: dict[str, float] = field(default_factory=dict)
+    """``forward_passes`` split by stage: soft, refine (with the fluent row's start: exemplar
+    windows screened, or the beam), check."""
     seconds: float = 0.0
     """Wall-clock seconds of the batch divided by its number of features."""
     trajectory: dict[str, list[float]] = field(default_factory=dict)

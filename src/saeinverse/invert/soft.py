@@ -30,6 +30,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from saeinverse.config import OptimizationConfig
+from saeinverse.invert.cost import GRADIENT
 from saeinverse.invert.objective import FeatureTarget
 from saeinverse.invert.project import Vocabulary
 
@@ -48,7 +49,8 @@ class SoftResult:
     best_ids: Int[Tensor, "n_features pos"]
     best_key: Float[Tensor, " n_features"]
     steps: list[int]
-    forward_passes: list[int]
+    forward_passes: list[float]
+    """Sequence-equivalents spent (``invert.cost``): a gradient per step, one final forward."""
     trajectory: list[dict[str, list[float]]] = field(default_factory=list)
 
 
@@ -102,8 +104,9 @@ def optimize_soft(
 ) -> SoftResult:
     """Adam on the soft prompts of all rows at once; see the module docstring.
 
-    ``max_steps`` (default ``s.max_steps``) is the step limit the sequence budget leaves; each
-    step forwards one sequence per row, and one more forward reads the final soft prompt.
+    ``max_steps`` (default ``s.max_steps``) is the step limit the budget leaves; each step
+    forwards and backpropagates one sequence per row (3 sequence-equivalents), and one more
+    forward reads the final soft prompt.
     """
     max_steps = s.max_steps if max_steps is None else max_steps
     lr, patience, project = s.lr, s.patience, s.project_in_loop
@@ -171,6 +174,6 @@ def optimize_soft(
         best_ids = vocab.nearest(final)[0]
     with torch.no_grad():
         soft = target.read(target.hook_acts(best_ids, final), feature_ids).activation
-    forward_passes = [s + 1 for s in steps]
+    forward_passes = [GRADIENT * s + 1.0 for s in steps]
     logger.debug("soft stage: %d rows, steps %s", n, steps)
     return SoftResult(final, soft.tolist(), best_ids, best_key, steps, forward_passes, trajectory)

@@ -7,13 +7,14 @@ stream), so a feature gets the same search alone or in a batch.
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from saeinverse.invert.fluency import Fluency
 
-SOFT, UNCONSTRAINED, FLUENT, FLUENT_START, FLUENT_SOFT = 0, 1, 2, 3, 4
+SOFT, UNCONSTRAINED, FLUENT, FLUENT_START, FLUENT_SOFT, BEAM = 0, 1, 2, 3, 4, 5
 """Random streams per feature: the soft start, the unconstrained row, the fluent row, the real
-windows its start is chosen from, and (``fluent_start='both'``) the second fluent row, which
-starts from the soft prompt."""
+windows its start is chosen from, (``fluent_start='both'``) the second fluent row, which starts
+from the soft prompt, and the beam that builds a start from scratch."""
 FLUENT_STREAMS = (FLUENT, FLUENT_SOFT)
 TRAJECTORY_NAMES = {UNCONSTRAINED: "refine", FLUENT: "fluent", FLUENT_SOFT: "fluent_soft"}
 FLUENT_START_SCREEN = 64
@@ -26,45 +27,85 @@ def generator(seed: int, feature_id: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(value)
 
 
-def fluent_starts(target, bound, hinge, ids, seed, windows=None):
-    """Per feature, the real text a fluent row starts from; (starts, sequences screened).
+def fluent_starts(target, bound, hinge, ids, seed, windows=None, beam=None, rank=None):
+    """Per feature, the prompt its fluent row starts from; (starts, spent, beams).
 
-    A feature with exemplar windows (``windows[i]``, its top exemplars of the prompt's length)
-    starts from the most active of them within the hinge (the most active of all when none is
-    within it: the hinge then pulls the row towards fluency); the others from the most active of
+    A feature with an exemplar window within the hinge (``windows[i]``: its top exemplars of the
+    prompt's length) starts from the most active of those. Any other feature starts, when
+    ``beam`` is given (``beam(indices) -> BeamResult | None``), from its beam's best prompt, or
+    from its most active exemplar window where ``rank(i, key, cross_entropy)`` (a fluent row's
+    score) puts that higher; without a beam, from its most active exemplar window (the hinge
+    then pulls the row towards fluency), and with none, from the most active of
     ``FLUENT_START_SCREEN`` random real windows within the hinge (those the bound was measured
-    on). ``(None, zeros)`` when a feature has neither.
+    on). ``spent``: sequence-equivalents each feature's start cost; ``beams``: each feature's
+    beam prompts (for the check). ``starts`` is None when some feature has no start at all.
     """
+    from saeinverse.invert.cost import Cost
+
+    cost = Cost.of(target, bound.length)
     windows = windows or [[] for _ in ids]
-    pool = bound.fluent_windows(hinge) if bound is not None else None
-    if pool is None and not all(windows):
-        return None, [0] * len(ids)
     rows, owners, spans = [], [], []
-    for f, own in zip(ids, windows, strict=True):
-        if own:
-            cands = torch.tensor(own, dtype=torch.long)
-        else:
-            pick = torch.randperm(len(pool), generator=generator(seed, f, FLUENT_START))
-            cands = pool[pick[:FLUENT_START_SCREEN]]
-        rows.append(cands)
-        owners += [f] * len(cands)
-        spans.append((len(cands), bool(own)))
-    rows = torch.cat(rows).to(target.device)
-    owners = torch.tensor(owners, device=target.device)
-    keys = torch.cat([
+    for i, own in enumerate(windows):
+        rows += own
+        owners += [ids[i]] * len(own)
+        spans.append(len(own))
+    keys = _keys(target, torch.tensor(rows, dtype=torch.long), owners)
+    ce = Fluency(target).cross_entropy(torch.tensor(rows, device=target.device)).float().cpu()
+    spent = [n * (cost.sequence + cost.full) for n in spans]
+    starts: list = [None] * len(ids)
+    best: list = [None] * len(ids)
+    cursor = 0
+    for i, n in enumerate(spans):
+        key, c = keys[cursor : cursor + n], ce[cursor : cursor + n]
+        if n:
+            within = c <= hinge
+            j = int(key.masked_fill(~within, float("-inf")).argmax()) if within.any() else None
+            if j is not None:
+                starts[i] = torch.tensor(rows[cursor + j])
+            else:
+                j = int(key.argmax())
+                best[i] = (torch.tensor(rows[cursor + j]), float(key[j]), float(c[j]))
+        cursor += n
+    beams: list[list[list[int]]] = [[] for _ in ids]
+    need = [i for i, start in enumerate(starts) if start is None]
+    found = beam(need) if beam is not None and need else None
+    for k, i in enumerate(need):
+        if found is not None:
+            spent[i] += found.spent[k]
+            beams[i] = found.prompts[k]
+            starts[i] = torch.tensor(found.prompts[k][0])
+            if best[i] is not None and rank(i, *best[i][1:]) > found.score[k][0]:
+                starts[i] = best[i][0]
+        elif best[i] is not None:
+            starts[i] = best[i][0]
+    _random_starts(target, bound, hinge, ids, seed, starts, spent)
+    if any(start is None for start in starts):
+        return None, spent, beams
+    return torch.stack(starts).to(target.device), spent, beams
+
+
+def _keys(target, rows: Tensor, owners: list[int]) -> Tensor:
+    """The key of each row's own feature (screening forwards in chunks)."""
+    if len(rows) == 0:
+        return torch.zeros(0)
+    rows, owners = rows.to(target.device), torch.tensor(owners, device=target.device)
+    return torch.cat([
         target.read_ids(rows[lo : lo + 256], owners[lo : lo + 256]).key
         for lo in range(0, len(rows), 256)
     ]).cpu()  # fmt: skip
-    own_rows = torch.tensor([own for n, own in spans for _ in range(n)])
-    ce = torch.full((len(rows),), float("-inf"))
-    if own_rows.any():
-        ce[own_rows] = Fluency(target).cross_entropy(rows[own_rows.to(rows.device)]).float().cpu()
-    starts, screened, cursor = [], [], 0
-    for n, own in spans:
-        key, within = keys[cursor : cursor + n], ce[cursor : cursor + n] <= hinge
-        if within.any():
-            key = key.masked_fill(~within, float("-inf"))
-        starts.append(rows[cursor + int(key.argmax())])
-        screened.append(2 * n if own else n)  # an exemplar window's cross-entropy: one more
-        cursor += n
-    return torch.stack(starts), screened
+
+
+def _random_starts(target, bound, hinge, ids, seed, starts, spent) -> None:
+    """Fill the features that have no start with the most active of ``FLUENT_START_SCREEN``
+    random real windows within the hinge (in place; nothing when none are known)."""
+    pool = bound.fluent_windows(hinge) if bound is not None else None
+    if pool is None:
+        return
+    for i, f in enumerate(ids):
+        if starts[i] is not None:
+            continue
+        pick = torch.randperm(len(pool), generator=generator(seed, f, FLUENT_START))
+        cands = pool[pick[:FLUENT_START_SCREEN]]
+        key = _keys(target, cands, [f] * len(cands))
+        starts[i] = cands[int(key.argmax())]
+        spent[i] += len(cands)

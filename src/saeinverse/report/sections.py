@@ -181,7 +181,10 @@ def _results_section(run: RunArtifacts, figures: Sink) -> str:
                 _median([r.refined_ratio for r in records]),
             ),
             ("median projected ÷ reference max", _median([r.projected_ratio for r in records])),
-            ("median sequences evaluated", _median([r.forward_passes for r in records])),
+            (
+                "median sequence-equivalents spent (token-layers)",
+                _median([r.forward_passes for r in records]),
+            ),
             ("seconds per feature", _median([r.seconds for r in records])),
         ]
         parts.append(
@@ -345,7 +348,7 @@ def _inversion_html(
         return f'<p class="note">{esc(_omitted(run, "invert"))}</p>'
     rows = inversion_rows(inversion, run.stats, explanation)
     block = token_block_html(rows, scale, "No prompt was saved.")
-    passes = ", ".join(f"{k} {v}" for k, v in (inversion.forward_passes_by_stage or {}).items())
+    passes = ", ".join(f"{k} {v:.0f}" for k, v in (inversion.forward_passes_by_stage or {}).items())
     bound = getattr(inversion, "fluency_bound", None) or {}
     info = kv_table([
         ("headline bound (real-text cross-entropy)",
@@ -356,7 +359,8 @@ def _inversion_html(
         ("soft prompt activation (not a real prompt)", inversion.soft_activation),
         ("activation read at", f"{inversion.position} position"),
         ("dataset max (the run's collection)", inversion.dataset_max),
-        ("sequences evaluated", f"{inversion.forward_passes} ({passes})" if passes else inversion.forward_passes),
+        ("sequence-equivalents spent (token-layers ÷ one prompt to the hook)",
+         f"{inversion.forward_passes:.0f} ({passes})" if passes else inversion.forward_passes),
         ("seconds", inversion.seconds),
     ])  # fmt: skip
     front = figures(R.front_plot(inversion), f"front-{inversion.feature_id}",

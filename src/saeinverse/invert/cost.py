@@ -1,0 +1,107 @@
+"""What inversion work costs, in sequence-equivalents of token-layers.
+
+Every forward is counted as the token positions it runs times the layers it runs them through
+(a backward counts as two forwards; the unembedding as the layers its multiply-adds make:
+``d_vocab × d_model`` over one block's, about 8 blocks for SmolLM2-135M's 49k-token vocabulary). One **sequence-equivalent**
+is one prompt (``length`` tokens and the start token) forwarded up to the SAE's hook, so:
+
+- a screening forward of a whole prompt to the hook costs 1;
+- a candidate that reuses the current prompt's keys and values from position ``p`` on forwards
+  only its suffix: ``suffix / tokens``;
+- a cached one-token step of a left-to-right beam costs ``1 / tokens`` up to the hook;
+- a gradient (forward and backward to the hook) costs 3;
+- a cross-entropy needs every layer and the unembedding: ``(layers + unembed) / to_hook`` per
+  prompt, or ``(layers - to_hook + unembed) / to_hook`` resumed from the hook's activations.
+
+``optimization.max_sequences`` is a budget in these units, so two searches with the same budget
+did the same work whatever their moves.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from saeinverse.models.hooks import resume_layer_for
+
+GRADIENT = 3.0
+"""A forward and its backward (two forwards), in forwards of the same positions."""
+
+
+def unembed_layers(cfg) -> float:
+    """The unembedding's multiply-adds per token in blocks' (at least 1): ``d_vocab × d_model``
+    over a block's attention projections (query and output, key and value for their heads) and
+    MLP (three matrices when gated, else two)."""
+    d_model, d_head = int(cfg.d_model), int(cfg.d_head)
+    heads = int(cfg.n_heads)
+    kv_heads = int(getattr(cfg, "n_key_value_heads", None) or heads)
+    attention = 2 * d_model * heads * d_head + 2 * d_model * kv_heads * d_head
+    mlp_mats = 3 if getattr(cfg, "gated_mlp", False) else 2
+    mlp = mlp_mats * d_model * int(cfg.d_mlp or 4 * d_model)
+    return max(1.0, int(cfg.d_vocab) * d_model / (attention + mlp))
+
+
+def layers_to_hook(hook_name: str, n_layers: int) -> int:
+    """Transformer blocks a forward runs to reach ``hook_name`` (at least 1)."""
+    resume = resume_layer_for(hook_name)
+    if resume is None:
+        match = re.match(r"blocks\.(\d+)\.", hook_name)
+        resume = int(match.group(1)) + 1 if match else n_layers
+    return max(1, min(int(resume), int(n_layers)))
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Sequence-equivalents of each kind of forward, for one model, hook and prompt length."""
+
+    tokens: int
+    """Positions of one prompt: ``length`` plus the start token (when the model has one)."""
+    to_hook: int
+    """Layers forwarded up to the SAE's hook."""
+    layers: int
+    """The model's layers."""
+    offset: int = 1
+    """Positions in front of the prompt (1 with a start token)."""
+    unembed: float = 1.0
+    """The unembedding, in layers (``unembed_layers``)."""
+
+    @classmethod
+    def of(cls, target, length: int) -> Cost:
+        n_layers = int(target.model.cfg.n_layers)
+        to_hook = layers_to_hook(target.hook_name, n_layers)
+        offset = int(target.start_offset)
+        unembed = unembed_layers(target.model.cfg)
+        return cls(int(length) + offset, to_hook, n_layers, offset, unembed)
+
+    def forward(self, positions: float = 1.0) -> float:
+        """``positions`` token positions forwarded up to the hook."""
+        return positions / self.tokens
+
+    @property
+    def sequence(self) -> float:
+        """A whole prompt forwarded up to the hook (1)."""
+        return 1.0
+
+    @property
+    def gradient(self) -> float:
+        """A whole prompt forwarded and backpropagated to the hook."""
+        return GRADIENT
+
+    @property
+    def full(self) -> float:
+        """A whole prompt through every layer and the unembedding (a cross-entropy)."""
+        return (self.layers + self.unembed) / self.to_hook
+
+    @property
+    def resumed(self) -> float:
+        """A cross-entropy resumed from the hook's activations."""
+        return (max(0, self.layers - self.to_hook) + self.unembed) / self.to_hook
+
+    def suffix(self, start: int) -> float:
+        """A candidate forwarded from prompt position ``start`` on, the prefix's cache reused."""
+        return self.forward(self.length - start)
+
+    @property
+    def length(self) -> int:
+        """Prompt tokens (without the start token)."""
+        return self.tokens - self.offset
