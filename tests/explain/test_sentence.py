@@ -67,6 +67,17 @@ def test_the_sentence_quotes_distinct_examples_and_words_typical_of_the_firing_w
     assert "near" not in no_silent and no_silent.count("“") == 1
 
 
+def test_a_broad_feature_is_named_by_the_word_its_strongest_firings_share():
+    exemplars = [window([" as", " hash", "able", " by"], 1), window([" '__", "hash", "__", "()'"], 1),
+                 window([" Validate", " a", " hash", "-", "based"], 2)]  # fmt: skip
+    shares = [("h", 0.05), (" an", 0.04), (" %", 0.03), (" hash", 0.02)]
+    ev = ExplainEvidence(0, exemplars=exemplars, candidate_tokens=shares)
+    text = describe(Rule(("h", " an", " %")), ev)
+    assert text.startswith('Fires weakly on many tokens, most on the word "hash" (also "hashable"')
+    narrow = describe(Rule(("h", " an", " %")), ExplainEvidence(0, exemplars=exemplars))
+    assert narrow.startswith('Fires on "h", "an" or "%"')
+
+
 def test_a_language_models_words_are_its_sentence_cut_to_twenty_words():
     long = " ".join(["word"] * 40)
     assert word_count(as_explanation(long).sentence) == MAX_WORDS

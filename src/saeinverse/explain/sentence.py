@@ -14,7 +14,9 @@ its evidence, in the words the feature's own windows use:
   at least ``CONTEXT_ENRICHMENT`` times as common there as in its random silent windows
   (``near "self", "object"``; common function words and the targets' own words left out);
 - **breadth**: ``Fires weakly on many tokens, most on …`` when the targets carry less than
-  ``BROAD_SHARE`` of the feature's activation mass;
+  ``BROAD_SHARE`` of the feature's activation mass; when such targets share no stem, the
+  words holding the top exemplars' strongest firings are named instead, by the stem at least
+  half of them share (``the word "hash" (also "hashable", "__hash__")``);
 - **examples**: a few words around the strongest firing of up to ``EXAMPLES`` exemplars that
   read differently (``as in “__hash__(self)” or “hashable objects”``).
 
@@ -132,11 +134,10 @@ def describe(rule: Rule, evidence: ExplainEvidence) -> str:
     where = _where(rule)
     near = context_words(evidence, forms, CONTEXT_WORDS)
     examples = _examples(evidence, EXAMPLES)
-    head = (
-        "Fires weakly on many tokens, most on "
-        if _mass(rule, evidence) < BROAD_SHARE
-        else "Fires on "
-    )
+    broad = _mass(rule, evidence) < BROAD_SHARE
+    if broad and stem is None:
+        forms, stem = _peak_stem(evidence) or (forms, stem)
+    head = "Fires weakly on many tokens, most on " if broad else "Fires on "
     text = ""
     for n_examples, n_near, listed, keep_genre, keep_where in SHORTER:
         text = head + _what(forms, stem, listed)
@@ -196,6 +197,31 @@ def _what(forms: list[str], stem: str | None, listed: int) -> str:
     if rest:
         text += f" and {rest} more"
     return text
+
+
+def _peak_stem(evidence: ExplainEvidence) -> tuple[list[str], str] | None:
+    """The words holding the top exemplars' strongest firings, and the stem at least half of
+    them share (None when they share none)."""
+    words = []
+    for seq in evidence.exemplars:
+        if seq.max_activation <= 0:
+            continue
+        peak = max(range(len(seq.activations)), key=lambda i: seq.activations[i])
+        token = seq.tokens[peak]
+        left = "".join(seq.tokens[max(0, peak - 3) : peak])
+        right = "".join(seq.tokens[peak + 1 : peak + 4])
+        word = token.strip()
+        if token[:1].isalnum() or token[:1] == "_":
+            word = re.search(r"\w*$", left).group() + word
+        if token[-1:].isalnum() or token[-1:] == "_":
+            word += re.match(r"\w*", right).group()
+        if re.search(r"[A-Za-z]", word):
+            words.append(word)
+    stem = common_stem(words) if len(words) > 1 else None
+    if stem is None:
+        return None
+    sharing = [w for w in words if re.sub(r"[^0-9a-z]", "", w.lower()).startswith(stem)]
+    return (list(dict.fromkeys(sharing)), stem) if 2 * len(sharing) >= len(words) else None
 
 
 def _where(rule: Rule) -> str:
