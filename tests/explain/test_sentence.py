@@ -31,6 +31,8 @@ def evidence(genre: str | None = None, shares=None) -> ExplainEvidence:
 def test_targets_sharing_a_word_are_named_by_it_with_the_genre_and_an_example():
     assert common_stem([" hash", "hash", "hashable", "__hash__", " garbage"]) == "hash"
     assert common_stem([" if", " else"]) is None
+    assert common_stem([" exponent", " explain"]) is None  # "exp" is no word of theirs
+    assert common_stem([" explicitly", " exponent", " explicit"]) == "explicit"
     rule = Rule((" hash", "hashable", "__hash__"))
     text = describe(rule, evidence("python_source", [(" hash", 0.5), ("hashable", 0.3)]))
     assert text.startswith('Fires on the word "hash" (also "hashable"') and "in Python code" in text

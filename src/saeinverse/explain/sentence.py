@@ -37,6 +37,8 @@ from saeinverse.explain.rules import WORD_CLAUSES, Rule, main_genre
 MAX_WORDS = 20
 STEM_MIN = 3
 """Letters two targets must share at their start to be named by their common stem."""
+ROOT_MIN = 5
+"""A shared start shorter than this is named only when it is a target itself."""
 BROAD_SHARE = 0.3
 """Below this share of the activation mass on its targets, a rule is said to be broad."""
 LISTED = 3
@@ -166,15 +168,20 @@ def _forms(rule: Rule) -> list[str]:
 
 
 def common_stem(forms: list[str]) -> str | None:
-    """The longest start (``STEM_MIN`` letters or more, lower case) that the most targets share
-    once their punctuation is dropped; None when no two targets (or a lone target) have one."""
+    """The longest start that the most targets share once their punctuation is dropped (lower
+    case): a target itself (``STEM_MIN`` letters or more) or a start of ``ROOT_MIN`` letters or
+    more, so that "exp" never stands for "explicit" and "exponent"; None when no two targets
+    (or a lone target) have one."""
     letters = [re.sub(r"[^0-9a-z]", "", f.lower()) for f in forms]
     letters = [w for w in letters if len(w) >= STEM_MIN]
     if len(forms) == 1:
         return letters[0] if letters else None
+    whole = set(letters)
     best, best_count = None, 1
     for word in dict.fromkeys(letters):
         for end in range(len(word), STEM_MIN - 1, -1):
+            if end < ROOT_MIN and word[:end] not in whole:
+                continue
             count = sum(w.startswith(word[:end]) for w in letters)
             if count > best_count or (count == best_count and best and end > len(best)):
                 best, best_count = word[:end], count
@@ -182,11 +189,13 @@ def common_stem(forms: list[str]) -> str | None:
 
 
 def _what(forms: list[str], stem: str | None, listed: int) -> str:
-    """The targets in words: their stem when they share one, else the first ``listed`` quoted."""
+    """The targets in words: the word their stem is (the shortest sharing it when none is) when
+    they share one, else the first ``listed`` quoted."""
     if stem is not None:
         bare = {f: re.sub(r"[^0-9A-Za-z]", "", f) for f in forms}
         others = [f for f in forms if bare[f].lower() != stem]
-        shown = next((b for b in bare.values() if b.lower() == stem), stem)
+        sharing = [b for b in bare.values() if b.lower().startswith(stem)]
+        shown = min(sharing, key=lambda b: (b.lower() != stem, len(b)), default=stem)
         text = f'the word "{shown}"'
         if others and listed > 1:
             text += " (also " + ", ".join(f'"{f}"' for f in others[: listed - 1]) + ")"
