@@ -8,9 +8,10 @@ SAE). Real-text cross-entropy quantiles come from ≥ 300 random windows of the 
 Every prompt's activation and cross-entropy are re-scored by a fresh forward (the records hold
 nothing else).
 
-One run of the default search at the table's budget (random init, ``--budget`` sequences per
-feature for the whole search: soft stage, unconstrained row and fluent rows; ``--soft-steps``
-150 soft steps, where the default run's smaller budget takes 75) gives every row of the table:
+One run of the default search at the table's budget (random init, ``--budget``
+sequence-equivalents per feature for the whole search: soft stage, fluent starts, unconstrained
+row and fluent rows, counted in token-layers as ``invert.cost`` says; ``--soft-steps`` 150 soft
+steps, where the default run's smaller budget takes 75) gives every row of the table:
 
 - unconstrained: the most active prompt found (any cross-entropy);
 - fluent ≤ p90: the most active re-scored front prompt with cross-entropy ≤ real p90;
@@ -19,11 +20,14 @@ feature for the whole search: soft stage, unconstrained row and fluent rows; ``-
   prompt's length at their peak, re-scored the same way), which the headline must not be under.
 
 Cross-entropy is in nats per UTF-8 byte (``invert.fluency``), for the real windows and every
-prompt alike. ``--no-exemplars`` is the arm without exemplar windows (fluent rows start from
-random real windows; nothing else changes), at the same budget.
+prompt alike. ``--no-exemplars`` is the arm without exemplar windows (the from-scratch case: the
+fluent rows start from the beam), at the same budget. ``--arms`` runs several arms (``ARMS``:
+one move kind or start off at a time) on the same features at the same budget and ends with one
+row per arm, each with the sequence-equivalents it spent.
 
     python bench/quality.py                         # 16 features, 4,000 sequences each
     python bench/quality.py --features 4 --budget 2000 --out q.json
+    python bench/quality.py --features 8 --budget 1500 --soft-steps 75 --arms default no-beam
 """
 
 from __future__ import annotations

@@ -278,12 +278,12 @@ def test_fluent_row_starts_from_the_real_window_closest_to_firing(tiny_model, ti
             assert t["fluent_cross_entropy"][0] <= bound.cross_entropy + 1e-5
 
 
-def test_fluent_start_both_splits_the_fluent_share_between_two_rows():
+def test_fluent_start_both_gives_the_text_row_two_thirds_of_the_fluent_share():
     s = as_section(
         {"max_steps": 99, "max_sequences": 4000, "fluent_share": 0.5, "fluent_start": "both"},
         OptimizationConfig,
     )
     rest = 4000 - (3 * 99 + 1)
-    assert [b for _, b in plan_budget(s).rows] == pytest.approx([rest / 2, rest / 4, rest / 4])
+    assert [b for _, b in plan_budget(s).rows] == pytest.approx([rest / 2, rest / 3, rest / 6])
     with pytest.raises(ConfigError, match="fluent_start"):
         as_section({"fluent_start": "random"}, OptimizationConfig)

@@ -239,12 +239,12 @@ class OptimizationConfig(Section):
     fluency_windows: int = 300
     """Random real text windows of the prompt's length the bound is measured on."""
     fluent_start: Literal["text", "soft", "both"] = "both"
-    """Where the fluent row starts: text (the most active of the feature's exemplar windows within the hinge when a collection ran, else the best prompt of a left-to-right beam, see beam_width, or without one the most active of random real windows), the soft prompt's best projection (as the unconstrained row), or both (two fluent rows, fluent_share split between them)."""
+    """Where the fluent row starts: text (the most active of the feature's exemplar windows within the hinge when a collection ran, else the best prompt of a left-to-right beam, see beam_width, or without one the most active of random real windows), the soft prompt's best projection (as the unconstrained row), or both (two fluent rows: two thirds of fluent_share to the one from text, a third to the one from the soft prompt)."""
     beam_width: int = 8
     """Prompts per feature in the left-to-right beam that builds a fluent start from scratch for a feature without an exemplar window within the hinge (0: no beam, random real windows instead)."""
     beam_proposals: int = 16
     """Next tokens each beam prompt proposes per step: half drawn from the model's own next-token distribution, half ranked by the feature's gradient; each costs one cached token forwarded to the hook."""
-    fluent_share: float = 0.5
+    fluent_share: float = 0.75
     """Share of each feature's refinement budget spent by its fluent row(s) (the rest: its unconstrained row)."""
     pareto_size: int = 8
     """About this many (activation, cross-entropy) prompts kept per feature on its front."""

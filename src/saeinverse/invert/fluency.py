@@ -75,8 +75,8 @@ class Fluency:
     def _per_byte(self, nll: Float[Tensor, "batch pos"], ids: Tensor) -> Float[Tensor, " batch"]:
         return nll.sum(-1) / self.bytes(ids).to(nll.device)
 
-    def _chunks(self, ids: Tensor, resid: Tensor | None, size: int = CE_BATCH):
-        """(tokens, log-probabilities of each next token) per chunk of prompts."""
+    def _logits(self, ids: Tensor, resid: Tensor | None, size: int = CE_BATCH):
+        """(tokens, logits of each next token) per chunk of prompts."""
         tokens = self.target.with_start(ids.to(self.target.device))
         with torch.no_grad():
             for lo in range(0, ids.shape[0], size):
@@ -87,7 +87,12 @@ class Fluency:
                     )
                 else:
                     logits = self.target.model(chunk, return_type="logits")
-                yield chunk, logits[:, :-1].float().log_softmax(-1)
+                yield chunk, logits[:, :-1].float()
+
+    def _chunks(self, ids: Tensor, resid: Tensor | None, size: int = CE_BATCH):
+        """(tokens, log-probabilities of each next token) per chunk of prompts."""
+        for chunk, logits in self._logits(ids, resid, size):
+            yield chunk, logits.log_softmax(-1)
 
     def cross_entropy(
         self, ids: Int[Tensor, "batch pos"], resid: Float[Tensor, "batch pos1 d"] | None = None
@@ -96,8 +101,10 @@ class Fluency:
         if ids.shape[0] == 0:
             return torch.zeros(0, device=self.target.device)
         out, lo = [], 0
-        for chunk, logprobs in self._chunks(ids, resid):
-            nll = -logprobs.gather(-1, chunk[:, 1:, None]).squeeze(-1)
+        for chunk, logits in self._logits(ids, resid):
+            # logsumexp minus the token's logit: the log-loss without a vocabulary-wide tensor
+            picked = logits.gather(-1, chunk[:, 1:, None]).squeeze(-1)
+            nll = logits.logsumexp(-1) - picked
             out.append(self._per_byte(nll, ids[lo : lo + len(chunk)]))
             lo += len(chunk)
         return torch.cat(out)

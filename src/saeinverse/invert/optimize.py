@@ -13,7 +13,7 @@ one. Per feature, the search is:
    left-to-right beam over the model's own proposals (``beam.beam_prompts``) built from scratch,
    or the most active exemplar window when the fluent score ranks it above the beam's.
    ``fluent_start='soft'`` starts it from the soft prompt; ``'both'`` (the default) runs a second
-   fluent row from the soft prompt, ``fluent_share`` split between the two;
+   fluent row from the soft prompt, with a third of ``fluent_share`` (``TEXT_SHARE``);
 3. a check (``check.checked_records``): every prompt a row accepted or put on its front, the
    projected prompt, the beam's prompts and the exemplar windows are re-scored by fresh forwards
    (activation, and the model's own cross-entropy per byte); the **front** is their Pareto set,
@@ -98,6 +98,11 @@ def _per_feature(values: Any, feature_ids: list[int], aligned: bool = False) -> 
 
 # ----------------------------------------------------------------------------- the budget
 
+TEXT_SHARE = 2 / 3
+"""With ``fluent_start='both'``, the fluent row from text gets this part of ``fluent_share`` and
+the row from the soft prompt the rest: the headlines come from the row that starts where the
+feature already fires, the soft row keeps a second route on the front."""
+
 
 @dataclass
 class BudgetPlan:
@@ -125,7 +130,8 @@ def plan_budget(
     fluent = s.fluency_weight > 0
     shares = [(UNCONSTRAINED, 1.0 - s.fluent_share if fluent else 1.0)]
     if fluent and s.fluent_start == "both":
-        shares += [(FLUENT, s.fluent_share / 2), (FLUENT_SOFT, s.fluent_share / 2)]
+        text = s.fluent_share * TEXT_SHARE
+        shares += [(FLUENT, text), (FLUENT_SOFT, s.fluent_share - text)]
     elif fluent:
         shares.append((FLUENT, s.fluent_share))
     shares = [(stream, share) for stream, share in shares if share > 0]
