@@ -4,6 +4,7 @@ best of them within the bound (both re-scored like every prompt)."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from saeinverse.collect.activations import collect_activations
 from saeinverse.config import get_default_config, update_config
@@ -81,3 +82,42 @@ def test_the_headline_is_never_below_the_best_exemplar_window_within_the_bound(
         assert record.headline["activation"] >= record.exemplar_window["activation"]
         assert record.exemplar_window["cross_entropy"] <= record.fluency_bound["cross_entropy"]
     assert seen, "no exemplar window was within the bound: the test shows nothing"
+
+
+def test_without_a_window_within_the_hinge_the_fluent_row_starts_from_the_beam(
+    tiny_model, tiny_topk_sae
+):
+    from saeinverse.invert.beam import beam_prompts
+    from saeinverse.invert.objective import allowed_token_mask
+    from saeinverse.invert.project import Vocabulary
+    from saeinverse.invert.starts import BEAM, generator
+
+    target = FeatureTarget(tiny_model, tiny_topk_sae)
+    vocab = Vocabulary(tiny_model, allowed_token_mask(tiny_model))
+    opt = update_config(get_default_config(), {"optimization": {"length": LENGTH}}).optimization
+    bound = default_bound(target, opt, seed=0)
+    features = [3, 9]
+    calls = []
+
+    def beam(need):
+        calls.append(need)
+        return beam_prompts(
+            target, vocab.allowed, vocab.W_E, torch.tensor([features[i] for i in need]),
+            [1.0] * len(need), bound.cross_entropy, 4.0, LENGTH, 4, 8,
+            [generator(0, features[i], BEAM) for i in need],
+        )  # fmt: skip
+
+    # no exemplar windows at all (a notebook without a collection): the beam, not random windows
+    starts, spent, beams = fluent_starts(
+        target, bound, bound.cross_entropy, features, 0, None, beam
+    )
+    expected = beam(list(range(len(features))))
+    assert calls[0] == [0, 1]
+    for i in range(len(features)):
+        assert starts[i].tolist() == expected.prompts[i][0] == beams[i][0]
+        assert spent[i] == pytest.approx(expected.spent[i])
+    # a window within the hinge wins over the beam, which then is not run for that feature
+    window = starts[1].tolist()
+    calls.clear()
+    starts, _, beams = fluent_starts(target, bound, float("inf"), features, 0, [[], [window]], beam)
+    assert calls == [[0]] and beams[1] == [] and starts[1].tolist() == window
