@@ -97,11 +97,14 @@ class _Beam:
         def replace(act, hook):
             return embeds.to(act.dtype)
 
-        frozen = _rows(self.cache, torch.arange(len(self.tokens), device=embeds.device), True)
-        hook = self.target._run(
-            placeholder[:, None], [("hook_embed", replace)],
-            past_kv_cache=frozen, attention_mask=torch.ones_like(placeholder[:, None]),
-        )  # fmt: skip
+        self.cache.freeze()  # the placeholder only reads the prompts' keys and values
+        try:
+            hook = self.target._run(
+                placeholder[:, None], [("hook_embed", replace)],
+                past_kv_cache=self.cache, attention_mask=torch.ones_like(placeholder[:, None]),
+            )  # fmt: skip
+        finally:
+            self.cache.unfreeze()
         objective = self.target.read_positions(hook, feature_ids[self.owner]).objective
         (grad,) = torch.autograd.grad(objective.sum(), embeds)
         scores = (grad[:, 0] @ W_E.T).masked_fill(~self.allowed, float("-inf"))
