@@ -224,3 +224,28 @@ def test_bundled_texts_top_up_the_explaining_side_apart_from_the_heldout_ones(pl
     assert {s.origin for s in alone.explain.firing} <= {"run"}
     assert len(alone.explain.firing) < len(ev.explain.firing)
     assert heldout_prompts(alone) == heldout_prompts(ev) - fitted
+
+
+def test_explaining_side_takes_silent_windows_around_top_tokens_from_its_firing_prompts_too(
+    tiny_model, tiny_sae, tiny_stats
+):
+    from saeinverse.explain.evidence import normalise
+
+    fids = list(range(24))
+    cfg = {"n_heldout": 8, "heldout_prompts": 0, "explain_prompts": 0}
+    evidence = build_evidence(tiny_model, tiny_sae, fids, tiny_stats, cfg, seed=0)
+    fires = tiny_stats.prompt_feature_dense(fids).numpy() > 0
+    from_firing = 0
+    for j, ev in enumerate(evidence):
+        top = {normalise(t) for t, _ in ev.explain.top_tokens}
+        positives = {s.prompt_index for s in ev.explain.positives()}
+        near = [s for s in ev.explain.silent if s.source == "silent:token"]
+        for seq in near:
+            assert not any(seq.firing) and top & {normalise(t) for t in seq.tokens}
+        assert not {(s.origin, s.prompt_index) for s in near} & heldout_prompts(ev)
+        firing = [s for s in near if fires[s.prompt_index, j]]
+        assert {s.prompt_index for s in firing} <= positives  # the explaining side's own prompts
+        from_firing += len(firing)
+        if firing:  # only once the never-firing prompts ran short
+            assert len(near) - len(firing) < 100
+    assert from_firing >= 20  # the checks above ran on real cases

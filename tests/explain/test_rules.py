@@ -89,6 +89,20 @@ def test_context_explainer_finds_the_context_a_token_list_misses():
     assert naive["detection_hard"]["value"] == 0.5  # ...and fails every hard one
 
 
+def test_a_clause_that_separates_silent_windows_of_its_token_is_kept_and_needs_them():
+    positives, silent, near = contextual_case(seed=4)
+    held = HeldoutEvidence(*contextual_case(seed=5))
+    found = {}
+    for name, negatives in (("with", silent[:30] + near[:30]), ("without", silent[:30])):
+        evidence = ExplainEvidence(0, exemplars=positives[:30], top_tokens=[(" York", 1.0)],
+                                   silent=negatives)  # fmt: skip
+        rule = ContextExplainer().choose(evidence)[0]
+        scores = score_explanation(RuleSimulator(), rule.text(), held, seed=0, n_boot=100)
+        found[name] = rule, scores["detection_hard"]["value"]
+    assert found["with"][0].after == (" new",) and found["with"][1] == 1.0
+    assert found["without"][0] == Rule((" York",)) and found["without"][1] == 0.5
+
+
 def test_context_explainer_keeps_the_plain_list_when_context_adds_nothing():
     rng = random.Random(3)
     positives = [window(rng, [" new", " York"]) for _ in range(20)]

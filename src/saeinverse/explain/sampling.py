@@ -16,7 +16,9 @@ For each feature, the run's prompts are split with the seed (``plan_feature``):
   (windows a rule is fitted on, never shown to a language model); the refined prompts from
   inversion; the top tokens by activation mass over the corpus *minus the held-out prompts*
   (``n_top_tokens`` shown, ``CANDIDATE_TOKENS`` for rules); ``FIT_SILENT`` silent windows of
-  each kind (random, and around a top token) from the other half of the silent prompts. When a
+  each kind: random ones from the other half of the silent prompts; ones around a top token
+  from those, then from the explaining side's firing prompts, as the held-out hard negatives
+  (a rule must tell a top token that fires from one that does not). When a
   feature has fewer than ``FIT_PROMPTS`` other firing prompts, the extra prompts top them up
   (``explain_prompts`` prompts in all, the run's included: a small run's explaining side sees as
   many prompts as a large run's). One draw of extra prompts serves both sides: for each feature,
@@ -206,10 +208,7 @@ def build_evidence(
         n_candidates = max(CANDIDATE_TOKENS, cfg.n_top_tokens)
         explain.candidate_tokens = [(s, share) for _, s, share in ranked[:n_candidates]]
         top_ids = _surface_ids(stats, [s for _, s, _ in ranked[: cfg.n_top_tokens]])
-        explain_side = [(run, p) for p in plan.explain_silent]
-        n_silent = max(FIT_SILENT, cfg.n_heldout)
-        explain.silent = cut.silent(explain_side, n_silent, "silent")
-        explain.silent += cut.around_tokens(explain_side, top_ids, n_silent, "silent:token")
+        explain.silent = _explain_silent(cut, plan, run, extra, fit_extra, top_ids, cfg)
         heldout.negatives = cut.silent(held_side, cfg.n_heldout, "negative")
         heldout.hard_negatives = cut.around_tokens(held_side, top_ids, cfg.n_heldout, "hard:token")
         genre = _main_genre(run, [p for p, _ in plan.exemplars])
@@ -302,6 +301,22 @@ class _Windows:
                         found.append(self.make(ps, prompt, lo, hi, source))
                         break
         return found
+
+
+def _explain_silent(
+    cut: _Windows, plan: FeaturePlan, run: PromptSet, extra: PromptSet | None,
+    fit_extra: list[int], top_ids: set[int], cfg: ExplanationConfig,
+) -> list[TokenSequence]:  # fmt: skip
+    """The explaining side's silent windows: random ones from its never-firing prompts, then
+    ones around a top token from those and from its firing prompts (silent there, firing
+    elsewhere in the prompt), as the held-out hard negatives are drawn."""
+    n = max(FIT_SILENT, cfg.n_heldout)
+    silent = [(run, p) for p in plan.explain_silent]
+    firing = [(run, p) for p in plan.explain_firing]
+    firing += [(extra, p) for p in fit_extra if extra is not None]
+    firing += [(run, p) for p, _ in plan.exemplars + plan.deciles]
+    windows = cut.silent(silent, n, "silent")
+    return windows + cut.around_tokens(silent + firing, top_ids, n, "silent:token")
 
 
 def _extra_prompts(model, sae, stats, fids, plans, cfg, first, seed, progress):
