@@ -186,7 +186,9 @@ def load_model(
     logger.info("Loading model %r (%s) on %s.", name, source, device)
     loader = MODEL_SOURCES[source]
     path_or_name = str(Path(name).expanduser()) if source == "local" else name
-    return loader(path_or_name, device, dtype, n_ctx).eval()
+    from saeinverse.models.layout import fast_layout
+
+    return fast_layout(loader(path_or_name, device, dtype, n_ctx).eval())
 
 
 # --- SAEs ---------------------------------------------------------------------------------------
