@@ -45,6 +45,7 @@ RANGES: dict[str, Bound] = {
     "clustering.selection.feature_ids": at_least(0),
     "clustering.selection.max_features": at_least(1),
     "optimization.length": at_least(1),
+    "optimization.max_length": at_least(0),
     "optimization.max_steps": at_least(0),
     "optimization.lr": above(0),
     "optimization.selectivity_weight": at_least(0),

@@ -202,6 +202,8 @@ class ClusteringConfig(Section):
 class OptimizationConfig(Section):
     length: int = 12
     """Prompt tokens optimised (the start token is added in front)."""
+    max_length: int = 48
+    """A feature none of whose exemplar windows fires at length tokens (it needs more context) is searched at the shortest of 2x, 4x, ... length tokens up to this at which one of its exemplars' contexts fires (0: always length)."""
     max_steps: int = 75
     """Adam steps on the soft prompts."""
     lr: float = 0.05

@@ -288,6 +288,7 @@ def optimize_features(
     seconds = (time.perf_counter() - start) / len(ids)
     for record in records:
         record.seconds = seconds
+        record.length = s.length
     logger.info(
         "inverted %d features in %.1f s: unconstrained median %.3g, headline within %.2f nats/byte "
         "for %d of %d",

@@ -77,6 +77,12 @@ class Inversion:
     forward_passes_by_stage: dict[str, float] = field(default_factory=dict)
     """``forward_passes`` split by stage: soft, refine (with the fluent row's start: exemplar
     windows screened, or the beam), check."""
+    length: int | None = None
+    """Prompt tokens searched (start token excluded)."""
+    lengthened_from: int | None = None
+    """``optimization.length`` when none of the feature's exemplar windows fired at it and the
+    search ran at ``length``, the shortest of its exemplars' contexts that fires
+    (``invert.context``); None otherwise."""
     seconds: float = 0.0
     """Wall-clock seconds of the batch divided by its number of features."""
     trajectory: dict[str, list[float]] = field(default_factory=dict)

@@ -12,12 +12,15 @@ work runs, not its result (beyond float32 rounding of batched forwards).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from saeinverse.artifacts import INVERSIONS_FILE
 from saeinverse.config import OptimizationConfig
+from saeinverse.invert.context import search_length
 from saeinverse.invert.fluency import FluencyBound
+from saeinverse.invert.objective import FeatureTarget
 from saeinverse.invert.optimize import optimize_features
 from saeinverse.invert.result import Inversion, load_inversions, save_inversions
 from saeinverse.units import Checkpoints, Models, Pool, Unit, run_units, split
@@ -35,6 +38,9 @@ class InvertTarget:
     exemplar_windows: tuple[tuple[int, ...], ...] = ()
     """Its top exemplar windows, strongest first (the ``length`` tokens ending at each peak),
     never from a prompt that explanations hold out; empty without a collection."""
+    exemplar_contexts: tuple[tuple[int, ...], ...] = ()
+    """The same exemplars' longer contexts (up to ``max_length`` tokens ending at each peak), for
+    a feature that does not fire in ``length`` tokens (``invert.context``); may be empty."""
 
 
 @dataclass(frozen=True)
@@ -87,15 +93,34 @@ def invert_batch(
     opt_cfg: OptimizationConfig,
     seed: int,
 ) -> list[Inversion]:
-    """``optimize_features`` over one batch of targets."""
-    ids = [t.feature_id for t in targets]
-    windows = {t.feature_id: [list(w) for w in t.exemplar_windows] for t in targets}
-    top = {f: w[0] for f, w in windows.items() if w}
-    return optimize_features(
-        models.model, models.sae, ids, opt_cfg, seed=seed,
-        dataset_max={t.feature_id: t.dataset_max for t in targets},
-        reference_max={t.feature_id: t.reference_max for t in targets},
-        reference_tokens=reference_tokens,
-        exemplar_tokens=top if opt_cfg.init == "exemplar" else None,
-        exemplar_windows=windows, fluency_bound=bound, exclude_bos=exclude_bos, progress=False,
-    )  # fmt: skip
+    """``optimize_features`` over one batch of targets, one call per search length: a feature
+    whose exemplar windows do not fire at ``length`` tokens runs at the length its exemplars'
+    contexts need (``invert.context.search_length``), with the bound measured at that length."""
+    probe = FeatureTarget(models.model, models.sae, opt_cfg.position, exclude_bos)
+    plans = [
+        search_length(probe, t.feature_id, t.exemplar_windows, t.exemplar_contexts,
+                      opt_cfg.length, opt_cfg.max_length)
+        for t in targets
+    ]  # fmt: skip
+    records: dict[int, Inversion] = {}
+    for length in sorted({p.length for p in plans}):
+        group = [(t, p) for t, p in zip(targets, plans, strict=True) if p.length == length]
+        s = opt_cfg if length == opt_cfg.length else dataclasses.replace(opt_cfg, length=length)
+        windows = {t.feature_id: p.windows for t, p in group}
+        top = {f: w[0] for f, w in windows.items() if w}
+        found = optimize_features(
+            models.model, models.sae, [t.feature_id for t, _ in group], s, seed=seed,
+            dataset_max={t.feature_id: t.dataset_max for t, _ in group},
+            reference_max={t.feature_id: t.reference_max for t, _ in group},
+            reference_tokens=reference_tokens,
+            exemplar_tokens=top if s.init == "exemplar" else None, exemplar_windows=windows,
+            fluency_bound=bound if length == opt_cfg.length else None, exclude_bos=exclude_bos,
+            progress=False,
+        )  # fmt: skip
+        for (t, p), record in zip(group, found, strict=True):
+            record.forward_passes_by_stage["length"] = round(p.spent, 2)
+            record.forward_passes = round(record.forward_passes + p.spent, 2)
+            if length != opt_cfg.length:
+                record.lengthened_from = opt_cfg.length
+            records[t.feature_id] = record
+    return [records[t.feature_id] for t in targets]

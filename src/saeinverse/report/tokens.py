@@ -93,8 +93,10 @@ def inversion_rows(
     bound = (getattr(inversion, "fluency_bound", None) or {}).get("cross_entropy")
     prompts = []
     if bound is not None:
+        longer = getattr(inversion, "lengthened_from", None)
+        where = f" ({inversion.length} tokens: no exemplar fires in {longer})" if longer else ""
         prompts.append(
-            (f"headline: most active within real-text cross-entropy ≤ {bound:.2f}",
+            (f"headline: most active within real-text cross-entropy ≤ {bound:.2f}{where}",
              (headline or {}).get("tokens") or [], (headline or {}).get("text")
              or "(no prompt fires within the bound)", (headline or {}).get("activation"),
              (headline or {}).get("cross_entropy"), None, None)

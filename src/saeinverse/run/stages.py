@@ -210,16 +210,21 @@ def invert_inputs(ctx: Context):
     )
     maxima = dataset_maxima(stats, ids) if stats is not None else {}
     windows: dict[int, list[list[int]]] = {}
+    contexts: dict[int, list[list[int]]] = {}
     if stats is not None:
-        windows = exemplar_windows(
-            stats, ids, opt.length, exclude_prompts=_heldout(ctx, stats, ids)
-        )
+        heldout = _heldout(ctx, stats, ids)
+        windows = exemplar_windows(stats, ids, opt.length, exclude_prompts=heldout)
+        if opt.max_length > opt.length:
+            contexts = exemplar_windows(
+                stats, ids, opt.max_length, exclude_prompts=heldout, whole=False
+            )
     targets = tuple(
         InvertTarget(
             f,
             maxima.get(f),
             float(reference.maximum.max_activation[f]),
             tuple(tuple(w) for w in windows.get(f, ())),
+            tuple(tuple(c) for c in contexts.get(f, ())),
         )  # fmt: skip
         for f in ids
     )
