@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from saeinverse.config import get_default_config, update_config
-from saeinverse.invert.context import lengths_to_try, search_length
+from saeinverse.errors import ConfigError
+from saeinverse.invert.context import config_at, lengths_to_try, search_length
+from saeinverse.invert.cost import Cost
 from saeinverse.invert.objective import FeatureTarget
+from saeinverse.invert.optimize import minimum_sequences, plan_budget
 from saeinverse.invert.stage import InvertTarget, invert_batch
 from saeinverse.units import Models
 
@@ -94,3 +97,23 @@ def test_the_stage_searches_each_feature_at_its_length_alone_or_in_a_batch(
     assert len(short.refined_tokens) == SHORT
     (alone,) = invert_batch(models, targets[:1], None, None, True, opt, 0)
     assert alone.refined_tokens == long.refined_tokens and alone.length == LONG
+
+
+def test_a_longer_search_gets_the_same_token_layers_or_the_least_it_runs_on(cases):
+    target = cases[0]
+    s = update_config(get_default_config(), {"optimization": {"length": 12}}).optimization
+    assert config_at(s, 12, target) is s
+    o = target.start_offset
+    longer = config_at(s, 24, target)
+    assert longer.length == 24
+    assert longer.max_sequences * (24 + o) == pytest.approx(s.max_sequences * (12 + o), rel=0.01)
+    plan_budget(longer, cost=Cost.of(target, 24))  # it runs
+    longest = config_at(s, 96, target)
+    assert longest.max_sequences == minimum_sequences(longest, Cost.of(target, 96))
+    assert longest.max_sequences * (96 + o) > s.max_sequences * (12 + o)
+    plan_budget(longest, cost=Cost.of(target, 96))
+    with pytest.raises(ConfigError, match="raise max_sequences to at least"):
+        plan_budget(
+            update_config(longest, {"max_sequences": longest.max_sequences - 2}),
+            cost=Cost.of(target, 96),
+        )

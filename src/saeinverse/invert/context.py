@@ -7,19 +7,26 @@ report "no prompt fires". ``search_length`` probes it instead: when none of its 
 fires at ``length`` tokens, its exemplars' contexts (the tokens before each peak, up to
 ``max_length``) are cut to 2x, 4x, ... ``length`` tokens, and the search runs at the shortest
 length at which one fires, with those cut contexts as its exemplar windows. The probe is a
-forward to the hook of each window tried, counted in the feature's budget (``invert.cost``, in
-sequence-equivalents of the length searched). It reads nothing but the feature's own exemplars,
-so a feature gets the same length alone or in a batch.
+forward to the hook of each window tried, counted in the feature's budget. A lengthened search
+gets the same compute as any other feature (``config_at``): ``max_sequences`` counts
+sequence-equivalents of the length searched (``invert.cost``), so it is scaled by ``(length +
+start) / (searched + start)``, and raised to the least the search can run on where that is
+more. It reads nothing but the feature's own exemplars, so a feature gets the same length alone
+or in a batch.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from saeinverse.config import OptimizationConfig, update_config
+from saeinverse.invert.cost import Cost
 from saeinverse.invert.objective import FeatureTarget
+from saeinverse.invert.optimize import minimum_sequences
 
 
 @dataclass(frozen=True)
@@ -75,3 +82,17 @@ def search_length(
         if _fires(target, feature_id, cut):
             return SearchLength(n, cut, tokens / (n + offset))
     return SearchLength(length, windows, tokens / (length + offset))
+
+
+def config_at(s: OptimizationConfig, length: int, target: FeatureTarget) -> OptimizationConfig:
+    """``s`` for a search at ``length`` tokens with the token-layers ``s`` gives a feature at
+    ``s.length`` (or the least the search runs on, where that is more)."""
+    if length == s.length:
+        return s
+    longer = update_config(s, {"length": length})
+    if s.max_sequences is None:
+        return longer
+    o = target.start_offset
+    scaled = math.ceil(s.max_sequences * (s.length + o) / (length + o))
+    least = minimum_sequences(longer, Cost.of(target, length))
+    return update_config(longer, {"max_sequences": max(scaled, least)})

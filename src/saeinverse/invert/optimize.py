@@ -118,6 +118,42 @@ def _from_text(s: OptimizationConfig) -> bool:
     return s.fluent_start != "soft"
 
 
+def _row_needs(
+    s: OptimizationConfig, cost: Cost, share_prefix: bool
+) -> list[tuple[int, float, float]]:
+    """(stream, share of the refinement budget, what its start and one step cost) per row."""
+    fluent = s.fluency_weight > 0
+    shares = [(UNCONSTRAINED, 1.0 - s.fluent_share if fluent else 1.0)]
+    if fluent and s.fluent_start == "both":
+        text = s.fluent_share * TEXT_SHARE
+        shares += [(FLUENT, text), (FLUENT_SOFT, s.fluent_share - text)]
+    elif fluent:
+        shares.append((FLUENT, s.fluent_share))
+    n_fluent = min(s.fluency_candidates, s.refine_candidates)
+    rows = []
+    for stream, share in shares:
+        if share <= 0:
+            continue
+        is_fluent = stream in FLUENT_STREAMS
+        need = start_cost(cost, is_fluent)
+        if stream == FLUENT and _from_text(s):
+            need += (
+                beam_cost(cost, s.beam_width, s.beam_proposals, s.length)
+                if s.beam_width > 0
+                else FLUENT_START_SCREEN
+            )
+        if s.refine_steps > 0:
+            need += step_cost(cost, s.refine_candidates, n_fluent, is_fluent, share_prefix)
+        rows.append((stream, share, need))
+    return rows
+
+
+def minimum_sequences(s: OptimizationConfig, cost: Cost, share_prefix: bool = True) -> int:
+    """The smallest ``max_sequences`` that ``plan_budget`` accepts for ``s``."""
+    needs = _row_needs(s, cost, share_prefix)
+    return int(GRADIENT * s.max_steps + 1 + max(need / share for _, share, need in needs)) + 1
+
+
 def plan_budget(
     s: OptimizationConfig, share_prefix: bool = True, cost: Cost | None = None
 ) -> BudgetPlan:
@@ -127,42 +163,24 @@ def plan_budget(
     a one-layer model's, which under-counts cross-entropies: the refusal is then a lower bound).
     """
     cost = cost or Cost(s.length + 1, 1, 1)
-    fluent = s.fluency_weight > 0
-    shares = [(UNCONSTRAINED, 1.0 - s.fluent_share if fluent else 1.0)]
-    if fluent and s.fluent_start == "both":
-        text = s.fluent_share * TEXT_SHARE
-        shares += [(FLUENT, text), (FLUENT_SOFT, s.fluent_share - text)]
-    elif fluent:
-        shares.append((FLUENT, s.fluent_share))
-    shares = [(stream, share) for stream, share in shares if share > 0]
+    needs = _row_needs(s, cost, share_prefix)
     if s.max_sequences is None:
-        return BudgetPlan(s.max_steps, [(stream, None) for stream, _ in shares])
+        return BudgetPlan(s.max_steps, [(stream, None) for stream, _, _ in needs])
     soft = GRADIENT * s.max_steps + 1
     rest = s.max_sequences - soft
-    n_fluent = min(s.fluency_candidates, s.refine_candidates)
     rows = []
-    for stream, share in shares:
-        is_fluent = stream in FLUENT_STREAMS
-        screen = stream == FLUENT and _from_text(s)
-        need = start_cost(cost, is_fluent)
-        if screen:
-            need += (
-                beam_cost(cost, s.beam_width, s.beam_proposals, s.length)
-                if s.beam_width > 0
-                else FLUENT_START_SCREEN
-            )
-        if s.refine_steps > 0:
-            need += step_cost(cost, s.refine_candidates, n_fluent, is_fluent, share_prefix)
+    for stream, share, need in needs:
         budget = rest * share
         if budget < need:
+            is_fluent = stream in FLUENT_STREAMS
             kind = "fluent" if is_fluent else "unconstrained"
             raise ConfigError(
                 f"optimization.max_sequences={s.max_sequences} cannot hold the search: the soft "
                 f"stage takes 3 x max_steps + 1 = {soft:g} sequence-equivalents and the {kind} "
                 f"row's share ({share:g} of the rest = {budget:.0f}) is under its start and one "
                 f"refinement step ({need:.0f}); raise max_sequences to at least "
-                f"{int(soft + need / share) + 1} or lower max_steps / refine_candidates"
-                + (" / beam_width" if is_fluent and s.beam_width > 0 else "")
+                f"{minimum_sequences(s, cost, share_prefix)} or lower max_steps / "
+                "refine_candidates" + (" / beam_width" if is_fluent and s.beam_width > 0 else "")
             )
         rows.append((stream, budget))
     return BudgetPlan(s.max_steps, rows)

@@ -12,13 +12,12 @@ work runs, not its result (beyond float32 rounding of batched forwards).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from saeinverse.artifacts import INVERSIONS_FILE
 from saeinverse.config import OptimizationConfig
-from saeinverse.invert.context import search_length
+from saeinverse.invert.context import config_at, search_length
 from saeinverse.invert.fluency import FluencyBound
 from saeinverse.invert.objective import FeatureTarget
 from saeinverse.invert.optimize import optimize_features
@@ -95,7 +94,8 @@ def invert_batch(
 ) -> list[Inversion]:
     """``optimize_features`` over one batch of targets, one call per search length: a feature
     whose exemplar windows do not fire at ``length`` tokens runs at the length its exemplars'
-    contexts need (``invert.context.search_length``), with the bound measured at that length."""
+    contexts need (``invert.context.search_length``), with the bound measured at that length and
+    the same token-layers (``config_at``)."""
     probe = FeatureTarget(models.model, models.sae, opt_cfg.position, exclude_bos)
     plans = [
         search_length(probe, t.feature_id, t.exemplar_windows, t.exemplar_contexts,
@@ -105,7 +105,7 @@ def invert_batch(
     records: dict[int, Inversion] = {}
     for length in sorted({p.length for p in plans}):
         group = [(t, p) for t, p in zip(targets, plans, strict=True) if p.length == length]
-        s = opt_cfg if length == opt_cfg.length else dataclasses.replace(opt_cfg, length=length)
+        s = config_at(opt_cfg, length, probe)
         windows = {t.feature_id: p.windows for t, p in group}
         top = {f: w[0] for f, w in windows.items() if w}
         found = optimize_features(

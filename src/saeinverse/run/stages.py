@@ -250,8 +250,9 @@ HELDOUT_READS = ("explanation.n_heldout", "explanation.n_exemplars", "explanatio
 
 
 def _invert_reads(ctx: Context) -> tuple[str, ...]:
+    # every optimization key: a feature searched at a longer length measures its own bound
+    # (fluency_windows), and the reference stage's keys only add what its result already says
     reads = ("optimization", "seed", "data.exclude_bos", *_targets_read(ctx))
-    reads += ("-optimization.reference_tokens", "-optimization.fluency_windows")
     return reads + HELDOUT_READS if "collect" in ctx.results else reads
 
 
