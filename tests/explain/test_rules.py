@@ -204,3 +204,36 @@ def test_a_target_that_fits_one_window_only_never_earns_its_place():
     every = np.ones(len(side.windows), dtype=bool)
     in_sample = ContextExplainer().grow(ContextExplainer().tokens(evidence), side, every)
     assert len(in_sample) >= 12  # fitted on every window, each single word would be kept
+
+
+PRECEDING_SNIPPET = """
+import numpy as np
+from saeinverse.explain.context import Side
+from saeinverse.explain.evidence import TokenSequence
+
+def window(before, target):
+    return TokenSequence([before, target], [0, 1], [0.0, 1.0], "firing")
+
+positives = [window(b, t) for b, t in (("x", "a"), ("y", "b"), ("z", "c"), ("w", "d"))]
+side = Side(positives, [], [])
+print(side.preceding(("d", "c", "b", "a"), np.ones(4, dtype=bool), 0.5, 4))
+"""
+
+
+def test_a_context_clause_does_not_depend_on_the_hash_seed():
+    """Tied preceding tokens are ranked by their text, not by a set's order (which changes with
+    PYTHONHASHSEED from one process to the next: an interrupted run once resumed to another
+    rule)."""
+    import os
+    import subprocess
+    import sys
+
+    outputs = set()
+    for hash_seed in ("1", "2", "3", "4", "5", "6"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        done = subprocess.run(
+            [sys.executable, "-c", PRECEDING_SNIPPET], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        outputs.add(done.stdout.strip())
+    assert outputs == {"('w', 'x')"}

@@ -262,7 +262,7 @@ class Side:
         """The tokens just before the targets' firing occurrences in the masked positives, most
         frequent first, until they cover ``share`` of them (at most ``max_after``; empty when
         that is not reached)."""
-        forms = {normalise(t) for t in targets}
+        forms = sorted({normalise(t) for t in targets})  # a fixed order: no hash-seed ties
         counts: Counter[str] = Counter()
         spelling: dict[str, str] = {}
         for w in np.flatnonzero(mask & (self.group == 0)):
@@ -274,7 +274,8 @@ class Side:
                         counts[key] += 1
                         spelling.setdefault(key, window.tokens[i - 1])
         total, chosen, covered = sum(counts.values()), [], 0
-        for key, count in counts.most_common(max_after):
+        ranked = sorted(counts.items(), key=lambda kc: (-kc[1], kc[0]))[:max_after]
+        for key, count in ranked:
             chosen.append(spelling[key])
             covered += count
             if covered >= share * total:
