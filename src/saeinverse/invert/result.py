@@ -76,7 +76,8 @@ class Inversion:
     forwarded, a backward as two forwards, over prompt tokens x layers to the hook)."""
     forward_passes_by_stage: dict[str, float] = field(default_factory=dict)
     """``forward_passes`` split by stage: soft, refine (with the fluent row's start: exemplar
-    windows screened, or the beam), check."""
+    windows screened, or the beam), check, and in the run's stage length (the probe of
+    ``invert.context`` that chose ``length``)."""
     length: int | None = None
     """Prompt tokens searched (start token excluded)."""
     lengthened_from: int | None = None
