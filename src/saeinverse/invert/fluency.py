@@ -289,11 +289,15 @@ def _default_texts(seed: int) -> tuple[str, ...]:
     return tuple(default_corpus(seed=seed).train[:DEFAULT_TEXTS])
 
 
-def default_bound(target: FeatureTarget, s, seed: int = 0) -> FluencyBound:
+def default_bound(
+    target: FeatureTarget, s, seed: int = 0, cache: str | Path | None = None
+) -> FluencyBound:
     """The bound measured on the default corpus (for a call that brings no run's collection).
 
     ``s`` is the ``OptimizationConfig``: its ``length``, ``fluency_quantile`` and
-    ``fluency_windows`` say what is measured.
+    ``fluency_windows`` say what is measured; ``cache``: as ``measure_bound``'s.
     """
     rows = text_token_rows(target.model, _default_texts(int(seed)))
-    return measure_bound(target, rows, s.length, s.fluency_quantile, s.fluency_windows, seed)
+    return measure_bound(
+        target, rows, s.length, s.fluency_quantile, s.fluency_windows, seed, cache=cache
+    )

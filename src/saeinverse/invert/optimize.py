@@ -39,6 +39,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -202,6 +203,7 @@ def optimize_features(
     exemplar_tokens: Mapping[int, Sequence[int]] | Sequence[Sequence[int]] | None = None,
     exemplar_windows: Mapping[int, Sequence[Sequence[int]]] | None = None,
     fluency_bound: FluencyBound | None = None,
+    bound_cache: str | Path | None = None,
     exclude_bos: bool = True,
     progress: bool = True,
 ) -> list[Inversion]:
@@ -216,8 +218,8 @@ def optimize_features(
     windows of ``length`` tokens (dict by id; ``inputs.exemplar_windows``): the fluent row starts
     from the best of them, and each is re-scored beside the search's prompts, so the headline is
     never below the best exemplar window within the bound. ``fluency_bound`` is the real-text
-    bound (measured from the default corpus when not given); ``exclude_bos`` must be collection's
-    ``data.exclude_bos``.
+    bound (measured from the default corpus when not given, its windows' cross-entropies kept in
+    ``bound_cache`` when given); ``exclude_bos`` must be collection's ``data.exclude_bos``.
     """
     s = as_section(opt_cfg, OptimizationConfig)
     ids = _check_feature_ids(feature_ids, int(sae.cfg.d_sae))
@@ -243,7 +245,7 @@ def optimize_features(
     start = time.perf_counter()
     target = FeatureTarget(model, sae, s.position, exclude_bos)
     vocab = Vocabulary(model, allowed_token_mask(model))
-    bound = fluency_bound or default_bound(target, s, seed)
+    bound = fluency_bound or default_bound(target, s, seed, cache=bound_cache)
     plan = plan_budget(s, cost=Cost.of(target, s.length))
     fids = torch.tensor(ids, device=target.device)
     bar = tqdm(

@@ -22,6 +22,7 @@ from saeinverse.invert.fluency import FluencyBound
 from saeinverse.invert.objective import FeatureTarget
 from saeinverse.invert.optimize import optimize_features
 from saeinverse.invert.result import Inversion, load_inversions, save_inversions
+from saeinverse.models.paths import cache_dir
 from saeinverse.units import Checkpoints, Models, Pool, Unit, run_units, split
 
 
@@ -114,8 +115,8 @@ def invert_batch(
             reference_max={t.feature_id: t.reference_max for t, _ in group},
             reference_tokens=reference_tokens,
             exemplar_tokens=top if s.init == "exemplar" else None, exemplar_windows=windows,
-            fluency_bound=bound if length == opt_cfg.length else None, exclude_bos=exclude_bos,
-            progress=False,
+            fluency_bound=bound if length == opt_cfg.length else None,
+            bound_cache=cache_dir() / "window-ce", exclude_bos=exclude_bos, progress=False,
         )  # fmt: skip
         for (t, p), record in zip(group, found, strict=True):
             record.forward_passes_by_stage["length"] = round(p.spent, 2)
