@@ -60,6 +60,7 @@ RANGES: dict[str, Bound] = {
     "optimization.fluency_quantile": between(0, 1),
     "optimization.fluency_windows": at_least(300),
     "optimization.fluent_share": between(0, 1),
+    "optimization.population": at_least(1),
     "optimization.beam_width": at_least(0),
     "optimization.beam_proposals": at_least(2),
     "optimization.reference_tokens": at_least(1),

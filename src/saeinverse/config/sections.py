@@ -246,6 +246,8 @@ class OptimizationConfig(Section):
     """Prompts per feature in the left-to-right beam that builds a fluent start from scratch for a feature without an exemplar window within the hinge (0: no beam, random real windows instead)."""
     beam_proposals: int = 16
     """Next tokens each beam prompt proposes per step: half drawn from the model's own next-token distribution, half ranked by the feature's gradient; each costs one cached token forwarded to the hook."""
+    population: int = 1
+    """Fluent rows from text per feature (EPO's population over fluency weights): they share that row's budget, member i weighs fluency by fluency_weight x 2^k (k = 0, -1, 1, -2, 2, ...), and each step every member picks its next prompt among all members' exactly scored candidates; 1: one row at fluency_weight."""
     fluent_share: float = 0.75
     """Share of each feature's refinement budget spent by its fluent row(s) (the rest: its unconstrained row)."""
     pareto_size: int = 8

@@ -20,7 +20,6 @@ from saeinverse.invert.fluency import Fluency
 from saeinverse.invert.front import ParetoPoint, spread, update_pareto
 from saeinverse.invert.project import score_prompts
 from saeinverse.invert.result import Inversion
-from saeinverse.invert.starts import TRAJECTORY_NAMES
 
 
 def _decode(model, ids: list[int]) -> str:
@@ -28,7 +27,7 @@ def _decode(model, ids: list[int]) -> str:
     return tokenizer.decode(ids) if tokenizer is not None else " ".join(map(str, ids))
 
 
-def _candidates(i, soft, refined, owners, streams, size) -> list[list[int]]:
+def _candidates(i, soft, refined, owners, size) -> list[list[int]]:
     """The prompts of feature ``i`` worth re-scoring: projected, accepted and front prompts."""
     prompts = [soft.best_ids[i].tolist()]
     for row, owner in enumerate(owners):
@@ -52,7 +51,7 @@ def checked_records(
     soft,
     refined,
     owners,
-    streams,
+    names,
     s,
     bound,
     ref_tokens,
@@ -60,11 +59,11 @@ def checked_records(
     windows,
     beams,
 ) -> list[Inversion]:
-    """Re-score every candidate prompt (and each feature's beam prompts and exemplar windows)
+    """Re-score every candidate prompt (``names``: each refinement row's trajectory name) (and each feature's beam prompts and exemplar windows)
     with fresh forwards and build the records (see the module docstring)."""
     n = len(ids)
     cost = Cost.of(target, s.length)
-    searched = [_candidates(i, soft, refined, owners, streams, s.pareto_size) for i in range(n)]
+    searched = [_candidates(i, soft, refined, owners, s.pareto_size) for i in range(n)]
     per_feature = []
     for i, found in enumerate(searched):
         for extra in (beams[i], windows[i]):
@@ -97,7 +96,7 @@ def checked_records(
             "soft_activation": soft.trajectory[i]["activation"],
         }
         for r in rows:
-            name = TRAJECTORY_NAMES[streams[r]]
+            name = names[r]
             trajectory[f"{name}_activation"] = refined.trajectory[r]["activation"]
             trajectory[f"{name}_cross_entropy"] = refined.trajectory[r]["cross_entropy"]
         records.append(

@@ -14,6 +14,8 @@ one. Per feature, the search is:
    or the most active exemplar window when the fluent score ranks it above the beam's.
    ``fluent_start='soft'`` starts it from the soft prompt; ``'both'`` (the default) runs a second
    fluent row from the soft prompt, with a third of ``fluent_share`` (``TEXT_SHARE``);
+   ``population`` > 1 replaces the fluent row from text by that many rows from the same start,
+   each weighing fluency differently (``starts.member_weight``), pooled and sharing its budget;
 3. a check (``check.checked_records``): every prompt a row accepted or put on its front, the
    projected prompt, the beam's prompts and the exemplar windows are re-scored by fresh forwards
    (activation, and the model's own cross-entropy per byte); the **front** is their Pareto set,
@@ -63,9 +65,11 @@ from saeinverse.invert.starts import (
     FLUENT_START_SCREEN,
     FLUENT_STREAMS,
     SOFT,
+    TRAJECTORY_NAMES,
     UNCONSTRAINED,
     fluent_starts,
     generator,
+    member_weight,
 )
 
 logger = logging.getLogger(__name__)
@@ -127,9 +131,10 @@ def _row_needs(
     shares = [(UNCONSTRAINED, 1.0 - s.fluent_share if fluent else 1.0)]
     if fluent and s.fluent_start == "both":
         text = s.fluent_share * TEXT_SHARE
-        shares += [(FLUENT, text), (FLUENT_SOFT, s.fluent_share - text)]
+        shares += [(FLUENT, text / s.population)] * s.population
+        shares.append((FLUENT_SOFT, s.fluent_share - text))
     elif fluent:
-        shares.append((FLUENT, s.fluent_share))
+        shares += [(FLUENT, s.fluent_share / s.population)] * s.population
     n_fluent = min(s.fluency_candidates, s.refine_candidates)
     rows = []
     for stream, share in shares:
@@ -142,7 +147,7 @@ def _row_needs(
                 beam_cost(cost, s.beam_width, s.beam_proposals, s.length)
                 if s.beam_width > 0
                 else FLUENT_START_SCREEN
-            )
+            ) / s.population
         if s.refine_steps > 0:
             need += step_cost(cost, s.refine_candidates, n_fluent, is_fluent, share_prefix)
         rows.append((stream, share, need))
@@ -264,6 +269,11 @@ def optimize_features(
         ]
         owners = [i for i in range(len(ids)) for _ in plan.rows]
         streams = [stream for _ in ids for stream, _ in plan.rows]
+        members = [
+            sum(st == stream for st, _ in plan.rows[:k])
+            for _ in ids
+            for k, (stream, _) in enumerate(plan.rows)
+        ]
         hinge = s.fluency_target if s.fluency_target is not None else bound.cross_entropy
         weight = float(s.fluency_weight)
 
@@ -289,22 +299,35 @@ def optimize_features(
         for row, (o, st) in enumerate(zip(owners, streams, strict=True)):
             if st == FLUENT and starts is not None:
                 init[row] = starts[o]
-                budgets[row] = None if budgets[row] is None else budgets[row] - screened[o]
+                spent = screened[o] / s.population
+                budgets[row] = None if budgets[row] is None else budgets[row] - spent
         pop = Population(
             feature_ids=fids[owners],
             init_ids=init,
-            generators=[generator(seed, ids[o], st) for o, st in zip(owners, streams, strict=True)],
+            generators=[
+                generator(seed, ids[o], st, m)
+                for o, st, m in zip(owners, streams, members, strict=True)
+            ],
             scale=[float(scale[o]) for o in owners],
             hinge=[hinge if st in FLUENT_STREAMS else None for st in streams],
             budget=budgets,
+            weight=[member_weight(weight, m) for m in members],
+            pool=[
+                o if st == FLUENT and s.population > 1 else None
+                for o, st in zip(owners, streams, strict=True)
+            ],
         )
         refined = refine(target, vocab, pop, s, progress=bar)
     finally:
         bar.close()
     if starts is None:
         screened = [0.0] * len(ids)
+    names = [
+        TRAJECTORY_NAMES[st] + (f"_{m + 1}" if m else "")
+        for st, m in zip(streams, members, strict=True)
+    ]
     records = checked_records(model, target, ids, maxima, references, soft, refined, owners,
-                              streams, s, bound, reference_tokens, screened, windows, beams)  # fmt: skip
+                              names, s, bound, reference_tokens, screened, windows, beams)  # fmt: skip
     seconds = (time.perf_counter() - start) / len(ids)
     for record in records:
         record.seconds = seconds

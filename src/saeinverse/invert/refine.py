@@ -27,6 +27,10 @@ Each step, for every still-active row:
    the model's cross-entropy (resumed from the SAE's layer where the hook allows it) and takes
    the best combined score if it improves.
 
+Fluent rows of one feature may form a **pool** (``optimization.population``, EPO's population over
+fluency weights): each has its own weight, picks by it among every member's exactly scored
+shortlist, and the members share one budget.
+
 A row stops after ``patience`` steps without improvement, after ``steps`` steps, or when its
 next step would pass its budget. Every forward is counted against its row, in sequence-equivalents
 of token-layers (``invert.cost``: a suffix forward costs its share of a prompt, a gradient three
@@ -70,6 +74,11 @@ class Population:
     """None: an unconstrained row; else the cross-entropy above which a fluent row is penalised."""
     budget: list[float | None]
     """Sequence-equivalents the row may spend (``invert.cost``; None: only the step limits stop it)."""
+    weight: list[float] | None = None
+    """A fluent row's own fluency weight (None: ``fluency_weight`` for every row)."""
+    pool: list[int | None] | None = None
+    """Fluent rows with the same pool (rows of one feature) each pick their next prompt among all
+    of the pool's exactly scored candidates, by their own weight (EPO's population)."""
 
 
 @dataclass
@@ -187,7 +196,9 @@ def _penalty(ce: Tensor, hinge: Tensor, weight: float) -> Tensor:
     return weight * (ce - hinge).clamp(min=0.0)
 
 
-def _start(target, pop: Population, fluency: Fluency, weight: float, size: int, cost) -> _State:
+def _start(
+    target, pop: Population, fluency: Fluency, weights: list[float], size: int, cost
+) -> _State:
     """Score the start prompts (and a fluent row's cross-entropy and expectations)."""
     n = pop.init_ids.shape[0]
     first = target.read_ids(pop.init_ids, pop.feature_ids)
@@ -201,7 +212,7 @@ def _start(target, pop: Population, fluency: Fluency, weight: float, size: int, 
         for j, row in enumerate(fluent):
             ce[row], logprobs[row] = f_ce[j], f_lp[j]
             hinge = torch.tensor(pop.hinge[row], device=target.device)
-            score[row] = first.key[row] / pop.scale[row] - _penalty(f_ce[j], hinge, weight)
+            score[row] = first.key[row] / pop.scale[row] - _penalty(f_ce[j], hinge, weights[row])
             point = ParetoPoint(
                 pop.init_ids[row].tolist(), float(first.activation[row]), float(f_ce[j])
             )
@@ -242,22 +253,19 @@ def refine(
     n_rows = pop.init_ids.shape[0]
     fluency = Fluency(target, vocab.allowed, s.refine_top_k)
     cost = Cost.of(target, pop.init_ids.shape[1])
-    weight = float(s.fluency_weight)
-    state = _start(target, pop, fluency, weight, s.pareto_size, cost)
+    weights = pop.weight or [float(s.fluency_weight)] * n_rows
+    state = _start(target, pop, fluency, weights, s.pareto_size, cost)
     n_fluent = min(s.fluency_candidates, s.refine_candidates)
     costs = [
         step_cost(cost, s.refine_candidates, n_fluent, h is not None, share_prefix)
         for h in pop.hinge
     ]
     for _ in range(s.refine_steps):
-        for row in range(n_rows):
-            budget = pop.budget[row]
-            if budget is not None and state.passes[row] + costs[row] > budget:
-                state.active[row] = False
+        _stop_over_budget(pop, state, costs)
         rows = [r for r in range(n_rows) if state.active[r]]
         if not rows:
             break
-        _step(target, vocab, fluency, cost, pop, state, rows, s, n_fluent, share_prefix)
+        _step(target, vocab, fluency, cost, pop, state, rows, s, n_fluent, share_prefix, weights)
         if progress is not None:
             progress.update(1)
     return RefineResult(
@@ -266,7 +274,28 @@ def refine(
     )  # fmt: skip
 
 
-def _step(target, vocab, fluency, cost, pop, state, rows, s, n_fluent, share_prefix) -> None:
+def _stop_over_budget(pop: Population, state: _State, costs: list[float]) -> None:
+    """Stop each row whose next step would pass its budget; a pool's rows share their budgets
+    (the pool steps its rows in order while what is left of the pool's total holds them)."""
+    pools: dict[int, list[int]] = {}
+    for row, budget in enumerate(pop.budget):
+        group = pop.pool[row] if pop.pool else None
+        if group is not None and budget is not None:
+            pools.setdefault(group, []).append(row)
+        elif budget is not None and state.passes[row] + costs[row] > budget:
+            state.active[row] = False
+    for rows in pools.values():
+        left = sum(pop.budget[r] - state.passes[r] for r in rows)
+        for row in rows:
+            if state.active[row] and left >= costs[row]:
+                left -= costs[row]
+            else:
+                state.active[row] = False
+
+
+def _step(
+    target, vocab, fluency, cost, pop, state, rows, s, n_fluent, share_prefix, weights
+) -> None:
     """One step of every active row in ``rows`` (see the module docstring)."""
     idx = torch.tensor(rows, device=target.device)
     current = state.current[idx]
@@ -285,14 +314,17 @@ def _step(target, vocab, fluency, cost, pop, state, rows, s, n_fluent, share_pre
         target, cands, positions, current, fids, bool(fluent), share_prefix
     )
     new_score, pick = c_key.max(dim=1)
+    flat = torch.arange(len(rows), device=cands.device)
+    new_ids, new_key, new_act = cands[flat, pick], c_key[flat, pick], c_act[flat, pick]
     new_ce = torch.full_like(new_score, float("nan"))
     if fluent:
-        f_pick, f_score, f_ce = _fluent_choice(
+        chosen = _fluent_choice(
             fluency, state, pop, [rows[j] for j in fluent], cands[fluent], positions[fluent],
-            c_key[fluent], c_act[fluent], c_resid[fluent], n_fluent, float(s.fluency_weight),
-            s.pareto_size,
+            c_key[fluent], c_act[fluent], c_resid[fluent], n_fluent,
+            [weights[rows[j]] for j in fluent], s.pareto_size,
         )  # fmt: skip
-        pick[fluent], new_score[fluent], new_ce[fluent] = f_pick, f_score, f_ce
+        new_ids[fluent], new_key[fluent], new_act[fluent] = chosen[:3]
+        new_score[fluent], new_ce[fluent] = chosen[3:]
     accepted = []
     ce_cost = cost.resumed if fluency.resume_layer is not None else cost.full
     for j, row in enumerate(rows):
@@ -305,9 +337,9 @@ def _step(target, vocab, fluency, cost, pop, state, rows, s, n_fluent, share_pre
             state.passes[row] += n_fluent * ce_cost
         state.steps[row] += 1
         if improves(float(new_score[j]), float(state.score[row])):
-            state.current[row] = cands[j, pick[j]]
+            state.current[row] = new_ids[j]
             state.score[row] = new_score[j]
-            state.key[row], state.act[row] = c_key[j, pick[j]], c_act[j, pick[j]]
+            state.key[row], state.act[row] = new_key[j], new_act[j]
             state.ce[row] = new_ce[j]
             state.accepted[row].append((state.current[row].tolist(), float(state.act[row])))
             accepted.append(row)
@@ -325,19 +357,22 @@ def _step(target, vocab, fluency, cost, pop, state, rows, s, n_fluent, share_pre
 
 
 def _fluent_choice(
-    fluency, state, pop, rows, cands, positions, c_key, c_act, c_resid, n_fluent, weight, size
+    fluency, state, pop, rows, cands, positions, c_key, c_act, c_resid, n_fluent, weights, size
 ):
     """Shortlist ``n_fluent`` candidates per fluent row by an estimated score, score them exactly.
 
     The estimate changes the current cross-entropy by the swapped token's own term under the
     current prompt's expectations (later tokens' terms are left as they were); the shortlist's
-    cross-entropy is then computed exactly, and the best combined score is picked.
+    cross-entropy is then computed exactly, and each row picks the best combined score by its
+    own weight among its shortlist and, in a pool, its pool mates' shortlists.
+    Returns the picked (ids, key, activation, score, cross-entropy) per row.
     """
     batch, n, length = cands.shape
     device = cands.device
     logprobs = torch.stack([state.logprobs[r] for r in rows])  # [batch, pos, vocab]
     scale = torch.tensor([pop.scale[r] for r in rows], device=device)[:, None]
     hinge = torch.tensor([pop.hinge[r] for r in rows], device=device)[:, None]
+    weight = torch.tensor(weights, device=device)[:, None]
     r_idx = torch.arange(batch, device=device)[:, None]
     pos = positions.to(device)
     old = state.current[torch.tensor(rows, device=device)].gather(1, pos)
@@ -346,17 +381,24 @@ def _fluent_choice(
     ce_now = state.ce[torch.tensor(rows, device=device)][:, None]
     estimate = c_key / scale - _penalty(ce_now + delta, hinge, weight)
     top = estimate.topk(min(n_fluent, n), dim=1).indices  # [batch, n_fluent]
-    ids = cands[r_idx, top].reshape(-1, length)
-    resid = c_resid[r_idx, top].reshape(ids.shape[0], *c_resid.shape[2:])
-    ce = fluency.cross_entropy(ids, resid).reshape(top.shape)
-    combined = c_key[r_idx, top] / scale - _penalty(ce, hinge, weight)
-    acts = c_act[r_idx, top]
+    ids = cands[r_idx, top]  # [batch, n_fluent, pos]
+    resid = c_resid[r_idx, top].reshape(-1, *c_resid.shape[2:])
+    ce = fluency.cross_entropy(ids.reshape(-1, length), resid).reshape(top.shape)
+    keys, acts = c_key[r_idx, top], c_act[r_idx, top]
     for j, row in enumerate(rows):
         points = [
-            ParetoPoint(cands[j, top[j, m]].tolist(), float(acts[j, m]), float(ce[j, m]))
+            ParetoPoint(ids[j, m].tolist(), float(acts[j, m]), float(ce[j, m]))
             for m in range(top.shape[1])
         ]
         state.front[row] = update_pareto(state.front[row], points, size)
-    best = combined.argmax(dim=1)
-    flat = torch.arange(batch, device=device)
-    return top[flat, best], combined[flat, best], ce[flat, best]
+    pools = [pop.pool[r] if pop.pool else None for r in rows]
+    picked = []
+    for j in range(batch):
+        mates = [k for k in range(batch) if pools[j] is not None and pools[k] == pools[j]] or [j]
+        combined = keys[mates] / scale[j] - _penalty(ce[mates], hinge[j], weight[j])
+        m, c = divmod(int(combined.argmax()), top.shape[1])
+        k = mates[m]
+        picked.append(
+            (ids[k, c], keys[k, c], acts[k, c], combined.flatten()[m * top.shape[1] + c], ce[k, c])
+        )
+    return tuple(torch.stack(values) for values in zip(*picked, strict=True))

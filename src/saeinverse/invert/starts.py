@@ -21,10 +21,19 @@ FLUENT_START_SCREEN = 64
 """Real text windows (within the hinge) screened per feature for the fluent row's start."""
 
 
-def generator(seed: int, feature_id: int, stream: int) -> torch.Generator:
-    """The random stream ``stream`` of one feature (see ``SOFT``, ``UNCONSTRAINED``, ``FLUENT``)."""
-    value = ((int(seed) * 1_000_003 + int(feature_id)) * 8 + int(stream)) % (2**63)
-    return torch.Generator().manual_seed(value)
+def generator(seed: int, feature_id: int, stream: int, member: int = 0) -> torch.Generator:
+    """The random stream ``stream`` of one feature (see ``SOFT``, ``UNCONSTRAINED``, ``FLUENT``);
+    ``member``: which of a population's rows on that stream (0 for the first or only one)."""
+    value = (int(seed) * 1_000_003 + int(feature_id)) * 8 + int(stream)
+    if member:
+        value = value * 1_009 + int(member)
+    return torch.Generator().manual_seed(value % (2**63))
+
+
+def member_weight(weight: float, member: int) -> float:
+    """Member ``member``'s fluency weight in a population: ``weight`` x 2^k, k = 0, -1, 1, -2, 2..."""
+    k = (member + 1) // 2 * (1 if member % 2 == 0 else -1)
+    return float(weight) * 2.0**k
 
 
 def fluent_starts(target, bound, hinge, ids, seed, windows=None, beam=None, rank=None):
