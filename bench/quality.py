@@ -22,8 +22,9 @@ steps, where the default run's smaller budget takes 75) gives every row of the t
 Cross-entropy is in nats per UTF-8 byte (``invert.fluency``), for the real windows and every
 prompt alike. ``--no-exemplars`` is the arm without exemplar windows (the from-scratch case: the
 fluent rows start from the beam), at the same budget. ``--arms`` runs several arms (``ARMS``:
-one move kind or start off at a time) on the same features at the same budget and ends with one
-row per arm, each with the sequence-equivalents it spent.
+one move kind or start off at a time, or ``epo-population``: EPO's population over fluency weights
+in place of the one fluent row from text) on the same features at the same budget and ends with
+one row per arm, each with the sequence-equivalents it spent.
 
     python bench/quality.py                         # 16 features, 4,000 sequences each
     python bench/quality.py --features 4 --budget 2000 --out q.json
@@ -50,6 +51,7 @@ ARMS = {
     "model-proposals": ({"proposals": "model"}, True),
     "swaps-only": ({"edit_moves": False}, True),
     "old-moves": ({"edit_moves": False, "beam_width": 0}, True),
+    "epo-population": ({"population": 4}, True),
 }
 """Bench arms: optimization overrides, and whether the feature's exemplar windows are given."""
 
