@@ -87,9 +87,9 @@ def test_a_population_spends_one_shared_budget_and_names_its_members(tiny_model,
     )
     assert "fluent_2_activation" not in one.trajectory
     for record in (one, three):
-        assert record.forward_passes_by_stage["soft"] + record.forward_passes_by_stage[
-            "refine"
-        ] <= 700
+        assert (
+            record.forward_passes_by_stage["soft"] + record.forward_passes_by_stage["refine"] <= 700
+        )
     # members share their budget: three members spend about what one row does
     spent = [r.forward_passes_by_stage["refine"] for r in (one, three)]
     assert spent[1] == pytest.approx(spent[0], rel=0.15)
