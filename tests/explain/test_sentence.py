@@ -11,7 +11,7 @@ from saeinverse.config import get_default_config, update_config
 from saeinverse.errors import ConfigError
 from saeinverse.explain.evidence import ExplainEvidence, TokenSequence
 from saeinverse.explain.results import ExplanationResult, load_explanations
-from saeinverse.explain.rules import Rule
+from saeinverse.explain.rules import Rule, with_examples
 from saeinverse.explain.sentence import (
     MAX_WORDS,
     Explanation,
@@ -67,6 +67,21 @@ def test_the_sentence_quotes_distinct_examples_and_words_typical_of_the_firing_w
     assert 'near "def", "self"' in text and '"the"' not in text and word_count(text) <= MAX_WORDS
     no_silent = describe(Rule(("hash",)), ExplainEvidence(0, exemplars=firing[:2]))
     assert "near" not in no_silent and no_silent.count("“") == 1
+
+
+def test_examples_showing_pieces_of_characters_are_left_out_of_sentence_and_rule():
+    # byte tokens of a multi-byte letter, each decoded alone, show U+FFFD: mojibake on a card
+    broken = window([" \u05d4\u05dc", "\ufffd", "\ufffd", "\u05e0", " x"], 2)
+    readable = window([" the", " word", " hash", " here", " x"], 2)
+    ev = ExplainEvidence(0, exemplars=[broken, broken, readable])
+    rule = Rule(("\ufffd", " hash"))
+    text = describe(rule, ev)
+    assert "\ufffd" not in text.split(", as in")[-1] and "“the word hash here x”" in text
+    full = with_examples(rule, ev)
+    assert full.endswith("(as in: “the word« hash» here x”).")
+    only_broken = ExplainEvidence(0, exemplars=[broken])
+    assert "as in" not in describe(rule, only_broken)
+    assert "(as in:" not in with_examples(rule, only_broken)
 
 
 def test_a_broad_feature_is_named_by_the_word_its_strongest_firings_share():

@@ -43,6 +43,9 @@ TOKEN_MASS_COVERED = 0.8
 """A plain token list stops once its tokens carry this share of the mass."""
 N_CONTEXTS = 3
 CONTEXT_RADIUS = 4
+BROKEN = "\ufffd"
+"""What a token shows for a piece of a character (one byte of a multi-byte letter, decoded
+alone): a context holding it is left out of the text, which would show it as mojibake."""
 GENRE_SHARE = 0.6
 """The `context` explainer names the genre its firing windows come from when this share of
 them share one (a phrase for readers and the embedding judge; the simulator ignores it)."""
@@ -226,13 +229,14 @@ def with_examples(
     examples: Sequence[TokenSequence] | None = None,
 ) -> str:
     """The rule's text, the genre it mostly fires in (when given), then marked contexts from
-    ``examples`` (default: the first ``N_CONTEXTS`` of the evidence's sequences)."""
+    ``examples`` (default: the evidence's sequences), the first ``N_CONTEXTS`` that show no
+    piece of a character (``BROKEN``)."""
     text = rule.text()
     if genre and rule.targets:
         text += ", mostly in " + genre.replace("_", " ") + " text"
     if examples is None:
-        examples = evidence.sequences()[:N_CONTEXTS]
-    contexts = [short_context(s) for s in examples]
+        examples = evidence.sequences()
+    contexts = [c for c in map(short_context, examples) if BROKEN not in c][:N_CONTEXTS]
     if rule.targets and contexts:
         text += " (as in: " + "; ".join(f"“{c}”" for c in contexts) + ")"
     return text + "."

@@ -32,7 +32,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from saeinverse.explain.evidence import ExplainEvidence, display, normalise
-from saeinverse.explain.rules import WORD_CLAUSES, Rule, main_genre
+from saeinverse.explain.rules import BROKEN, WORD_CLAUSES, Rule, main_genre
 
 MAX_WORDS = 20
 STEM_MIN = 3
@@ -258,7 +258,7 @@ def _mass(rule: Rule, evidence: ExplainEvidence) -> float:
 
 def _examples(evidence: ExplainEvidence, n: int) -> list[str]:
     """A few words around the strongest firing of the first ``n`` firing windows (exemplars
-    first) that read differently, plain."""
+    first) that read differently, plain, and show no piece of a character (``BROKEN``)."""
     out: list[str] = []
     for seq in evidence.exemplars + evidence.decile_samples:
         if len(out) >= n:
@@ -269,7 +269,7 @@ def _examples(evidence: ExplainEvidence, n: int) -> list[str]:
         lo, hi = max(0, peak - EXAMPLE_RADIUS), peak + EXAMPLE_RADIUS + 1
         text = "".join(seq.tokens[lo:hi]).replace('"', "'").replace("“", "'").replace("”", "'")
         text = " ".join(text.split())
-        if text and text.lower() not in {o.lower() for o in out}:
+        if text and BROKEN not in text and text.lower() not in {o.lower() for o in out}:
             out.append(text)
     return out
 
