@@ -137,13 +137,17 @@ def test_headline_is_the_most_active_front_prompt_within_the_bound(tiny_model, t
         assert r.headline == r.best_within(BOUND.cross_entropy)
 
 
-def test_a_feature_gets_the_same_inversion_alone_or_in_a_batch_of_16(tiny_model, tiny_topk_sae):
-    """Per-feature random streams and per-row stopping: batching changes nothing but speed.
+@pytest.mark.parametrize("population", [1, 3])
+def test_a_feature_gets_the_same_inversion_alone_or_in_a_batch_of_16(
+    tiny_model, tiny_topk_sae, population
+):
+    """Per-feature random streams and per-row stopping: batching changes nothing but speed
+    (a population's pool and shared budget are per feature too).
 
     Equality is exact here (tiny model, one thread); on a large model batched matrix products
     may differ in the last bits, which could flip a near-tie between two candidates.
     """
-    settings = {**FAST, "max_steps": 15, "refine_steps": 6}
+    settings = {**FAST, "max_steps": 15, "refine_steps": 6, "population": population}
     features = list(range(0, 64, 4))
     batch = invert(tiny_model, tiny_topk_sae, features, settings, seed=11)
     for f in (features[0], features[7], features[15]):
