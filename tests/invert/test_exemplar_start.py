@@ -84,6 +84,26 @@ def test_the_headline_is_never_below_the_best_exemplar_window_within_the_bound(
     assert seen, "no exemplar window was within the bound: the test shows nothing"
 
 
+def test_the_unconstrained_row_starts_from_the_soft_prompt_or_a_more_active_window(
+    tiny_model, tiny_topk_sae
+):
+    stats = _stats(tiny_model, tiny_topk_sae)
+    features = [int(f) for f in (stats.firing_count > 5).nonzero().squeeze(-1)[:6]]
+    windows = exemplar_windows(stats, features, LENGTH, count=4)
+    opt = {"length": LENGTH, "max_steps": 2, "refine_steps": 1, "refine_candidates": 8}
+    records = optimize_features(
+        tiny_model, tiny_topk_sae, features, opt, exemplar_windows=windows, progress=False
+    )
+    from_window = 0
+    for record in records:
+        acts = [score_prompt(tiny_model, tiny_topk_sae, record.feature_id, w, "last")
+                for w in windows[record.feature_id]]  # fmt: skip
+        start = record.trajectory["refine_activation"][0]
+        assert start == pytest.approx(max(record.projected_activation, *acts), abs=1e-5)
+        from_window += max(acts) > record.projected_activation
+    assert from_window, "the soft prompt beat every window: the test shows nothing"
+
+
 def test_without_a_window_within_the_hinge_the_fluent_row_starts_from_the_beam(
     tiny_model, tiny_topk_sae
 ):

@@ -6,7 +6,9 @@ one. Per feature, the search is:
 
 1. a soft prompt (``soft.optimize_soft``, PEZ-style), whose best projected prompt starts
 2. refinement rows run in the same batch (``refine.refine``): an **unconstrained** row
-   (activation only), starting from the soft prompt, and, with ``fluency_weight > 0``, a
+   (activation only), starting from the soft prompt, or from the feature's most active exemplar
+   window where that is more active (its key is known from the fluent start's screening), and,
+   with ``fluency_weight > 0``, a
    **fluent** row (activation with a cross-entropy hinge at ``fluency_target``, by default the
    real-text bound) that starts from what already fires (``starts.fluent_starts``): the most
    active of the feature's exemplar windows within the hinge, else the best prompt of a
@@ -287,9 +289,18 @@ def optimize_features(
                 [generator(seed, ids[i], BEAM) for i in need],
             )  # fmt: skip
 
+        most_active: list = [None] * len(ids)
         starts, screened, beams = (
             fluent_starts(
-                target, bound, hinge, ids, seed, windows, beam if s.beam_width > 0 else None, rank
+                target,
+                bound,
+                hinge,
+                ids,
+                seed,
+                windows,
+                beam if s.beam_width > 0 else None,
+                rank,
+                most_active,
             )
             if FLUENT in streams and _from_text(s)
             else (None, [0.0] * len(ids), [[] for _ in ids])
@@ -297,6 +308,9 @@ def optimize_features(
         init = soft.best_ids[owners].clone()
         budgets = [budget for _ in ids for _, budget in plan.rows]
         for row, (o, st) in enumerate(zip(owners, streams, strict=True)):
+            window = most_active[o]
+            if st == UNCONSTRAINED and window is not None and window[1] > soft.best_key[o]:
+                init[row] = window[0]
             if st == FLUENT and starts is not None:
                 init[row] = starts[o]
                 spent = screened[o] / s.population

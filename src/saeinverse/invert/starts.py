@@ -36,7 +36,9 @@ def member_weight(weight: float, member: int) -> float:
     return float(weight) * 2.0**k
 
 
-def fluent_starts(target, bound, hinge, ids, seed, windows=None, beam=None, rank=None):
+def fluent_starts(
+    target, bound, hinge, ids, seed, windows=None, beam=None, rank=None, most_active=None
+):
     """Per feature, the prompt its fluent row starts from; (starts, spent, beams).
 
     A feature with an exemplar window within the hinge (``windows[i]``: its top exemplars of the
@@ -48,6 +50,8 @@ def fluent_starts(target, bound, hinge, ids, seed, windows=None, beam=None, rank
     ``FLUENT_START_SCREEN`` random real windows within the hinge (those the bound was measured
     on). ``spent``: sequence-equivalents each feature's start cost; ``beams``: each feature's
     beam prompts (for the check). ``starts`` is None when some feature has no start at all.
+    ``most_active``, when given, is filled with each feature's most active exemplar window at
+    any cross-entropy and its key, (ids, key), or None without windows.
     """
     from saeinverse.invert.cost import Cost
 
@@ -66,6 +70,9 @@ def fluent_starts(target, bound, hinge, ids, seed, windows=None, beam=None, rank
     cursor = 0
     for i, n in enumerate(spans):
         key, c = keys[cursor : cursor + n], ce[cursor : cursor + n]
+        if n and most_active is not None:
+            top = int(key.argmax())
+            most_active[i] = (torch.tensor(rows[cursor + top]), float(key[top]))
         if n:
             within = c <= hinge
             j = int(key.masked_fill(~within, float("-inf")).argmax()) if within.any() else None
