@@ -61,17 +61,22 @@ def test_a_fluent_row_starts_from_the_most_active_exemplar_window_within_the_hin
         assert beams[i] == [], "a feature with a window within the hinge needs no beam"
 
 
+def _invert_with_windows(model, sae, n: int, opt: dict):
+    """The first ``n`` features firing in a small collection, inverted with their exemplar
+    windows (``opt`` over 6-token prompts and 8 candidates): (windows by feature, records)."""
+    stats = _stats(model, sae)
+    features = [int(f) for f in (stats.firing_count > 5).nonzero().squeeze(-1)[:n]]
+    windows = exemplar_windows(stats, features, LENGTH, count=4)
+    opt = {"length": LENGTH, "refine_candidates": 8, **opt}
+    records = optimize_features(model, sae, features, opt, exemplar_windows=windows, progress=False)
+    return windows, records
+
+
 def test_the_headline_is_never_below_the_best_exemplar_window_within_the_bound(
     tiny_model, tiny_topk_sae
 ):
-    stats = _stats(tiny_model, tiny_topk_sae)
-    features = [int(f) for f in (stats.firing_count > 5).nonzero().squeeze(-1)[:3]]
-    windows = exemplar_windows(stats, features, LENGTH, count=4)
-    opt = {"length": LENGTH, "max_steps": 6, "refine_steps": 2, "refine_candidates": 8}
-    opt["fluency_quantile"] = 0.9
-    records = optimize_features(
-        tiny_model, tiny_topk_sae, features, opt, exemplar_windows=windows, progress=False
-    )
+    opt = {"max_steps": 6, "refine_steps": 2, "fluency_quantile": 0.9}
+    windows, records = _invert_with_windows(tiny_model, tiny_topk_sae, 3, opt)
     seen = 0
     for record in records:
         if record.exemplar_window is None:
@@ -87,13 +92,8 @@ def test_the_headline_is_never_below_the_best_exemplar_window_within_the_bound(
 def test_the_unconstrained_row_starts_from_the_soft_prompt_or_a_more_active_window(
     tiny_model, tiny_topk_sae
 ):
-    stats = _stats(tiny_model, tiny_topk_sae)
-    features = [int(f) for f in (stats.firing_count > 5).nonzero().squeeze(-1)[:6]]
-    windows = exemplar_windows(stats, features, LENGTH, count=4)
-    opt = {"length": LENGTH, "max_steps": 2, "refine_steps": 1, "refine_candidates": 8}
-    records = optimize_features(
-        tiny_model, tiny_topk_sae, features, opt, exemplar_windows=windows, progress=False
-    )
+    opt = {"max_steps": 2, "refine_steps": 1}
+    windows, records = _invert_with_windows(tiny_model, tiny_topk_sae, 6, opt)
     from_window = 0
     for record in records:
         acts = [score_prompt(tiny_model, tiny_topk_sae, record.feature_id, w, "last")
