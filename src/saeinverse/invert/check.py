@@ -59,8 +59,9 @@ def checked_records(
     windows,
     beams,
 ) -> list[Inversion]:
-    """Re-score every candidate prompt (``names``: each refinement row's trajectory name) (and each feature's beam prompts and exemplar windows)
-    with fresh forwards and build the records (see the module docstring)."""
+    """Re-score every candidate prompt (and each feature's beam prompts and exemplar windows)
+    with fresh forwards and build the records (see the module docstring); ``names`` are the
+    refinement rows' trajectory names."""
     n = len(ids)
     cost = Cost.of(target, s.length)
     searched = [_candidates(i, soft, refined, owners, s.pareto_size) for i in range(n)]
