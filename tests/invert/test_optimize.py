@@ -291,3 +291,26 @@ def test_fluent_start_both_gives_the_text_row_two_thirds_of_the_fluent_share():
     assert [b for _, b in plan_budget(s).rows] == pytest.approx([rest / 2, rest / 3, rest / 6])
     with pytest.raises(ConfigError, match="fluent_start"):
         as_section({"fluent_start": "random"}, OptimizationConfig)
+
+
+def test_the_fluent_row_from_the_soft_prompt_is_held_at_real_text_p90(
+    tiny_model, tiny_topk_sae, monkeypatch
+):
+    """The row from text aims at the headline bound, the one from the soft prompt at p90 (the
+    front's fluent point); a fluency_target the user sets holds both."""
+    import saeinverse.invert.optimize as optimize
+
+    seen = []
+
+    def spy(target, vocab, pop, s, **kwargs):
+        seen.append(list(pop.hinge))
+        return refine(target, vocab, pop, s, **kwargs)
+
+    refine = optimize.refine
+    monkeypatch.setattr(optimize, "refine", spy)
+    settings = {**FAST, "refine_steps": 1, "fluent_start": "both", "beam_width": 0}
+    optimize_feature(tiny_model, tiny_topk_sae, 9, settings, seed=0, fluency_bound=BOUND)
+    assert seen[-1] == [None, BOUND.cross_entropy, BOUND.p90]
+    target = {**settings, "fluency_target": 4.4}
+    optimize_feature(tiny_model, tiny_topk_sae, 9, target, seed=0, fluency_bound=BOUND)
+    assert seen[-1] == [None, 4.4, 4.4]

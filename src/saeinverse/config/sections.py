@@ -235,7 +235,7 @@ class OptimizationConfig(Section):
     fluency_candidates: int = 8
     """Candidates per feature and step scored exactly for cross-entropy when fluency_weight > 0."""
     fluency_target: float | None = None
-    """The fluent rows' hinge in nats per byte (cross-entropy above it is penalised); null: the real-text bound (fluency_quantile)."""
+    """The fluent rows' hinge in nats per byte (cross-entropy above it is penalised); null: the real-text bound (fluency_quantile) for the row from text, and real text's p90 (at least the bound) for the row from the soft prompt, so the front has a point at each."""
     fluency_quantile: float = 0.5
     """The headline bound: this quantile of real windows' cross-entropy in nats per byte (0.5 the median, 0.9 the 90th percentile)."""
     fluency_windows: int = 300

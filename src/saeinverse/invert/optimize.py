@@ -15,7 +15,8 @@ one. Per feature, the search is:
    left-to-right beam over the model's own proposals (``beam.beam_prompts``) built from scratch,
    or the most active exemplar window when the fluent score ranks it above the beam's.
    ``fluent_start='soft'`` starts it from the soft prompt; ``'both'`` (the default) runs a second
-   fluent row from the soft prompt, with a third of ``fluent_share`` (``TEXT_SHARE``);
+   fluent row from the soft prompt, with a third of ``fluent_share`` (``TEXT_SHARE``), its hinge
+   at real text's p90 (at least the bound; ``fluency_target`` when set), the front's fluent point;
    ``population`` > 1 replaces the fluent row from text by that many rows from the same start,
    each weighing fluency differently (``starts.member_weight``), pooled and sharing its budget;
 3. a check (``check.checked_records``): every prompt a row accepted or put on its front, the
@@ -277,6 +278,7 @@ def optimize_features(
             for k, (stream, _) in enumerate(plan.rows)
         ]
         hinge = s.fluency_target if s.fluency_target is not None else bound.cross_entropy
+        soft_hinge = max(hinge, bound.p90) if s.fluency_target is None else hinge
         weight = float(s.fluency_weight)
 
         def rank(i: int, key: float, ce: float) -> float:
@@ -323,7 +325,10 @@ def optimize_features(
                 for o, st, m in zip(owners, streams, members, strict=True)
             ],
             scale=[float(scale[o]) for o in owners],
-            hinge=[hinge if st in FLUENT_STREAMS else None for st in streams],
+            hinge=[
+                None if st not in FLUENT_STREAMS else soft_hinge if st == FLUENT_SOFT else hinge
+                for st in streams
+            ],
             budget=budgets,
             weight=[member_weight(weight, m) for m in members],
             pool=[
