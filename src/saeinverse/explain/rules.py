@@ -25,6 +25,7 @@ choosing their size by cross-validation on the explaining side.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import re
 from collections import Counter
@@ -236,7 +237,8 @@ def with_examples(
         text += ", mostly in " + genre.replace("_", " ") + " text"
     if examples is None:
         examples = evidence.sequences()
-    contexts = [c for c in map(short_context, examples) if BROKEN not in c][:N_CONTEXTS]
+    readable = (c for c in map(short_context, examples) if BROKEN not in c)
+    contexts = list(itertools.islice(readable, N_CONTEXTS))
     if rule.targets and contexts:
         text += " (as in: " + "; ".join(f"“{c}”" for c in contexts) + ")"
     return text + "."

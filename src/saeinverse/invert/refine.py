@@ -391,14 +391,16 @@ def _fluent_choice(
             for m in range(top.shape[1])
         ]
         state.front[row] = update_pareto(state.front[row], points, size)
+    combined = keys / scale - _penalty(ce, hinge, weight)
+    flat = torch.arange(batch, device=device)
+    whose, pick = flat.clone(), combined.argmax(dim=1)  # whose shortlist, which candidate
+    score = combined[flat, pick]
     pools = [pop.pool[r] if pop.pool else None for r in rows]
-    picked = []
-    for j in range(batch):
-        mates = [k for k in range(batch) if pools[j] is not None and pools[k] == pools[j]] or [j]
-        combined = keys[mates] / scale[j] - _penalty(ce[mates], hinge[j], weight[j])
-        m, c = divmod(int(combined.argmax()), top.shape[1])
-        k = mates[m]
-        picked.append(
-            (ids[k, c], keys[k, c], acts[k, c], combined.flatten()[m * top.shape[1] + c], ce[k, c])
-        )
-    return tuple(torch.stack(values) for values in zip(*picked, strict=True))
+    for j, pool in enumerate(pools):
+        if pool is None:
+            continue
+        mates = torch.tensor([k for k in range(batch) if pools[k] == pool], device=device)
+        theirs = keys[mates] / scale[j] - _penalty(ce[mates], hinge[j], weight[j])
+        m, c = divmod(int(theirs.argmax()), top.shape[1])
+        whose[j], pick[j], score[j] = mates[m], c, theirs[m, c]
+    return ids[whose, pick], keys[whose, pick], acts[whose, pick], score, ce[whose, pick]
