@@ -24,11 +24,15 @@ prompt alike. ``--no-exemplars`` is the arm without exemplar windows (the from-s
 fluent rows start from the beam), at the same budget. ``--arms`` runs several arms (``ARMS``:
 one move kind or start off at a time, or ``epo-population``: EPO's population over fluency weights
 in place of the one fluent row from text) on the same features at the same budget and ends with
-one row per arm, each with the sequence-equivalents it spent.
+one row per arm, each with the sequence-equivalents it spent, and each arm paired with the first
+feature by feature (higher on how many, lower on how many): a median of 16 can rise while most
+features fall. ``--search-seed`` reruns the same features with another search seed, which
+measures what chance alone moves (compare its per-feature counts with an arm's).
 
     python bench/quality.py                         # 16 features, 4,000 sequences each
     python bench/quality.py --features 4 --budget 2000 --out q.json
     python bench/quality.py --features 8 --budget 1500 --soft-steps 75 --arms default no-beam
+    python bench/quality.py --search-seed 1 --out q1.json   # the same features, another search
 """
 
 from __future__ import annotations
@@ -119,6 +123,11 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--search-seed", type=int, default=None,
+        help="the search's seed (default: --seed); another one on the same features measures "
+        "what chance alone moves",
+    )  # fmt: skip
+    parser.add_argument(
         "--reference-tokens", type=int, default=None, help="default: optimization.reference_tokens"
     )
     parser.add_argument("--cache", default=str(Path.home() / ".cache/saeinverse/bench-collection"))
@@ -193,6 +202,7 @@ def main() -> None:
     arms = [("default", {}, not args.no_exemplars)]
     if args.arms:
         arms = [(name, ARMS[name][0], ARMS[name][1]) for name in args.arms]
+    search_seed = args.seed if args.search_seed is None else args.search_seed
     summary = []
     for name, overrides, with_windows in arms:
         arm = as_section({**settings.to_dict(), **overrides}, OptimizationConfig)
@@ -202,7 +212,7 @@ def main() -> None:
         for lo in range(0, len(features), args.chunk):
             chunk = features[lo : lo + args.chunk]
             records += optimize_features(
-                model, sae, chunk, arm, seed=args.seed,
+                model, sae, chunk, arm, seed=search_seed,
                 dataset_max=stats.max_activation, reference_max=reference.for_features(chunk),
                 reference_tokens=reference.n_tokens, fluency_bound=bound,
                 exemplar_windows={f: windows[f] for f in chunk if f in windows},
@@ -210,8 +220,9 @@ def main() -> None:
             )  # fmt: skip
         seconds = time.perf_counter() - start
         print(f"\n## arm {name}: {overrides or 'the defaults'}, exemplar windows "
-              f"{'on' if with_windows else 'off'}")  # fmt: skip
-        summary.append((name, report(args, chosen, records, reference, bound, p90, seconds)))
+              f"{'on' if with_windows else 'off'}, search seed {search_seed}")  # fmt: skip
+        row, values = report(args, chosen, records, reference, bound, p90, seconds)
+        summary.append((name, row, values))
         if args.out:
             Path(args.out if len(arms) == 1 else f"{args.out}.{name}").write_text(json.dumps({
                 "reference": reference.name, "bound": bound.to_dict(), "p90": p90.to_dict(),
@@ -222,12 +233,34 @@ def main() -> None:
               "| search spent, mean | unconstrained | ≤ p90 | headline ≤ p50 | headlines "
               "| ≥ exemplar | s/feature |")  # fmt: skip
         print("|---|---|---|---|---|---|---|---|")
-        for name, row in summary:
+        for name, row, _ in summary:
             print(f"| {name} | " + " | ".join(row) + " |")
+        first, _, base = summary[0]
+        print(f"\nPaired with {first}, feature by feature (n = {len(features)}; a difference "
+              f"under {SAME} counts as the same):")  # fmt: skip
+        for name, _, values in summary[1:]:
+            print(f"- {name}: " + "; ".join(
+                paired(measure, base[measure], values[measure]) for measure in values
+            ))  # fmt: skip
 
 
-def report(args, chosen, records, reference, bound, p90, seconds) -> list[str]:
-    """Print one arm's table and per-feature lines; its summary row."""
+SAME = 0.01
+"""Two ratios closer than this count as the same in a paired comparison."""
+
+
+def paired(measure: str, base: list[float], other: list[float]) -> str:
+    """'measure higher on a, lower on b, same on c, median difference d': how one arm moved each
+    feature against another (a median can move while most features move the other way)."""
+    diffs = [o - b for b, o in zip(base, other, strict=True)]
+    higher = sum(d >= SAME for d in diffs)
+    lower = sum(d <= -SAME for d in diffs)
+    return (f"{measure} higher on {higher}, lower on {lower}, the same on "
+            f"{len(diffs) - higher - lower}, median difference {statistics.median(diffs):+.2f}")  # fmt: skip
+
+
+def report(args, chosen, records, reference, bound, p90, seconds):
+    """Print one arm's table and per-feature lines; its summary row and its per-feature ratios
+    by measure."""
     features = [f for f, _ in chosen]
     ref = reference.for_features(features)
     unconstrained = [r.refined_activation / ref[r.feature_id] for r in records]
@@ -285,6 +318,7 @@ def report(args, chosen, records, reference, bound, p90, seconds) -> list[str]:
                 else "  (none fires within the bound)"
             )
         )
+    values = {"unconstrained": unconstrained, "≤ p90": fluent90, "headline": fluent50}
     return [
         f"{statistics.mean(search):.0f}",
         median_ci(unconstrained),
@@ -293,7 +327,7 @@ def report(args, chosen, records, reference, bound, p90, seconds) -> list[str]:
         f"{fired}/{len(records)}",
         f"{above}/{len(records)}",
         f"{seconds / len(records):.1f}",
-    ]
+    ], values
 
 
 if __name__ == "__main__":
