@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import statistics
 import time
 from pathlib import Path
@@ -249,13 +250,22 @@ SAME = 0.01
 
 
 def paired(measure: str, base: list[float], other: list[float]) -> str:
-    """'measure higher on a, lower on b, same on c, median difference d': how one arm moved each
-    feature against another (a median can move while most features move the other way)."""
+    """'measure higher on a, lower on b, the same on c (sign test p), median difference d': how
+    one arm moved each feature against another (a median can move while most features move the
+    other way)."""
     diffs = [o - b for b, o in zip(base, other, strict=True)]
     higher = sum(d >= SAME for d in diffs)
     lower = sum(d <= -SAME for d in diffs)
     return (f"{measure} higher on {higher}, lower on {lower}, the same on "
-            f"{len(diffs) - higher - lower}, median difference {statistics.median(diffs):+.2f}")  # fmt: skip
+            f"{len(diffs) - higher - lower} (sign test p = {sign_test(higher, lower):.2f}), "
+            f"median difference {statistics.median(diffs):+.2f}")  # fmt: skip
+
+
+def sign_test(higher: int, lower: int) -> float:
+    """Two-sided sign test: the chance of a split at least this uneven if either way were equally
+    likely (the features that moved less than ``SAME`` left out)."""
+    n, k = higher + lower, min(higher, lower)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
 
 
 def report(args, chosen, records, reference, bound, p90, seconds):
