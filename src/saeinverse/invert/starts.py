@@ -70,17 +70,16 @@ def fluent_starts(
     cursor = 0
     for i, n in enumerate(spans):
         key, c = keys[cursor : cursor + n], ce[cursor : cursor + n]
-        if n and most_active is not None:
-            top = int(key.argmax())
-            most_active[i] = (torch.tensor(rows[cursor + top]), float(key[top]))
         if n:
+            top = int(key.argmax())  # the most active window at any cross-entropy
+            if most_active is not None:
+                most_active[i] = (torch.tensor(rows[cursor + top]), float(key[top]))
             within = c <= hinge
-            j = int(key.masked_fill(~within, float("-inf")).argmax()) if within.any() else None
-            if j is not None:
+            if within.any():
+                j = int(key.masked_fill(~within, float("-inf")).argmax())
                 starts[i] = torch.tensor(rows[cursor + j])
             else:
-                j = int(key.argmax())
-                best[i] = (torch.tensor(rows[cursor + j]), float(key[j]), float(c[j]))
+                best[i] = (torch.tensor(rows[cursor + top]), float(key[top]), float(c[top]))
         cursor += n
     beams: list[list[list[int]]] = [[] for _ in ids]
     need = [i for i, start in enumerate(starts) if start is None]
