@@ -69,14 +69,15 @@ def test_the_sentence_quotes_distinct_examples_and_words_typical_of_the_firing_w
     assert "near" not in no_silent and no_silent.count("“") == 1
 
 
-def test_examples_showing_pieces_of_characters_are_left_out_of_sentence_and_rule():
+def test_pieces_of_characters_are_named_in_words_and_left_out_of_the_examples():
     # byte tokens of a multi-byte letter, each decoded alone, show U+FFFD: mojibake on a card
     broken = window([" \u05d4\u05dc", "\ufffd", "\ufffd", "\u05e0", " x"], 2)
     readable = window([" the", " word", " hash", " here", " x"], 2)
     ev = ExplainEvidence(0, exemplars=[broken, broken, readable])
     rule = Rule(("\ufffd", " hash"))
     text = describe(rule, ev)
-    assert "\ufffd" not in text.split(", as in")[-1] and "“the word hash here x”" in text
+    assert "\ufffd" not in text and "“the word hash here x”" in text
+    assert text.startswith('Fires on a piece of a non-Latin character or "hash"')
     full = with_examples(rule, ev)
     assert full.endswith("(as in: “the word« hash» here x”).")
     only_broken = ExplainEvidence(0, exemplars=[broken])

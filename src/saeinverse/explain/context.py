@@ -45,7 +45,7 @@ MAX_TARGETS = 24
 ``candidate_tokens``)."""
 MAX_CLAUSES = 3
 """A grown rule has at most this many clauses."""
-CV_FOLDS = 5
+CV_FOLDS = 10
 """Folds of the explaining side that choose a rule's size."""
 SINGLE_KINDS = ("bare", "start", "inside", "after", "after start")
 

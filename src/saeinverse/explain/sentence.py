@@ -6,7 +6,8 @@ words, as a language model does). ``describe`` builds the sentence of a rule fro
 its evidence, in the words the feature's own windows use:
 
 - **what**: the targets' common word or stem (``the word "hash" (also "hashable")``), else the
-  first few targets quoted (``"if", "else" or "elif" and 3 more``);
+  first few targets quoted (``"if", "else" or "elif" and 3 more``; a target that is one byte of
+  a multi-byte character is named ``a piece of a non-Latin character``, not shown as ``�``);
 - **where**: the position in the word (``at the start of a word``, ``inside a word``) and the
   tokens it needs before it (``right after "new"``), when every clause needs the same;
 - **genre**: the genre most of the firing windows come from (``in Python code``);
@@ -157,6 +158,11 @@ def describe(rule: Rule, evidence: ExplainEvidence) -> str:
     return first_words(text, MAX_WORDS)
 
 
+PIECE = "a piece of a non-Latin character"
+"""How the sentence names a target that is one byte of a multi-byte character (it shows as
+``BROKEN`` alone): in words, not as the replacement character."""
+
+
 def _forms(rule: Rule) -> list[str]:
     """The rule's targets as shown (stripped, one per normalised form), in the rule's order."""
     seen: dict[str, str] = {}
@@ -200,7 +206,7 @@ def _what(forms: list[str], stem: str | None, listed: int) -> str:
         if others and listed > 1:
             text += " (also " + ", ".join(f'"{f}"' for f in others[: listed - 1]) + ")"
         return text
-    shown = [f'"{f}"' for f in forms[:listed]]
+    shown = [PIECE if BROKEN in f else f'"{f}"' for f in forms[:listed]]
     text = shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " or " + shown[-1]
     rest = len(forms) - len(shown)
     if rest:
