@@ -8,7 +8,8 @@ SAE). Real-text cross-entropy quantiles come from ≥ 300 random windows of the 
 Every prompt's activation and cross-entropy are re-scored by a fresh forward (the records hold
 nothing else).
 
-One run of the default search at the table's budget (random init, ``--budget``
+One run of the default search at the table's budget (the soft stage from the top exemplar
+window, ``--budget``
 sequence-equivalents per feature for the whole search: soft stage, fluent starts, unconstrained
 row and fluent rows, counted in token-layers as ``invert.cost`` says; ``--soft-steps`` 150 soft
 steps, where the default run's smaller budget takes 75) gives every row of the table:
@@ -22,7 +23,8 @@ steps, where the default run's smaller budget takes 75) gives every row of the t
 Cross-entropy is in nats per UTF-8 byte (``invert.fluency``), for the real windows and every
 prompt alike. ``--no-exemplars`` is the arm without exemplar windows (the from-scratch case: the
 fluent rows start from the beam), at the same budget. ``--arms`` runs several arms (``ARMS``:
-one move kind or start off at a time, or ``epo-population``: EPO's population over fluency weights
+one move kind or start off at a time, ``random-init`` the soft stage from random embeddings,
+or ``epo-population``: EPO's population over fluency weights
 in place of the one fluent row from text) on the same features at the same budget and ends with
 one row per arm, each with the sequence-equivalents it spent, and each arm paired with the first
 feature by feature (higher on how many, lower on how many): a median of 16 can rise while most
@@ -57,6 +59,7 @@ ARMS = {
     "swaps-only": ({"edit_moves": False}, True),
     "old-moves": ({"edit_moves": False, "beam_width": 0}, True),
     "epo-population": ({"population": 4}, True),
+    "random-init": ({"init": "random"}, True),
 }
 """Bench arms: optimization overrides, and whether the feature's exemplar windows are given."""
 

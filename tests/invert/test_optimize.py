@@ -170,7 +170,7 @@ def test_same_seed_same_result_other_seed_other_start(tiny_model, tiny_sae):
     assert a.trajectory["soft_objective"][0] != c.trajectory["soft_objective"][0]
 
 
-def test_exemplar_init_starts_from_the_exemplar_tail(tiny_model, tiny_sae):
+def test_the_soft_stage_starts_from_the_exemplar_then_its_top_window_then_at_random(tiny_model, tiny_sae):
     settings = {**FAST, "init": "exemplar", "max_steps": 0, "refine_steps": 0}
     exemplar = [10, 11, 12, 13, 14, 15, 16, 17]
     record = optimize_feature(
@@ -179,8 +179,18 @@ def test_exemplar_init_starts_from_the_exemplar_tail(tiny_model, tiny_sae):
     )  # fmt: skip
     assert record.projected_tokens == exemplar[-6:]
     assert record.refined_ratio == pytest.approx(record.refined_activation / 2.0)
-    with pytest.raises(ConfigError, match="exemplar"):
-        optimize_feature(tiny_model, tiny_sae, 6, settings, fluency_bound=BOUND)
+    # without exemplar tokens, the first exemplar window; with neither, the random start
+    windows = {6: [[20, 21, 22, 23, 24, 25], [30, 31, 32, 33, 34, 35]]}
+    (from_window,) = optimize_features(
+        tiny_model, tiny_sae, [6], settings, exemplar_windows=windows, fluency_bound=BOUND,
+        progress=False,
+    )  # fmt: skip
+    assert from_window.projected_tokens == windows[6][0]
+    bare = optimize_feature(tiny_model, tiny_sae, 6, settings, fluency_bound=BOUND)
+    random = optimize_feature(
+        tiny_model, tiny_sae, 6, {**settings, "init": "random"}, fluency_bound=BOUND
+    )
+    assert bare.projected_tokens == random.projected_tokens != exemplar[-6:]
 
 
 def test_ratios_divide_by_the_named_reference_max(tiny_model, tiny_sae):

@@ -210,8 +210,8 @@ class OptimizationConfig(Section):
     """Adam learning rate."""
     position: Literal["max", "last"] = "last"
     """Where the target activation is read: the max over positions, or the last one."""
-    init: Literal["random", "exemplar"] = "random"
-    """Start from random vocabulary embeddings or from the feature's top exemplar tokens."""
+    init: Literal["random", "exemplar"] = "exemplar"
+    """Where the soft stage starts: 'exemplar', the feature's top exemplar window (its length tokens ending at the peak) where one is known, else random vocabulary embeddings; 'random': always random."""
     selectivity_weight: float = 0.0
     """Penalty weight on other features' activation."""
     embedding_distance_weight: float = 0.0

@@ -221,8 +221,9 @@ def optimize_features(
     ``dataset_max`` (the run's collection maximum) and ``reference_max`` (the maximum over
     ``reference_tokens`` corpus tokens, what ratios divide by) are indexed by feature id (dict,
     or a tensor / list over all features); ``exemplar_tokens`` gives each feature's top exemplar
-    tokens ending at its peak (dict by id, or a list aligned with ``feature_ids``) and is
-    required by ``init='exemplar'``. ``exemplar_windows`` gives each feature's top exemplar
+    tokens ending at its peak (dict by id, or a list aligned with ``feature_ids``), where the soft
+    stage starts with ``init='exemplar'`` (the default; without them, from the first of
+    ``exemplar_windows``, and a feature with neither starts at random). ``exemplar_windows`` gives each feature's top exemplar
     windows of ``length`` tokens (dict by id; ``inputs.exemplar_windows``): the fluent row starts
     from the best of them, and each is re-scored beside the search's prompts, so the headline is
     never below the best exemplar window within the bound. ``fluency_bound`` is the real-text
@@ -241,14 +242,14 @@ def optimize_features(
     ]
     exemplars = None
     if s.init == "exemplar":
-        if exemplar_tokens is None:
-            raise ConfigError(
-                "optimization.init='exemplar' needs exemplar tokens (exemplar_tokens); none given"
-            )
-        exemplars = _per_feature(exemplar_tokens, ids, aligned=True)
+        exemplars = (
+            [w[0] if w else None for w in windows]  # the top exemplar's window
+            if exemplar_tokens is None
+            else _per_feature(exemplar_tokens, ids, aligned=True)
+        )
         missing = [f for f, e in zip(ids, exemplars, strict=True) if not e]
         if missing:
-            logger.warning("no usable exemplar for features %s: they start at random", missing)
+            logger.info("no exemplar for features %s: their soft prompts start at random", missing)
 
     start = time.perf_counter()
     target = FeatureTarget(model, sae, s.position, exclude_bos)

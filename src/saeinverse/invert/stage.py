@@ -108,13 +108,12 @@ def invert_batch(
         group = [(t, p) for t, p in zip(targets, plans, strict=True) if p.length == length]
         s = config_at(opt_cfg, length, probe)
         windows = {t.feature_id: p.windows for t, p in group}
-        top = {f: w[0] for f, w in windows.items() if w}
         found = optimize_features(
             models.model, models.sae, [t.feature_id for t, _ in group], s, seed=seed,
             dataset_max={t.feature_id: t.dataset_max for t, _ in group},
             reference_max={t.feature_id: t.reference_max for t, _ in group},
             reference_tokens=reference_tokens,
-            exemplar_tokens=top if s.init == "exemplar" else None, exemplar_windows=windows,
+            exemplar_windows=windows,
             fluency_bound=bound if length == opt_cfg.length else None,
             bound_cache=cache_dir() / "window-ce", exclude_bos=exclude_bos, progress=False,
         )  # fmt: skip
