@@ -19,7 +19,7 @@ def test_the_seed_custom_configuration_example_runs_as_written():
 
 
 def test_the_seed_example_fits_the_inversion_budget():
-    from saeinverse.invert.optimize import plan_budget
+    from saeinverse.invert.budget import plan_budget
 
     config = update_config(get_default_config(), {"n_prompts": 50, "max_steps": 100})
     plan = plan_budget(config.optimization)

@@ -8,10 +8,10 @@ import torch
 
 from saeinverse.config import get_default_config, update_config
 from saeinverse.errors import ConfigError
+from saeinverse.invert.budget import minimum_sequences, plan_budget
 from saeinverse.invert.context import config_at, lengths_to_try, search_length
 from saeinverse.invert.cost import Cost
 from saeinverse.invert.objective import FeatureTarget
-from saeinverse.invert.optimize import minimum_sequences, plan_budget
 from saeinverse.invert.stage import InvertTarget, invert_batch
 from saeinverse.units import Models
 

@@ -17,10 +17,12 @@ from saeinverse.invert import (
     save_inversions,
     score_prompt,
 )
+from saeinverse.invert.budget import soft_leftover
 from saeinverse.invert.cost import Cost
 from saeinverse.invert.fluency import Fluency
 from saeinverse.invert.objective import FeatureTarget
 from saeinverse.invert.refine import step_cost
+from saeinverse.invert.starts import FLUENT, UNCONSTRAINED
 from tests import builders
 
 FAST = {
@@ -170,7 +172,9 @@ def test_same_seed_same_result_other_seed_other_start(tiny_model, tiny_sae):
     assert a.trajectory["soft_objective"][0] != c.trajectory["soft_objective"][0]
 
 
-def test_the_soft_stage_starts_from_the_exemplar_then_its_top_window_then_at_random(tiny_model, tiny_sae):
+def test_the_soft_stage_starts_from_the_exemplar_then_its_top_window_then_at_random(
+    tiny_model, tiny_sae
+):
     settings = {**FAST, "init": "exemplar", "max_steps": 0, "refine_steps": 0}
     exemplar = [10, 11, 12, 13, 14, 15, 16, 17]
     record = optimize_feature(
@@ -234,6 +238,27 @@ def test_plan_budget_splits_the_rest_between_the_rows():
     assert [b for _, b in plan.rows] == pytest.approx([rest * 0.75, rest * 0.25])
     unconstrained = as_section({"fluency_weight": 0.0}, OptimizationConfig)
     assert len(plan_budget(unconstrained).rows) == 1
+
+
+def test_what_an_early_stopped_soft_stage_leaves_goes_to_the_fluent_rows_from_text():
+    s = as_section({"max_steps": 100, "max_sequences": 4000, "population": 2}, OptimizationConfig)
+    plan = plan_budget(s)
+    streams = [stream for stream, _ in plan.rows] * 2  # two features
+    owners = [0] * len(plan.rows) + [1] * len(plan.rows)
+    budgets = [b for _, b in plan.rows] * 2
+    # feature 0 stopped after 60 of its 100 soft steps; feature 1 ran them all
+    out = soft_leftover(plan, budgets, owners, streams, [3 * 60 + 1, 3 * 100 + 1])
+    gained = [after - before for before, after in zip(budgets, out, strict=True)]
+    text_rows = [i for i, st in enumerate(streams) if st == FLUENT]
+    assert [gained[i] for i in text_rows] == pytest.approx([60, 60, 0, 0])  # 120 split in two
+    assert sum(gained) == pytest.approx(3 * 40)
+    # without fluent rows, the unconstrained row takes it
+    alone = as_section(
+        {"max_steps": 100, "max_sequences": 4000, "fluency_weight": 0}, OptimizationConfig
+    )
+    plan = plan_budget(alone)
+    (only,) = soft_leftover(plan, [b for _, b in plan.rows], [0], [UNCONSTRAINED], [31.0])
+    assert only == pytest.approx(plan.rows[0][1] + 270)
 
 
 def test_out_of_range_feature_and_bad_keys_are_refused(tiny_model, tiny_sae):

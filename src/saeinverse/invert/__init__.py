@@ -6,10 +6,11 @@ reported prompt is re-scored by a fresh forward, and each feature's front, headl
 active prompt within the real-text cross-entropy bound) and unconstrained best are recorded.
 """
 
+from saeinverse.invert.budget import plan_budget
 from saeinverse.invert.fluency import Fluency, FluencyBound, measure_bound
 from saeinverse.invert.inputs import dataset_maxima, exemplar_tails
 from saeinverse.invert.objective import FeatureTarget, sae_kind
-from saeinverse.invert.optimize import optimize_feature, optimize_features, plan_budget
+from saeinverse.invert.optimize import optimize_feature, optimize_features
 from saeinverse.invert.project import nearest_tokens, score_prompt, score_prompts
 from saeinverse.invert.result import Inversion, load_inversions, save_inversions
 

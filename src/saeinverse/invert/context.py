@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 
 from saeinverse.config import OptimizationConfig, update_config
+from saeinverse.invert.budget import minimum_sequences
 from saeinverse.invert.cost import Cost
 from saeinverse.invert.objective import FeatureTarget
-from saeinverse.invert.optimize import minimum_sequences
 
 
 @dataclass(frozen=True)

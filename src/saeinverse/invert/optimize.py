@@ -4,7 +4,8 @@
 what makes inversion affordable: one forward of 16 prompts costs far less than 16 forwards of
 one. Per feature, the search is:
 
-1. a soft prompt (``soft.optimize_soft``, PEZ-style), whose best projected prompt starts
+1. a soft prompt (``soft.optimize_soft``, PEZ-style; from the feature's top exemplar window with
+   ``init='exemplar'``, the default, where one is given), whose best projected prompt starts
 2. refinement rows run in the same batch (``refine.refine``): an **unconstrained** row
    (activation only), starting from the soft prompt, or from the feature's most active exemplar
    window where that is more active (its key is known from the fluent start's screening), and,
@@ -15,7 +16,7 @@ one. Per feature, the search is:
    left-to-right beam over the model's own proposals (``beam.beam_prompts``) built from scratch,
    or the most active exemplar window when the fluent score ranks it above the beam's.
    ``fluent_start='soft'`` starts it from the soft prompt; ``'both'`` (the default) runs a second
-   fluent row from the soft prompt, with a third of ``fluent_share`` (``TEXT_SHARE``), its hinge
+   fluent row from the soft prompt, with a third of ``fluent_share`` (``budget.TEXT_SHARE``), its hinge
    at real text's p90 (at least the bound; ``fluency_target`` when set), the front's fluent point;
    ``population`` > 1 replaces the fluent row from text by that many rows from the same start,
    each weighing fluency differently (``starts.member_weight``), pooled and sharing its budget;
@@ -28,7 +29,8 @@ one. Per feature, the search is:
 **Budget.** ``max_sequences`` bounds the whole search of a feature in sequence-equivalents of
 token-layers (``invert.cost``): the soft stage (3 × ``max_steps`` + 1: a step is a forward and a
 backward), and every refinement row (the rest, split by ``fluent_share``), whose start (the
-exemplar windows screened, or the beam) is paid from its share. A config whose soft stage and
+exemplar windows screened, or the beam) is paid from its share; what a soft stage that stopped
+early left unspent goes to the fluent row from text (``budget.soft_leftover``). A config whose soft stage and
 one start and refinement step per row do not fit is refused with a ``ConfigError`` (the check's
 re-scoring forwards are counted apart, as ``check``).
 
@@ -43,7 +45,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,20 +53,20 @@ from tqdm.auto import tqdm
 
 from saeinverse.config import OptimizationConfig, as_section
 from saeinverse.errors import ConfigError
-from saeinverse.invert.beam import beam_cost, beam_prompts
+from saeinverse.invert.beam import beam_prompts
+from saeinverse.invert.budget import from_text, plan_budget, soft_leftover
 from saeinverse.invert.check import checked_records
-from saeinverse.invert.cost import GRADIENT, Cost
+from saeinverse.invert.cost import Cost
 from saeinverse.invert.fluency import FluencyBound, default_bound
 from saeinverse.invert.objective import FeatureTarget, allowed_token_mask
 from saeinverse.invert.project import Vocabulary
-from saeinverse.invert.refine import Population, refine, start_cost, step_cost
+from saeinverse.invert.refine import Population, refine
 from saeinverse.invert.result import Inversion
 from saeinverse.invert.soft import initial_ids, optimize_soft
 from saeinverse.invert.starts import (
     BEAM,
     FLUENT,
     FLUENT_SOFT,
-    FLUENT_START_SCREEN,
     FLUENT_STREAMS,
     SOFT,
     TRAJECTORY_NAMES,
@@ -102,97 +103,6 @@ def _per_feature(values: Any, feature_ids: list[int], aligned: bool = False) -> 
     if aligned and len(values) == len(feature_ids):
         return list(values)
     return [values[f] for f in feature_ids]
-
-
-# ----------------------------------------------------------------------------- the budget
-
-TEXT_SHARE = 2 / 3
-"""With ``fluent_start='both'``, the fluent row from text gets this part of ``fluent_share`` and
-the row from the soft prompt the rest: the headlines come from the row that starts where the
-feature already fires, the soft row keeps a second route on the front."""
-
-
-@dataclass
-class BudgetPlan:
-    """How one feature's ``max_sequences`` is spent: soft steps, and each refinement row's share."""
-
-    soft_steps: int
-    rows: list[tuple[int, int | None]]
-    """(stream, budget) per refinement row: ``UNCONSTRAINED`` / ``FLUENT`` and its sequences."""
-
-
-def _from_text(s: OptimizationConfig) -> bool:
-    """Whether the ``FLUENT`` row starts from real text (and pays for screening the windows)."""
-    return s.fluent_start != "soft"
-
-
-def _row_needs(
-    s: OptimizationConfig, cost: Cost, share_prefix: bool
-) -> list[tuple[int, float, float]]:
-    """(stream, share of the refinement budget, what its start and one step cost) per row."""
-    fluent = s.fluency_weight > 0
-    shares = [(UNCONSTRAINED, 1.0 - s.fluent_share if fluent else 1.0)]
-    if fluent and s.fluent_start == "both":
-        text = s.fluent_share * TEXT_SHARE
-        shares += [(FLUENT, text / s.population)] * s.population
-        shares.append((FLUENT_SOFT, s.fluent_share - text))
-    elif fluent:
-        shares += [(FLUENT, s.fluent_share / s.population)] * s.population
-    n_fluent = min(s.fluency_candidates, s.refine_candidates)
-    rows = []
-    for stream, share in shares:
-        if share <= 0:
-            continue
-        is_fluent = stream in FLUENT_STREAMS
-        need = start_cost(cost, is_fluent)
-        if stream == FLUENT and _from_text(s):
-            need += (
-                beam_cost(cost, s.beam_width, s.beam_proposals, s.length)
-                if s.beam_width > 0
-                else FLUENT_START_SCREEN
-            ) / s.population
-        if s.refine_steps > 0:
-            need += step_cost(cost, s.refine_candidates, n_fluent, is_fluent, share_prefix)
-        rows.append((stream, share, need))
-    return rows
-
-
-def minimum_sequences(s: OptimizationConfig, cost: Cost, share_prefix: bool = True) -> int:
-    """The smallest ``max_sequences`` that ``plan_budget`` accepts for ``s``."""
-    needs = _row_needs(s, cost, share_prefix)
-    return int(GRADIENT * s.max_steps + 1 + max(need / share for _, share, need in needs)) + 1
-
-
-def plan_budget(
-    s: OptimizationConfig, share_prefix: bool = True, cost: Cost | None = None
-) -> BudgetPlan:
-    """Split ``max_sequences`` between the soft stage and the refinement rows, or refuse it.
-
-    Budgets are sequence-equivalents (``invert.cost``); ``cost`` is the model's (without one,
-    a one-layer model's, which under-counts cross-entropies: the refusal is then a lower bound).
-    """
-    cost = cost or Cost(s.length + 1, 1, 1)
-    needs = _row_needs(s, cost, share_prefix)
-    if s.max_sequences is None:
-        return BudgetPlan(s.max_steps, [(stream, None) for stream, _, _ in needs])
-    soft = GRADIENT * s.max_steps + 1
-    rest = s.max_sequences - soft
-    rows = []
-    for stream, share, need in needs:
-        budget = rest * share
-        if budget < need:
-            is_fluent = stream in FLUENT_STREAMS
-            kind = "fluent" if is_fluent else "unconstrained"
-            raise ConfigError(
-                f"optimization.max_sequences={s.max_sequences} cannot hold the search: the soft "
-                f"stage takes 3 x max_steps + 1 = {soft:g} sequence-equivalents and the {kind} "
-                f"row's share ({share:g} of the rest = {budget:.0f}) is under its start and one "
-                f"refinement step ({need:.0f}); raise max_sequences to at least "
-                f"{minimum_sequences(s, cost, share_prefix)} or lower max_steps / "
-                "refine_candidates" + (" / beam_width" if is_fluent and s.beam_width > 0 else "")
-            )
-        rows.append((stream, budget))
-    return BudgetPlan(s.max_steps, rows)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -305,11 +215,12 @@ def optimize_features(
                 rank,
                 most_active,
             )
-            if FLUENT in streams and _from_text(s)
+            if FLUENT in streams and from_text(s)
             else (None, [0.0] * len(ids), [[] for _ in ids])
         )
         init = soft.best_ids[owners].clone()
         budgets = [budget for _ in ids for _, budget in plan.rows]
+        budgets = soft_leftover(plan, budgets, owners, streams, soft.forward_passes)
         for row, (o, st) in enumerate(zip(owners, streams, strict=True)):
             window = most_active[o]
             if st == UNCONSTRAINED and window is not None and window[1] > soft.best_key[o]:
