@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from saeinverse.config import OptimizationConfig, as_section
-from saeinverse.invert.front import ParetoPoint, update_pareto
+from saeinverse.invert.front import ParetoPoint, best_within, update_pareto
 from saeinverse.invert.objective import FeatureTarget, allowed_token_mask
 from saeinverse.invert.project import Vocabulary
 from saeinverse.invert.refine import Population, refine
@@ -90,6 +90,16 @@ def test_update_pareto_keeps_the_named_prompt_when_thinning():
     many = [ParetoPoint([i], float(i + 1), float(i)) for i in range(20)]
     thinned = update_pareto([], many, size=4, keep=[[7]])
     assert [7] in [p.ids for p in thinned] and thinned[0].ids == [0] and thinned[-1].ids == [19]
+
+
+def test_a_thinned_front_keeps_the_most_active_point_at_each_reported_level():
+    # 20 points on a front: activation i + 1 at cross-entropy i; the levels fall between them
+    many = [ParetoPoint([i], float(i + 1), float(i)) for i in range(20)]
+    assert best_within(many, (8.5, 15.2, -1.0)) == [[8], [15]]  # none at or below -1
+    plain = [p.ids for p in update_pareto([], many, size=4)]
+    assert [8] not in plain and [15] not in plain  # even thinning drops both
+    kept = [p.ids for p in update_pareto([], many, size=4, keep=best_within(many, (8.5, 15.2)))]
+    assert [8] in kept and [15] in kept and kept[0] == [0] and kept[-1] == [19]
 
 
 def _one_edit_apart(new: list[int], old: list[int]) -> bool:

@@ -17,7 +17,7 @@ import torch
 
 from saeinverse.invert.cost import Cost
 from saeinverse.invert.fluency import Fluency
-from saeinverse.invert.front import ParetoPoint, spread, update_pareto
+from saeinverse.invert.front import ParetoPoint, best_within, spread, update_pareto
 from saeinverse.invert.project import score_prompts
 from saeinverse.invert.result import Inversion
 
@@ -84,7 +84,7 @@ def checked_records(
         headline = max(within, key=lambda p: p.activation) if within else None
         exemplars = [p for p in within if p.ids in windows[i]]
         exemplar = max(exemplars, key=lambda p: p.activation) if exemplars else None
-        keep = [best.ids] + ([headline.ids] if headline else [])
+        keep = [best.ids, *best_within(points, (bound.cross_entropy, bound.p90))]
         front = update_pareto([], points, s.pareto_size, keep=keep)
         rows = [r for r, o in enumerate(owners) if o == i]
         passes = {

@@ -40,6 +40,17 @@ def update_pareto(
     return front
 
 
+def best_within(points: Sequence[ParetoPoint], levels: Sequence[float]) -> list[list[int]]:
+    """The ids of the most active firing point at or below each cross-entropy in ``levels``
+    (what a thinned front must keep: the headline's and the bench's points)."""
+    kept = []
+    for level in levels:
+        within = [p for p in points if p.cross_entropy <= level and p.activation > 0]
+        if within:
+            kept.append(max(within, key=lambda p: p.activation).ids)
+    return kept
+
+
 def spread(items: Sequence, size: int) -> list:
     """At most ``size`` items evenly spaced along the sequence, the last one always kept."""
     if len(items) <= size:

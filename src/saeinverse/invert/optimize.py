@@ -247,6 +247,7 @@ def optimize_features(
                 o if st == FLUENT and s.population > 1 else None
                 for o, st in zip(owners, streams, strict=True)
             ],
+            levels=(hinge, soft_hinge),
         )
         refined = refine(target, vocab, pop, s, progress=bar)
     finally:

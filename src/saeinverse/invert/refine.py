@@ -49,7 +49,7 @@ from torch import Tensor
 from saeinverse.config import OptimizationConfig
 from saeinverse.invert.cost import Cost
 from saeinverse.invert.fluency import Fluency
-from saeinverse.invert.front import ParetoPoint, update_pareto
+from saeinverse.invert.front import ParetoPoint, best_within, update_pareto
 from saeinverse.invert.moves import draw_candidates
 from saeinverse.invert.objective import FeatureTarget
 from saeinverse.invert.project import Vocabulary
@@ -79,6 +79,9 @@ class Population:
     pool: list[int | None] | None = None
     """Fluent rows with the same pool (rows of one feature) each pick their next prompt among all
     of the pool's exactly scored candidates, by their own weight (EPO's population)."""
+    levels: tuple[float, ...] = ()
+    """Cross-entropies (the bound, real text's p90) whose most active point a fluent row's front
+    keeps when it is thinned to ``pareto_size``."""
 
 
 @dataclass
@@ -390,7 +393,8 @@ def _fluent_choice(
             ParetoPoint(ids[j, m].tolist(), float(acts[j, m]), float(ce[j, m]))
             for m in range(top.shape[1])
         ]
-        state.front[row] = update_pareto(state.front[row], points, size)
+        keep = best_within([*state.front[row], *points], pop.levels)
+        state.front[row] = update_pareto(state.front[row], points, size, keep=keep)
     combined = keys / scale - _penalty(ce, hinge, weight)
     flat = torch.arange(batch, device=device)
     whose, pick = flat.clone(), combined.argmax(dim=1)  # whose shortlist, which candidate
