@@ -16,8 +16,9 @@ one. Per feature, the search is:
    left-to-right beam over the model's own proposals (``beam.beam_prompts``) built from scratch,
    or the most active exemplar window when the fluent score ranks it above the beam's.
    ``fluent_start='soft'`` starts it from the soft prompt; ``'both'`` (the default) runs a second
-   fluent row from the soft prompt, with a third of ``fluent_share`` (``budget.TEXT_SHARE``), its hinge
-   at real text's p90 (at least the bound; ``fluency_target`` when set), the front's fluent point;
+   fluent row from the soft prompt, with a third of ``fluent_share`` (``budget.TEXT_SHARE``),
+   its hinge at real text's p90 (at least the bound; ``fluency_target`` when set), the front's
+   fluent point;
    ``population`` > 1 replaces the fluent row from text by that many rows from the same start,
    each weighing fluency differently (``starts.member_weight``), pooled and sharing its budget;
 3. a check (``check.checked_records``): every prompt a row accepted or put on its front, the
@@ -30,9 +31,9 @@ one. Per feature, the search is:
 token-layers (``invert.cost``): the soft stage (3 × ``max_steps`` + 1: a step is a forward and a
 backward), and every refinement row (the rest, split by ``fluent_share``), whose start (the
 exemplar windows screened, or the beam) is paid from its share; what a soft stage that stopped
-early left unspent goes to the fluent row from text (``budget.soft_leftover``). A config whose soft stage and
-one start and refinement step per row do not fit is refused with a ``ConfigError`` (the check's
-re-scoring forwards are counted apart, as ``check``).
+early left unspent goes to the fluent row from text (``budget.soft_leftover``). A config whose
+soft stage and one start and refinement step per row do not fit is refused with a
+``ConfigError`` (the check's re-scoring forwards are counted apart, as ``check``).
 
 **Independence.** Every random draw comes from a generator seeded by (``seed``, feature id,
 stream), every stopping rule is per row, and the prefix sharing does not depend on the batch: a
