@@ -9,10 +9,10 @@ Every prompt's activation and cross-entropy are re-scored by a fresh forward (th
 nothing else).
 
 One run of the default search at the table's budget (the soft stage from the top exemplar
-window, ``--budget``
-sequence-equivalents per feature for the whole search: soft stage, fluent starts, unconstrained
-row and fluent rows, counted in token-layers as ``invert.cost`` says; ``--soft-steps`` 150 soft
-steps, where the default run's smaller budget takes 75) gives every row of the table:
+window, ``--budget`` sequence-equivalents per feature for the whole search: soft stage, fluent
+starts, unconstrained row and fluent rows, counted in token-layers as ``invert.cost`` says;
+``--soft-steps`` 150 soft steps, where the default run's smaller budget takes 75) gives every
+row of the table:
 
 - unconstrained: the most active prompt found (any cross-entropy);
 - fluent ≤ p90: the most active re-scored front prompt with cross-entropy ≤ real p90;
@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import statistics
 import time
 from pathlib import Path
@@ -267,8 +266,9 @@ def paired(measure: str, base: list[float], other: list[float]) -> str:
 def sign_test(higher: int, lower: int) -> float:
     """Two-sided sign test: the chance of a split at least this uneven if either way were equally
     likely (the features that moved less than ``SAME`` left out)."""
-    n, k = higher + lower, min(higher, lower)
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    from scipy.stats import binomtest
+
+    return float(binomtest(higher, higher + lower).pvalue) if higher + lower else 1.0
 
 
 def report(args, chosen, records, reference, bound, p90, seconds):

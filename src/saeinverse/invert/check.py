@@ -84,7 +84,7 @@ def checked_records(
         headline = max(within, key=lambda p: p.activation) if within else None
         exemplars = [p for p in within if p.ids in windows[i]]
         exemplar = max(exemplars, key=lambda p: p.activation) if exemplars else None
-        keep = [best.ids, *best_within(points, (bound.cross_entropy, bound.p90))]
+        keep = [best.ids, *([headline.ids] if headline else []), *best_within(points, (bound.p90,))]
         front = update_pareto([], points, s.pareto_size, keep=keep)
         rows = [r for r, o in enumerate(owners) if o == i]
         passes = {
