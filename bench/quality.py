@@ -17,12 +17,14 @@ row of the table:
 - unconstrained: the most active prompt found (any cross-entropy);
 - fluent ≤ p90: the most active re-scored front prompt with cross-entropy ≤ real p90;
 - typical-text fluent ≤ p50: the headline (the most active with cross-entropy ≤ real p50);
-- the best exemplar window within the bound (the feature's top collection contexts cut to the
-  prompt's length at their peak, re-scored the same way), which the headline must not be under.
+- the best real window within the bound (the feature's top collection contexts, then the
+  reference pass's top windows, cut to the prompt's
+  length at their peak, re-scored the same way), which the headline must not be under.
 
 Cross-entropy is in nats per UTF-8 byte (``invert.fluency``), for the real windows and every
-prompt alike. ``--no-exemplars`` is the arm without exemplar windows (the from-scratch case: the
-fluent rows start from the beam), at the same budget. ``--arms`` runs several arms (``ARMS``:
+prompt alike. ``--no-exemplars`` is the arm without real windows (the from-scratch case: the
+fluent rows start from the beam), at the same budget; ``--arms no-reference-windows`` the arm with
+the collection's exemplar windows only. ``--arms`` runs several arms (``ARMS``:
 one move kind or start off at a time, ``random-init`` the soft stage from random embeddings,
 or ``epo-population``: EPO's population over fluency weights
 in place of the one fluent row from text) on the same features at the same budget and ends with
@@ -48,21 +50,39 @@ from pathlib import Path
 
 import torch
 
+ALL, EXEMPLARS, NONE = "all", "exemplars", "none"
 ARMS = {
-    "default": ({}, True),
-    "no-exemplars": ({}, False),
-    "no-beam": ({"beam_width": 0}, True),
-    "from-scratch-no-beam": ({"beam_width": 0}, False),
-    "gradient-proposals": ({"proposals": "gradient"}, True),
-    "model-proposals": ({"proposals": "model"}, True),
-    "swaps-only": ({"edit_moves": False}, True),
-    "old-moves": ({"edit_moves": False, "beam_width": 0}, True),
-    "epo-population": ({"population": 4}, True),
-    "random-init": ({"init": "random"}, True),
+    "default": ({}, ALL),
+    "no-exemplars": ({}, NONE),
+    "no-reference-windows": ({}, EXEMPLARS),
+    "no-beam": ({"beam_width": 0}, ALL),
+    "from-scratch-no-beam": ({"beam_width": 0}, NONE),
+    "gradient-proposals": ({"proposals": "gradient"}, ALL),
+    "model-proposals": ({"proposals": "model"}, ALL),
+    "swaps-only": ({"edit_moves": False}, ALL),
+    "old-moves": ({"edit_moves": False, "beam_width": 0}, ALL),
+    "epo-population": ({"population": 4}, ALL),
+    "random-init": ({"init": "random"}, ALL),
 }
-"""Bench arms: optimization overrides, and whether the feature's exemplar windows are given."""
+"""Bench arms: optimization overrides, and which real windows are given: the collection's
+exemplar windows and the reference pass's top windows (``ALL``), the exemplars alone, or none."""
 
 CODE_CHARS = set("()[]{}=_:;#.,'\"<>/\\*+-%@|&^~`!")
+
+
+def real_windows(args, stats, model, reference, features, settings, with_reference, seed):
+    """Each feature's exemplar windows, then (``with_reference``) its reference windows, as the
+    run's invert stage gives them (the bench holds nothing out for explanations)."""
+    from saeinverse.data.corpus import default_corpus
+    from saeinverse.invert.inputs import exemplar_windows, merge_windows, reference_windows
+    from saeinverse.models.hooks import start_token_id
+
+    own = exemplar_windows(stats, features, settings.length, count=args.exemplars)
+    if not with_reference or reference.windows is None:
+        return own
+    texts, start = default_corpus(seed=seed).train, start_token_id(model)
+    real = {f: reference.windows.real_windows(f, texts, start) for f in features}
+    return merge_windows(own, reference_windows(real, features, settings.length))
 
 
 def load_default():
@@ -199,17 +219,21 @@ def main() -> None:
         f"= {bound.cross_entropy:.2f}",
         flush=True,
     )
-    from saeinverse.invert.inputs import exemplar_windows
-
-    all_windows = exemplar_windows(stats, features, settings.length, count=args.exemplars)
-    arms = [("default", {}, not args.no_exemplars)]
+    given = {
+        kind: real_windows(
+            args, stats, model, reference, features, settings, kind == ALL, config.seed
+        )
+        for kind in (ALL, EXEMPLARS)
+    }
+    given[NONE] = {}
+    arms = [("default", {}, NONE if args.no_exemplars else ALL)]
     if args.arms:
         arms = [(name, ARMS[name][0], ARMS[name][1]) for name in args.arms]
     search_seed = args.seed if args.search_seed is None else args.search_seed
     summary = []
-    for name, overrides, with_windows in arms:
+    for name, overrides, kind in arms:
         arm = as_section({**settings.to_dict(), **overrides}, OptimizationConfig)
-        windows = all_windows if with_windows else {}
+        windows = given[kind]
         start = time.perf_counter()
         records = []
         for lo in range(0, len(features), args.chunk):
@@ -222,8 +246,8 @@ def main() -> None:
                 exclude_bos=config.data.exclude_bos, progress=False,
             )  # fmt: skip
         seconds = time.perf_counter() - start
-        print(f"\n## arm {name}: {overrides or 'the defaults'}, exemplar windows "
-              f"{'on' if with_windows else 'off'}, search seed {search_seed}")  # fmt: skip
+        print(f"\n## arm {name}: {overrides or 'the defaults'}, real windows: {kind}, "
+              f"search seed {search_seed}")  # fmt: skip
         row, values = report(args, chosen, records, reference, bound, p90, seconds)
         summary.append((name, row, values))
         if args.out:

@@ -70,3 +70,47 @@ def test_the_runs_collection_wins_when_it_counted_more(tiny_model, tiny_topk_sae
     assert larger_of(small, stats).n_tokens == stats.n_tokens
     big = ReferenceMax(torch.zeros(64), 10**6, "x")
     assert larger_of(big, stats) is big
+
+
+def test_the_pass_keeps_each_features_most_active_windows(tiny_model, tiny_topk_sae):
+    """Strongest first, one per window, each re-forwarded to its recorded activation."""
+    from saeinverse.invert import score_prompt
+
+    texts = [t * 3 for t in TEXTS] + ["abcdefghij" * 20]
+    ref = reference_max(tiny_model, tiny_topk_sae, texts, window=32, progress=False)
+    windows = ref.windows
+    fired = (ref.max_activation > 0).nonzero().squeeze(-1).tolist()
+    assert fired and windows is not None
+    checked = 0
+    for f in fired[:12]:
+        tails = windows.tails(f, start=0)
+        values = [v for _, _, v in tails]
+        assert values == sorted(values, reverse=True) and values[0] == pytest.approx(
+            float(ref.max_activation[f])
+        )
+        assert len({(i, tuple(row)) for i, row, _ in tails}) == len(tails)
+        for index, row, value in tails:
+            assert 0 not in row  # the start token is left out
+            assert "".join(tiny_model.to_str_tokens(torch.tensor(row))) in texts[index]
+            fresh = score_prompt(tiny_model, tiny_topk_sae, f, row, "last")
+            assert fresh == pytest.approx(value, rel=1e-4, abs=1e-5)
+            checked += 1
+    assert checked > 12
+
+
+def test_the_cache_keeps_the_windows(tiny_model, tiny_topk_sae, tmp_path, monkeypatch):
+    import saeinverse.data.corpus as corpus
+
+    class Fake:
+        train = TEXTS * 4
+
+    monkeypatch.setattr(corpus, "default_corpus", lambda seed=0: Fake())
+    first = cached_reference_max(tiny_model, tiny_topk_sae, tmp_path, progress=False)
+    again = cached_reference_max(tiny_model, tiny_topk_sae, tmp_path, progress=False)
+    assert first.windows is not None and again.windows is not None
+    for name, tensor in first.windows.to_tensors().items():
+        assert torch.equal(tensor, again.windows.to_tensors()[name]), name
+    f = int(first.max_activation.argmax())
+    reals = again.windows.real_windows(f, Fake.train, start=0)
+    assert reals and reals[0].activation == pytest.approx(float(first.max_activation[f]))
+    assert reals[0].text == corpus.text_hash(Fake.train[int(again.windows.text[f, 0])])

@@ -249,3 +249,43 @@ def test_explaining_side_takes_silent_windows_around_top_tokens_from_its_firing_
         if firing:  # only once the never-firing prompts ran short
             assert len(near) - len(firing) < 100
     assert from_firing >= 20  # the checks above ran on real cases
+
+
+def test_extra_prompts_never_draw_a_text_an_inversion_could_start_from(planted, monkeypatch):
+    """A text whose reference window a search could start from is neither held out nor fitted."""
+    import dataclasses
+
+    import saeinverse.explain.pool as pool
+    from saeinverse.collect.activations import tokenize_prompts
+    from saeinverse.data.corpus import text_hash
+    from saeinverse.invert import Inversion
+
+    model, sae, stats = planted
+    texts = [f"{'x' * (i % 5 + 1)}ab{i}cd" for i in range(40)]
+    monkeypatch.setattr(pool, "corpus_genres", lambda: dict.fromkeys(texts, "prose"))
+    cfg = {"n_heldout": 60, "heldout_prompts": 40, "explain_prompts": 0}
+    avoided = texts[::3]
+    inversion = Inversion(0, 0.0, [], "", 0.0, [], "", 0.0)
+    inversion = dataclasses.replace(inversion, window_texts=[text_hash(t) for t in avoided])
+
+    def extra_rows(inversions):
+        (ev,) = build_evidence(model, sae, [0], stats, cfg, seed=0, inversions=inversions)
+        held = ev.heldout.positives + ev.heldout.negatives + ev.heldout.hard_negatives
+        return {tuple(s.tokens) for s in held if s.origin == "extra"}
+
+    def rows_of(some):
+        batch = tokenize_prompts(model, some, int(stats.tokens.shape[1]), 1)
+        return [
+            model.to_str_tokens(batch.tokens[i, 1 : int(n)]) for i, n in enumerate(batch.lengths)
+        ]
+
+    def drawn(rows, windows):
+        return {i for i, row in enumerate(rows) for w in windows if _inside(list(w), row)}
+
+    everything = extra_rows({})
+    assert drawn(rows_of(avoided), everything)  # without the inversion some are drawn
+    assert not drawn(rows_of(avoided), extra_rows({0: inversion}))
+
+
+def _inside(window: list[str], row: list[str]) -> bool:
+    return any(row[i : i + len(window)] == window for i in range(len(row) - len(window) + 1))

@@ -45,3 +45,23 @@ def test_exemplar_init_never_starts_from_a_held_out_prompt(tiny_model, tiny_topk
     # every exemplar held out: no start prompt at all (the feature is left out)
     everything = set(range(len(prompts)))
     assert exemplar_tails(stats, features[:1], 6, exclude_prompts=everything) == {}
+
+
+def test_reference_windows_are_cut_at_their_peak_and_follow_the_exemplars():
+    from saeinverse.collect.reference import RealWindow
+    from saeinverse.invert.inputs import merge_windows, reference_windows
+
+    real = {
+        3: [
+            RealWindow((5, 6, 7, 8, 9), "t1", 4.0),
+            RealWindow((7, 8), "t2", 3.0),  # shorter than the length: only as a context
+            RealWindow((9, 9, 9), "t3", 1.0),
+        ]
+    }
+    got = reference_windows(real, [3, 4], length=3)
+    assert got == {3: [[7, 8, 9], [9, 9, 9]]}  # the last 3 tokens, strongest first; 4: none
+    contexts = reference_windows(real, [3], length=4, whole=False)
+    assert contexts == {3: [[6, 7, 8, 9], [7, 8], [9, 9, 9]]}
+    exemplars = {3: [[1, 1, 1], [9, 9, 9]], 5: [[2, 2, 2]]}
+    merged = merge_windows(exemplars, got)
+    assert merged == {3: [[1, 1, 1], [9, 9, 9], [7, 8, 9]], 5: [[2, 2, 2]]}

@@ -10,10 +10,13 @@ running per-feature maximum:
 - every text is cut into consecutive windows of ``window - 1`` tokens, each with the model's
   start token in front (the shape of a collection prompt), texts taken in the corpus's (seeded)
   order until ``max_tokens`` counted tokens (all of the split when None);
-- windows are forwarded ``batch_size`` at a time, longest first; nothing but the maximum is kept.
+- windows are forwarded ``batch_size`` at a time, longest first; what is kept is the running
+  per-feature maximum and, per feature, its ``TOP_WINDOWS`` most active windows (one position
+  each, the window's peak; ``ReferenceWindows``): real text that fires, where inversion's fluent
+  search may start (``invert.inputs.reference_windows``).
 
 ``cached_reference_max`` stores the result once per model and SAE (keyed by their identity,
-``models.identity``, the corpus seed and the settings above): beside the default SAE when the SAE is the
+``models.identity``, the corpus seed and the settings above), top windows included: beside the default SAE when the SAE is the
 cached default, else in the saeinverse cache. ``ReferenceMax.name`` is how every ratio names it:
 "reference max over N tokens".
 """
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from saeinverse.errors import DataError
@@ -46,7 +50,80 @@ logger = logging.getLogger(__name__)
 
 MIN_TOKENS = 150_000
 """Below this many tokens a reference maximum is logged as too small to compare with peers."""
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+TOP_WINDOWS = 8
+"""Windows kept per feature by the reference pass (its most active, one per window)."""
+
+
+@dataclass(frozen=True)
+class RealWindow:
+    """One feature's window of real text that fires: its tokens up to and including the peak."""
+
+    tokens: tuple[int, ...]
+    """Text tokens (start token excluded), the peak last."""
+    text: str
+    """The corpus text it was cut from, as ``data.corpus.text_hash``."""
+    activation: float
+    """The feature's activation at the peak, in the window's own context."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tokens": list(self.tokens), "text": self.text, "activation": self.activation}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RealWindow:
+        return cls(
+            tuple(int(t) for t in data["tokens"]), str(data["text"]), float(data["activation"])
+        )
+
+
+@dataclass
+class ReferenceWindows:
+    """Each feature's most active windows of the reference pass, strongest first."""
+
+    tokens: Int[Tensor, "d_sae k pos"]
+    """The windows' tokens (start token included), -1 after a window's end."""
+    peak: Int[Tensor, "d_sae k"]
+    """Where the feature peaks in each window; -1 for an empty slot (it fired in fewer)."""
+    text: Int[Tensor, "d_sae k"]
+    """Each window's text: its index in the texts the pass read."""
+    value: Float[Tensor, "d_sae k"]
+    """The activation at the peak."""
+
+    def tails(self, feature: int, start: int | None) -> list[tuple[int, list[int], float]]:
+        """(text index, the tokens up to and including the peak without the start token
+        ``start``, activation) of each of the feature's windows, strongest first."""
+        out = []
+        for j in range(self.peak.shape[1]):
+            peak = int(self.peak[feature, j])
+            if peak < 0:
+                continue
+            row = self.tokens[feature, j, : peak + 1].tolist()
+            if start is not None and row and row[0] == start:
+                row = row[1:]
+            if row:
+                out.append((int(self.text[feature, j]), row, float(self.value[feature, j])))
+        return out
+
+    def real_windows(
+        self, feature: int, texts: Sequence[str], start: int | None
+    ) -> list[RealWindow]:
+        """The feature's windows as ``RealWindow``s (``texts``: those the pass read)."""
+        from saeinverse.data.corpus import text_hash
+
+        return [
+            RealWindow(tuple(row), text_hash(texts[index]), value)
+            for index, row, value in self.tails(feature, start)
+        ]
+
+    def to_tensors(self) -> dict[str, Tensor]:
+        return {"top_tokens": self.tokens, "top_peak": self.peak, "top_text": self.text,
+                "top_value": self.value}  # fmt: skip
+
+    @classmethod
+    def from_tensors(cls, data: dict[str, Tensor]) -> ReferenceWindows | None:
+        if "top_tokens" not in data:
+            return None
+        return cls(data["top_tokens"], data["top_peak"], data["top_text"], data["top_value"])
 
 
 @dataclass
@@ -58,6 +135,8 @@ class ReferenceMax:
     n_tokens: int
     source: str
     seconds: float = 0.0
+    windows: ReferenceWindows | None = None
+    """Each feature's most active windows (None when not kept)."""
 
     @property
     def name(self) -> str:
@@ -67,15 +146,23 @@ class ReferenceMax:
         return {int(f): float(self.max_activation[int(f)]) for f in feature_ids}
 
 
-def token_windows(model, texts: Sequence[str], window: int, max_tokens: int | None, first: int):
-    """Windows ``[start] + text tokens`` of at most ``window`` tokens; (windows, counted tokens)."""
+def token_windows(
+    model,
+    texts: Sequence[str],
+    window: int,
+    max_tokens: int | None,
+    first: int,
+    sources: list[int] | None = None,
+):
+    """Windows ``[start] + text tokens`` of at most ``window`` tokens; (windows, counted tokens).
+    ``sources``, when given, is filled with each window's text index."""
     start = start_token_id(model)
     body = window - (0 if start is None else 1)
     if body < 1:
         raise DataError(f"reference windows of {window} tokens hold no text after the start token")
     windows: list[Tensor] = []
     counted = 0
-    for text in texts:
+    for index, text in enumerate(texts):
         ids = model.to_tokens(text, prepend_bos=False, truncate=False, move_to_device=False)[0]
         for lo in range(0, len(ids), body):
             piece = ids[lo : lo + body]
@@ -84,6 +171,8 @@ def token_windows(model, texts: Sequence[str], window: int, max_tokens: int | No
             if readable == 0:
                 continue
             windows.append(row)
+            if sources is not None:
+                sources.append(index)
             counted += readable
             if max_tokens is not None and counted >= max_tokens:
                 return windows, counted
@@ -107,11 +196,14 @@ def reference_max(
 
     began = time.perf_counter()
     first = first_readable_position(exclude_bos)
-    windows, counted = token_windows(model, texts, window, max_tokens, first)
+    sources: list[int] = []
+    windows, counted = token_windows(model, texts, window, max_tokens, first, sources)
     if not windows:
         raise DataError("no text to take a reference maximum over")
     hook = sae_hook_name(sae)
-    best = torch.zeros(int(sae.cfg.d_sae))
+    d_sae = int(sae.cfg.d_sae)
+    best = torch.zeros(d_sae)
+    top = _TopKeeper(d_sae, TOP_WINDOWS)
     lengths = torch.tensor([len(w) for w in windows])
     order = lengths.argsort(descending=True, stable=True)
     bar = tqdm(total=counted, unit="tok", desc="reference max", disable=not progress)
@@ -126,16 +218,49 @@ def reference_max(
             valid = (positions[None, :] < lengths[index][:, None]) & (positions[None, :] >= first)
             acts = encode(sae, hook_activations(model, tokens.to(model.cfg.device), hook))
             acts = acts.float().masked_fill(~valid.to(acts.device)[..., None], 0.0)
-            best = torch.maximum(best, acts.amax(dim=(0, 1)).cpu())
+            peak_value, peak = acts.max(dim=1)
+            best = torch.maximum(best, peak_value.amax(dim=0).cpu())
+            top.add(peak_value.cpu(), peak.cpu(), index)
             bar.update(int(valid.sum()))
     seconds = time.perf_counter() - began
-    result = ReferenceMax(best, counted, source, seconds)
+    result = ReferenceMax(best, counted, source, seconds, top.windows(windows, sources))
     logger.info(
         "%s of %s in %.0f s (%.0f tokens/s)", result.name, source, seconds, counted / seconds
     )
     if counted < MIN_TOKENS:
         logger.warning("%s is under %d tokens: ratios are flattered", result.name, MIN_TOKENS)
     return result
+
+
+class _TopKeeper:
+    """The running ``k`` most active windows per feature (window index and peak position)."""
+
+    def __init__(self, d_sae: int, k: int):
+        self.value = torch.zeros((0, d_sae))
+        self.window = torch.zeros((0, d_sae), dtype=torch.long)
+        self.peak = torch.zeros((0, d_sae), dtype=torch.long)
+        self.k = k
+
+    def add(self, value: Tensor, peak: Tensor, window: Tensor) -> None:
+        """One batch: ``value`` and ``peak`` [batch, d_sae], ``window`` [batch] indices."""
+        value = torch.cat([self.value, value])
+        window = torch.cat([self.window, window[:, None].expand_as(peak)])
+        peak = torch.cat([self.peak, peak])
+        keep = value.topk(min(self.k, len(value)), dim=0).indices
+        self.value, self.window, self.peak = (t.gather(0, keep) for t in (value, window, peak))
+
+    def windows(self, rows: Sequence[Tensor], sources: Sequence[int]) -> ReferenceWindows:
+        width = max(len(r) for r in rows)
+        padded = torch.full((len(rows), width), -1, dtype=torch.int32)
+        for i, r in enumerate(rows):
+            padded[i, : len(r)] = r.to(torch.int32)
+        fired = self.value > 0
+        return ReferenceWindows(
+            padded[self.window.T],
+            torch.where(fired, self.peak, -1).T.to(torch.int32).contiguous(),
+            torch.tensor(sources, dtype=torch.int32)[self.window.T],
+            self.value.T.contiguous(),
+        )
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -177,7 +302,10 @@ def cached_reference_max(
         data = load_tensors(path)
         n_tokens = int(data["n_tokens"].item())
         logger.info("reference max over %d tokens read from %s", n_tokens, path)
-        return ReferenceMax(data["max_activation"], n_tokens, "the bundled corpus's train split")
+        return ReferenceMax(
+            data["max_activation"], n_tokens, "the bundled corpus's train split",
+            windows=ReferenceWindows.from_tensors(data),
+        )  # fmt: skip
     from saeinverse.data.corpus import default_corpus
 
     texts = default_corpus(seed=seed).train
@@ -186,9 +314,12 @@ def cached_reference_max(
         source="the bundled corpus's train split", progress=progress,
     )  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {"max_activation": result.max_activation, "n_tokens": torch.tensor(result.n_tokens)}
+    if result.windows is not None:
+        tensors.update(result.windows.to_tensors())
     save_tensors(
         path,
-        {"max_activation": result.max_activation, "n_tokens": torch.tensor(result.n_tokens)},
+        tensors,
         metadata={"settings": json.dumps(settings), "seconds": f"{result.seconds:.1f}"},
     )
     return result
@@ -208,6 +339,7 @@ def larger_of(reference: ReferenceMax, stats) -> ReferenceMax:
     """The reference, or the run's collection when it counted more tokens."""
     if stats is not None and int(stats.n_tokens) > reference.n_tokens:
         return ReferenceMax(
-            stats.max_activation.float(), int(stats.n_tokens), "the run's collection"
-        )
+            stats.max_activation.float(), int(stats.n_tokens), "the run's collection",
+            windows=reference.windows,
+        )  # fmt: skip
     return reference

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -223,6 +224,11 @@ def _n_heldout(n: int, fraction: float) -> int:
     if fraction == 0.0 or n < 2:
         return 0
     return min(n - 1, max(1, round(n * fraction)))
+
+
+def text_hash(text: str) -> str:
+    """A short stable name of a text (the first 16 hex digits of its SHA-256)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=4)

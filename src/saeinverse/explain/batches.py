@@ -54,8 +54,9 @@ def explain_features(
     store = None
     if checkpoints is not None:
         store = checkpoints.store("draft", units, DRAFTS_FILE, _save_drafts, _load_drafts)
+    avoid = tuple(sorted({t for inv in inversions for t in inv.window_texts}))
     drafted = run_units(
-        pool, draft_batch, units, store=store, shared=(stats, cfg, int(seed)),
+        pool, draft_batch, units, store=store, shared=(stats, cfg, int(seed), avoid),
         desc="explain", unit_name="feature", progress=progress,
     )  # fmt: skip
     drafts = list(drafted)
@@ -82,13 +83,16 @@ def draft_batch(
     stats: Any,
     cfg: ExplanationConfig,
     seed: int,
+    avoid_texts: Sequence[str] = (),
 ) -> list[Draft]:
-    """Evidence and explanation of one batch of features."""
+    """Evidence and explanation of one batch of features; ``avoid_texts``: the texts every
+    inversion of the stage could start from (never drawn as extra prompts, in any batch)."""
     began = time.perf_counter()
     backend = make_backend(cfg, *models.explanation_lm(cfg))
     evidence = build_evidence(
         models.model, models.sae, feature_ids, stats, cfg,
         inversions={int(i.feature_id): i for i in inversions}, seed=seed, progress=False,
+        avoid_texts=avoid_texts,
     )  # fmt: skip
     drafts = draft_explanations(backend, evidence)
     for draft in drafts:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -160,11 +160,14 @@ def draw_extra_prompts(
     first: int,
     seed: int,
     progress: bool = False,
+    avoid_texts: Collection[str] = (),
 ) -> PromptSet:
     """Bundled-corpus texts the run never collected, forwarded until feature ``j`` fires in at
     least ``needed[j]`` of them for every ``j`` (or ``limit`` texts are spent).
 
-    The texts are drawn in a seeded order; each round forwards ``EXTRA_CHUNK`` of them.
+    The texts are drawn in a seeded order; each round forwards ``EXTRA_CHUNK`` of them. A text
+    in ``avoid_texts`` (``data.corpus.text_hash``: one an inversion could start from) is never
+    drawn.
     """
     from saeinverse.collect.activations import tokenize_prompts
     from saeinverse.errors import DataError
@@ -172,6 +175,11 @@ def draw_extra_prompts(
     genres = corpus_genres()
     seen = set(stats.prompts)
     texts = sorted(t for t in genres if t not in seen)
+    if avoid_texts:
+        from saeinverse.data.corpus import text_hash
+
+        avoid = set(avoid_texts)
+        texts = [t for t in texts if text_hash(t) not in avoid]
     order = np.random.default_rng([int(seed), 7]).permutation(len(texts))[: max(int(limit), 0)]
     max_length = int(stats.tokens.shape[1])
     all_rows: list[list[int]] = []

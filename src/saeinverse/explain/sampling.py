@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -146,15 +146,19 @@ def build_evidence(
     inversions: dict[int, Inversion] | None = None,
     seed: int = 0,
     progress: bool = False,
+    avoid_texts: Collection[str] | None = None,
 ) -> list[FeatureEvidence]:
     """Evidence for each feature (see the module docstring); batched forwards for them all.
 
     ``cfg``: ``config.explanation`` (or a dict of its keys). Without ``stats`` only the refined
-    prompts are evidence and nothing is held out.
+    prompts are evidence and nothing is held out. ``avoid_texts`` (``data.corpus.text_hash``):
+    never drawn as extra prompts; default: the inversions' ``window_texts``.
     """
     cfg = as_section(cfg, ExplanationConfig)
     fids = [int(f) for f in feature_ids]
     inversions = inversions or {}
+    if avoid_texts is None:
+        avoid_texts = {t for inv in inversions.values() for t in inv.window_texts}
     refined = _refined_sequences(model, sae, stats, fids, inversions)
     if stats is None:
         return [
@@ -181,7 +185,7 @@ def build_evidence(
     forward |= {p for j, plan in enumerate(plans) for p in plan.negative_candidates
                 if dense[p, j] > 0}  # fmt: skip
     run = run_prompts(model, sae, stats, fids, forward)
-    extra = _extra_prompts(model, sae, stats, fids, plans, cfg, first, seed, progress)
+    extra = _extra_prompts(model, sae, stats, fids, plans, cfg, first, seed, progress, avoid_texts)
     evidence = []
     for j, (fid, plan) in enumerate(zip(fids, plans, strict=True)):
         cut = _Windows(window, first, j, np.random.default_rng([int(seed), fid, 1]))
@@ -319,7 +323,7 @@ def _explain_silent(
     return windows + cut.around_tokens(silent + firing, top_ids, n, "silent:token")
 
 
-def _extra_prompts(model, sae, stats, fids, plans, cfg, first, seed, progress):
+def _extra_prompts(model, sae, stats, fids, plans, cfg, first, seed, progress, avoid=()):
     """Bundled-corpus texts the run never collected (None when no feature needs any), drawn
     until each feature fires in as many as its held-out positives and its explaining side's
     other firing prompts lack (``n_heldout``, ``FIT_PROMPTS``), at most the larger of
@@ -334,7 +338,7 @@ def _extra_prompts(model, sae, stats, fids, plans, cfg, first, seed, progress):
         return None
     return draw_extra_prompts(
         model, sae, stats, fids, needed, limit=max(held_limit, fit_limit), first=first,
-        seed=seed, progress=progress,
+        seed=seed, progress=progress, avoid_texts=avoid,
     )  # fmt: skip
 
 

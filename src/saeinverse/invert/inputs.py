@@ -1,13 +1,15 @@
 """What inversion takes from collection: each feature's dataset maximum and top exemplar windows.
 
-All read a ``FeatureStats`` (see ``saeinverse.collect.stats``) and return dicts keyed by feature id,
-the form ``optimize_features`` accepts as ``dataset_max``, ``exemplar_tokens`` and
-``exemplar_windows``.
+All read a ``FeatureStats`` (see ``saeinverse.collect.stats``) or the reference pass's windows
+(``collect.reference.RealWindow``) and return dicts keyed by feature id, the form
+``optimize_features`` accepts as ``dataset_max``, ``exemplar_tokens`` and ``exemplar_windows``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+
+from saeinverse.collect.reference import RealWindow
 
 
 def dataset_maxima(stats, feature_ids: Sequence[int]) -> dict[int, float]:
@@ -67,3 +69,35 @@ def exemplar_windows(
         if windows:
             found[int(f)] = windows
     return found
+
+
+def reference_windows(
+    real: Mapping[int, Sequence[RealWindow]],
+    feature_ids: Sequence[int],
+    length: int,
+    *,
+    whole: bool = True,
+) -> dict[int, list[list[int]]]:
+    """Each feature's reference windows (``collect.reference.RealWindow``) as the ``length``
+    tokens ending at the peak, strongest first; ``whole``: only windows of exactly ``length``
+    tokens."""
+    found: dict[int, list[list[int]]] = {}
+    for f in feature_ids:
+        windows = [
+            list(w.tokens[-length:])
+            for w in real.get(int(f), ())
+            if not whole or len(w.tokens) >= length
+        ]
+        if windows:
+            found[int(f)] = windows
+    return found
+
+
+def merge_windows(*sources: Mapping[int, list[list[int]]]) -> dict[int, list[list[int]]]:
+    """Each feature's windows from every source in order, each distinct window once."""
+    merged: dict[int, list[list[int]]] = {}
+    for source in sources:
+        for f, windows in source.items():
+            own = merged.setdefault(int(f), [])
+            own += [w for w in windows if w not in own]
+    return merged

@@ -60,10 +60,10 @@ class Inversion:
     """The most active prompt (searched, or an exemplar window) with cross-entropy ≤ the bound;
     None when none fires there."""
     exemplar_window: dict[str, Any] | None = None
-    """The most active of the feature's exemplar windows (its top collection contexts cut to the
-    prompt's length, re-scored like every prompt) with cross-entropy ≤ the bound: what the
-    headline is measured against (never below it). None without a collection or when none is
-    within the bound."""
+    """The most active of the feature's real windows (its top collection contexts, then the
+    reference pass's top windows, cut to the prompt's length and re-scored like every prompt)
+    with cross-entropy ≤ the bound: what the headline is measured against (never below it).
+    None without either or when none is within the bound."""
     fluency_bound: dict[str, Any] | None = None
     """The real-text bound (``invert.fluency.FluencyBound`` as a dict): cross_entropy, quantile,
     n_windows, length, p10, p50, p90."""
@@ -84,6 +84,10 @@ class Inversion:
     """``optimization.length`` when none of the feature's exemplar windows fired at it and the
     search ran at ``length``, the shortest of its exemplars' contexts that fires
     (``invert.context``); None otherwise."""
+    window_texts: list[str] = field(default_factory=list)
+    """The corpus texts (``data.corpus.text_hash``) of the real windows beyond the run's
+    collection (the reference pass's) its search could start from: the explain stage never
+    draws one of them (a refined prompt may still hold its words)."""
     seconds: float = 0.0
     """Wall-clock seconds of the batch divided by its number of features."""
     trajectory: dict[str, list[float]] = field(default_factory=dict)

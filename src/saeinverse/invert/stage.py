@@ -1,8 +1,8 @@
 """The inversion stage over a pool: ``InvertInputs`` in, one ``Inversion`` per feature out.
 
 ``InvertInputs`` is everything inversion reads besides its config section: per feature (an
-``InvertTarget``) the collection's maximum, the reference maximum and the exemplar window a start
-may take; for all features the reference's token count, the real-text fluency bound and where
+``InvertTarget``) the collection's maximum, the reference maximum and the real windows a start
+may take (the run's exemplars, then the reference pass's); for all features the reference's token count, the real-text fluency bound and where
 the readable positions start. ``invert_features`` cuts the targets into batches, runs
 ``optimize_features`` on each batch on the pool (``invert_batch``) and concatenates the records
 in the targets' order. A feature's randomness comes from its own stream (seed and feature id) and
@@ -41,6 +41,9 @@ class InvertTarget:
     exemplar_contexts: tuple[tuple[int, ...], ...] = ()
     """The same exemplars' longer contexts (up to ``max_length`` tokens ending at each peak), for
     a feature that does not fire in ``length`` tokens (``invert.context``); may be empty."""
+    window_texts: tuple[str, ...] = ()
+    """The corpus texts (``data.corpus.text_hash``) of the windows beyond the run's collection
+    (the reference pass's) among ``exemplar_windows`` and ``exemplar_contexts``."""
 
 
 @dataclass(frozen=True)
@@ -122,5 +125,6 @@ def invert_batch(
             record.forward_passes = round(record.forward_passes + p.spent, 2)
             if length != opt_cfg.length:
                 record.lengthened_from = opt_cfg.length
+            record.window_texts = list(t.window_texts)
             records[t.feature_id] = record
     return [records[t.feature_id] for t in targets]

@@ -105,8 +105,9 @@ def inversion_rows(
         if exemplar is not None:
             same = headline is not None and headline.get("tokens") == exemplar.get("tokens")
             prompts.append(
-                ("best exemplar window within the bound" + (" (the headline itself)" if same
-                 else " (the headline is never below it)"), exemplar.get("tokens") or [],
+                ("best real window within the bound (top exemplars and reference windows)"
+                 + (": the headline itself" if same else ": the headline is never below it"),
+                 exemplar.get("tokens") or [],
                  exemplar.get("text", ""), exemplar.get("activation"),
                  exemplar.get("cross_entropy"), None, None)
             )  # fmt: skip

@@ -164,11 +164,11 @@ def _reference(ctx: Context, folder: Path):
     from saeinverse.collect.reference import reference_folder
     from saeinverse.invert.reference import measure_reference
 
-    target_features(ctx)  # nothing to invert: nothing to measure
     config = ctx.config
     reference = measure_reference(
         ctx.model, ctx.sae, config.optimization, config.data, seed=config.seed,
         cache=reference_folder(config), stats=ctx.results.get("collect"),
+        feature_ids=target_features(ctx),
     )  # fmt: skip
     reference.save(folder)
     return reference
@@ -197,9 +197,11 @@ def _targets_read(ctx: Context) -> tuple[str, ...]:
 
 def invert_inputs(ctx: Context):
     """``InvertInputs`` from the run: targets, their collection and reference maxima, their
-    exemplar windows (never a prompt explanations hold out), the reference and the bound."""
+    exemplar windows and then their reference windows (neither from a prompt explanations hold
+    out), the reference and the bound."""
+    from saeinverse.data.corpus import text_hash
     from saeinverse.invert import dataset_maxima
-    from saeinverse.invert.inputs import exemplar_windows
+    from saeinverse.invert.inputs import exemplar_windows, merge_windows, reference_windows
     from saeinverse.invert.stage import InvertInputs, InvertTarget
 
     ids = target_features(ctx)
@@ -211,6 +213,7 @@ def invert_inputs(ctx: Context):
     maxima = dataset_maxima(stats, ids) if stats is not None else {}
     windows: dict[int, list[list[int]]] = {}
     contexts: dict[int, list[list[int]]] = {}
+    real = {f: list(reference.windows.get(f, ())) for f in ids}
     if stats is not None:
         heldout = _heldout(ctx, stats, ids)
         windows = exemplar_windows(stats, ids, opt.length, exclude_prompts=heldout)
@@ -218,6 +221,13 @@ def invert_inputs(ctx: Context):
             contexts = exemplar_windows(
                 stats, ids, opt.max_length, exclude_prompts=heldout, whole=False
             )
+        for f in ids:
+            held = {text_hash(stats.prompts[p]) for p in heldout[f]}
+            real[f] = [w for w in real[f] if w.text not in held]
+    windows = merge_windows(windows, reference_windows(real, ids, opt.length))
+    if opt.max_length > opt.length:
+        longer = reference_windows(real, ids, opt.max_length, whole=False)
+        contexts = merge_windows(contexts, longer)
     targets = tuple(
         InvertTarget(
             f,
@@ -225,6 +235,7 @@ def invert_inputs(ctx: Context):
             float(reference.maximum.max_activation[f]),
             tuple(tuple(w) for w in windows.get(f, ())),
             tuple(tuple(c) for c in contexts.get(f, ())),
+            tuple(sorted({w.text for w in real[f]})),
         )  # fmt: skip
         for f in ids
     )
