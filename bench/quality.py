@@ -160,7 +160,7 @@ def main() -> None:
         "--stats", default=None, help="a saved FeatureStats folder (a run's collect/) to reuse"
     )
     parser.add_argument(
-        "--no-exemplars", action="store_true", help="the arm without exemplar windows"
+        "--no-exemplars", action="store_true", help="the arm without real windows (from scratch)"
     )
     parser.add_argument("--exemplars", type=int, default=8, help="exemplar windows per feature")
     parser.add_argument(
@@ -335,12 +335,12 @@ def report(args, chosen, records, reference, bound, p90, seconds):
         (r.exemplar_window["activation"] if r.exemplar_window else 0.0) / ref[r.feature_id]
         for r in records
     ]
-    print(f"| best exemplar window within the bound | {median_ci(exemplar)} | "
+    print(f"| best real window within the bound | {median_ci(exemplar)} | "
           f"{sum(v >= 1 for v in exemplar)}/{len(exemplar)} |")  # fmt: skip
     fired = sum(r.headline is not None for r in records)
     above = sum(h >= e for h, e in zip(fluent50, exemplar, strict=True))
     print(
-        f"\nheadline for {fired}/{len(records)} features; headline ≥ best exemplar window within "
+        f"\nheadline for {fired}/{len(records)} features; headline ≥ best real window within "
         f"the bound for {above}/{len(records)}"
     )
     print()
