@@ -15,10 +15,10 @@ running per-feature maximum:
   each, the window's peak; ``ReferenceWindows``): real text that fires, where inversion's fluent
   search may start (``invert.inputs.reference_windows``).
 
-``cached_reference_max`` stores the result once per model and SAE (keyed by their identity,
-``models.identity``, the corpus seed and the settings above), top windows included: beside the default SAE when the SAE is the
-cached default, else in the saeinverse cache. ``ReferenceMax.name`` is how every ratio names it:
-"reference max over N tokens".
+``cached_reference_max`` stores the result, top windows included, once per model and SAE (keyed
+by their identity, ``models.identity``, the corpus seed and the settings above): beside the
+default SAE when the SAE is the cached default, else in the saeinverse cache.
+``ReferenceMax.name`` is how every ratio names it: "reference max over N tokens".
 """
 
 from __future__ import annotations
@@ -296,6 +296,7 @@ def cached_reference_max(
         "max_tokens": max_tokens,
         "window": int(window),
         "exclude_bos": bool(exclude_bos),
+        "top_windows": TOP_WINDOWS,
     }
     path = Path(folder) / f"reference-max-{cache_key(model, sae, settings)}.safetensors"
     if path.exists():
