@@ -43,3 +43,25 @@ def test_inversion_starts_may_come_from_the_reference_pass(tiny_model, tiny_topk
     assert planted.text not in target.window_texts
     assert list(tokens[-length:]) not in [list(w) for w in target.exemplar_windows]
     assert set(target.window_texts) == set(inputs.targets[0].window_texts)
+
+
+def test_the_reference_artifact_keeps_the_windows_and_names_an_old_one(tmp_path, caplog):
+    import json
+
+    import torch
+
+    from saeinverse.artifacts import REFERENCE_FILE
+    from saeinverse.collect.reference import ReferenceMax
+    from saeinverse.invert.fluency import FluencyBound
+    from saeinverse.invert.reference import RunReference
+
+    bound = FluencyBound(1.3, 0.5, 300, 12, 1.0, 1.3, 2.1)
+    windows = {7: [RealWindow((1, 2, 3), "abc", 2.5)]}
+    RunReference(ReferenceMax(torch.ones(16), 1000, "x"), bound, windows).save(tmp_path)
+    assert RunReference.load(tmp_path).windows == windows
+    info = json.loads((tmp_path / REFERENCE_FILE).read_text())
+    del info["windows"]  # written before the windows were kept
+    (tmp_path / REFERENCE_FILE).write_text(json.dumps(info))
+    with caplog.at_level("WARNING"):
+        assert RunReference.load(tmp_path).windows == {}
+    assert "--force reference" in caplog.text

@@ -16,6 +16,7 @@ Inversion reads both (``InvertInputs``); the report names them on every card.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ from saeinverse.errors import ArtifactError
 from saeinverse.invert.fluency import FluencyBound, default_bound, measure_bound, stats_token_rows
 from saeinverse.invert.objective import FeatureTarget
 from saeinverse.io import load_json, load_tensors, save_json, save_tensors
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,6 +78,12 @@ class RunReference:
             }
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
             raise ArtifactError(f"reference artifacts in {folder} are unreadable: {err}") from err
+        if "windows" not in info:
+            logger.warning(
+                "%s was written before reference windows were kept: inversion starts from the "
+                "run's exemplars only (rerun with --force reference to keep them)",
+                folder / REFERENCE_FILE,
+            )
         bound.windows = tensors.get("windows")
         bound.window_ce = tensors.get("window_ce")
         return cls(maximum, bound, windows)
