@@ -70,19 +70,17 @@ exemplar windows and the reference pass's top windows (``ALL``), the exemplars a
 CODE_CHARS = set("()[]{}=_:;#.,'\"<>/\\*+-%@|&^~`!")
 
 
-def real_windows(args, stats, model, reference, features, settings, with_reference, seed):
-    """Each feature's exemplar windows, then (``with_reference``) its reference windows, as the
-    run's invert stage gives them (the bench holds nothing out for explanations)."""
-    from saeinverse.data.corpus import default_corpus
+def real_windows(args, stats, model, reference, features, settings, seed):
+    """Per kind (``ALL``, ``EXEMPLARS``, ``NONE``) each feature's windows as the run's invert
+    stage gives them: its exemplar windows, then its reference windows (the bench holds nothing
+    out for explanations)."""
     from saeinverse.invert.inputs import exemplar_windows, merge_windows, reference_windows
-    from saeinverse.models.hooks import start_token_id
+    from saeinverse.invert.reference import real_windows as reference_real_windows
 
     own = exemplar_windows(stats, features, settings.length, count=args.exemplars)
-    if not with_reference or reference.windows is None:
-        return own
-    texts, start = default_corpus(seed=seed).train, start_token_id(model)
-    real = {f: reference.windows.real_windows(f, texts, start) for f in features}
-    return merge_windows(own, reference_windows(real, features, settings.length))
+    real = reference_real_windows(reference, features, model, seed)
+    every = merge_windows(own, reference_windows(real, features, settings.length))
+    return {ALL: every, EXEMPLARS: own, NONE: {}}
 
 
 def load_default():
@@ -219,13 +217,7 @@ def main() -> None:
         f"= {bound.cross_entropy:.2f}",
         flush=True,
     )
-    given = {
-        kind: real_windows(
-            args, stats, model, reference, features, settings, kind == ALL, config.seed
-        )
-        for kind in (ALL, EXEMPLARS)
-    }
-    given[NONE] = {}
+    given = real_windows(args, stats, model, reference, features, settings, config.seed)
     arms = [("default", {}, NONE if args.no_exemplars else ALL)]
     if args.arms:
         arms = [(name, ARMS[name][0], ARMS[name][1]) for name in args.arms]

@@ -116,10 +116,14 @@ def measure_reference(
             target, rows, opt_cfg.length, opt_cfg.fluency_quantile, opt_cfg.fluency_windows,
             seed, cache=cache,
         )  # fmt: skip
-    return RunReference(maximum, bound, _windows(maximum, feature_ids, model, seed))
+    return RunReference(maximum, bound, real_windows(maximum, feature_ids, model, seed))
 
 
-def _windows(maximum: ReferenceMax, feature_ids: Sequence[int], model, seed: int):
+def real_windows(
+    maximum: ReferenceMax, feature_ids: Sequence[int], model, seed: int
+) -> dict[int, list[RealWindow]]:
+    """Each feature's reference windows as ``RealWindow``s (texts named by ``text_hash``); empty
+    when the reference kept none."""
     if maximum.windows is None or not feature_ids:
         return {}
     from saeinverse.data.corpus import default_corpus

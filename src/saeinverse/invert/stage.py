@@ -3,9 +3,9 @@
 ``InvertInputs`` is everything inversion reads besides its config section: per feature (an
 ``InvertTarget``) the collection's maximum, the reference maximum and the real windows a start
 may take (the run's exemplars, then the reference pass's); for all features the reference's
-token count, the real-text fluency bound and where the readable positions start. ``invert_features`` cuts the targets into batches, runs
-``optimize_features`` on each batch on the pool (``invert_batch``) and concatenates the records
-in the targets' order. A feature's randomness comes from its own stream (seed and feature id) and
+token count, the real-text fluency bound and where the readable positions start.
+``invert_features`` cuts the targets into batches, runs ``optimize_features`` on each batch on
+the pool (``invert_batch``) and concatenates the records in the targets' order. A feature's randomness comes from its own stream (seed and feature id) and
 its optimisation never reads the other features of its batch, so the batching changes where the
 work runs, not its result (beyond float32 rounding of batched forwards).
 """
