@@ -17,6 +17,7 @@ from saeinverse.explain.rules import (
     Rule,
     RuleSimulator,
     parse_rule,
+    previous_kind,
     starts_word,
 )
 from saeinverse.explain.scoring import score_explanation
@@ -124,6 +125,54 @@ def test_rules_with_several_clauses_read_back_even_when_a_token_holds_the_separa
     assert rule.positions([" if", "x", "\n    ", " return", " return", "a", "-", " -"]) == [
         True, False, False, True, False, False, True, False,
     ]  # fmt: skip
+
+
+def test_a_clause_on_the_kind_of_token_before_reads_back_and_matches():
+    rule = Rule(("\n",), previous="word", alternatives=(Rule((" =",), previous="space"),))
+    text = rule.text() + " (as in: “a «b»”)."
+    assert text.startswith('Fires on "\\n" right after a word; or on " =" right after a space')
+    assert parse_rule(text) == rule
+    tokens = ["\n", " wraps", "\n", ":", "\n", "x_", " =", "  ", " =", "\n\n", "\n"]
+    assert rule.positions(tokens) == [
+        False, False, True, False, False, False, False, False, True, False, False,
+    ]  # fmt: skip
+    assert previous_kind("x_") == "word" and previous_kind(").") == "punct"
+    assert previous_kind("\n  ") == "space" and previous_kind("") is None
+
+
+def wrapped_lines_case(seed: int, n: int = 60):
+    """'\n' fires where a line wraps inside a sentence (right after one of many words); it stays
+    silent after ':' or '.' or another line break (the hard negatives)."""
+    rng = random.Random(seed)
+    words = [f" w{i}" for i in range(40)]
+
+    def make(before, fires):
+        tokens = [rng.choice(words) for _ in range(12)]
+        at = rng.randrange(2, 11)
+        tokens[at - 1 : at + 1] = [before, "\n"]
+        acts = [float(fires and t == "\n") for t in tokens]
+        return TokenSequence(tokens, list(range(12)), acts, "exemplar" if fires else "silent")
+
+    positives = [make(rng.choice(words), True) for _ in range(n)]
+    near = [make(rng.choice([":", ".", "\n\n"]), False) for _ in range(n)]
+    for seq in near:
+        seq.source = "silent:token"
+    silent = [make(rng.choice(words), False) for _ in range(n)]
+    for seq in silent:  # no line break at all
+        seq.tokens = [t if t != "\n" else " w0" for t in seq.tokens]
+    return positives, silent, near
+
+
+def test_a_token_that_fires_only_after_a_word_gets_that_clause_and_passes_hard_negatives():
+    positives, silent, near = wrapped_lines_case(seed=0)
+    evidence = ExplainEvidence(0, exemplars=positives, silent=silent + near,
+                               top_tokens=[("\n", 1.0)])  # fmt: skip
+    rule = ContextExplainer().choose(evidence)[0]
+    assert rule == Rule(("\n",), previous="word")
+    held = HeldoutEvidence(*wrapped_lines_case(seed=1))
+    smart = score_explanation(RuleSimulator(), rule.text(), held, seed=0, n_boot=100)
+    naive = score_explanation(RuleSimulator(), Rule(("\n",)).text(), held, seed=0, n_boot=100)
+    assert smart["detection_hard"]["value"] == 1.0 and naive["detection_hard"]["value"] == 0.5
 
 
 def two_context_case(seed: int, n: int = 60):

@@ -49,6 +49,16 @@ def test_a_long_rule_still_gets_a_short_sentence_and_a_broad_one_says_so():
     assert narrow.startswith('Fires on "if" or "else"') and word_count(narrow) <= MAX_WORDS
 
 
+def test_the_sentence_names_the_kind_of_token_every_clause_needs_before_it():
+    shares = [(" =", 0.6), (":", 0.3)]
+    both = describe(Rule((" =",), previous="word", alternatives=(Rule((":",), previous="word"),)),
+                    evidence(None, shares))  # fmt: skip
+    assert both.startswith('Fires on "=" or ":" right after a word')
+    mixed = describe(Rule((" =",), previous="word", alternatives=(Rule((":",), previous="space"),)),
+                     evidence(None, shares))  # fmt: skip
+    assert "right after" not in mixed and word_count(mixed) <= MAX_WORDS
+
+
 def window(tokens: list[str], peak: int, source: str = "exemplar") -> TokenSequence:
     values = [0.0] * len(tokens)
     if peak >= 0:

@@ -5,10 +5,12 @@ from its silent ones, as small as cross-validation allows. Each candidate is a *
 to fit a rule on some windows:
 
 - ``single``: one clause over the top k tokens (k = 1 … ``max_tokens``): alone, at a word's
-  start, inside a word, or right after the tokens that precede their firing occurrences;
+  start, inside a word, right after the tokens that precede their firing occurrences, or right
+  after the kind of token (a word, punctuation, a space or line break) that most often does;
 - ``grown``: a rule grown greedily from one-token clauses over the evidence's
-  ``candidate_tokens`` (each bare, at a word's start, inside a word, or right after the tokens
-  that precede half of its firings), stopped after n of them (at most ``MAX_CLAUSES`` clauses).
+  ``candidate_tokens`` (each bare, at a word's start, inside a word, right after each kind of
+  token, or right after the tokens that precede half of its firings), stopped after n of them
+  (at most ``MAX_CLAUSES`` clauses).
 
 **Size by cross-validation.** The explaining side's windows (firing, random silent, silent
 around a top token) are cut into ``CV_FOLDS`` folds, stratified by kind and seeded by the
@@ -31,7 +33,14 @@ from dataclasses import replace
 import numpy as np
 
 from saeinverse.explain.evidence import ExplainEvidence, TokenSequence, normalise
-from saeinverse.explain.rules import Rule, main_genre, token_list, with_examples
+from saeinverse.explain.rules import (
+    PREVIOUS_CLAUSES,
+    Rule,
+    main_genre,
+    previous_kind,
+    token_list,
+    with_examples,
+)
 from saeinverse.explain.sentence import Explanation, describe
 
 AFTER_COVERED = 0.8
@@ -47,7 +56,7 @@ MAX_CLAUSES = 3
 """A grown rule has at most this many clauses."""
 CV_FOLDS = 10
 """Folds of the explaining side that choose a rule's size."""
-SINGLE_KINDS = ("bare", "start", "inside", "after", "after start")
+SINGLE_KINDS = ("bare", "start", "inside", "after", "after start", "after kind")
 
 
 class ContextExplainer:
@@ -107,8 +116,10 @@ class ContextExplainer:
         for k in range(1, self.max_tokens + 1):
             base = Rule(tuple(tokens[:k]))
             after = side.preceding(base.targets, train, AFTER_COVERED, MAX_AFTER) or ()
+            before = side.preceding_kind(base.targets, train)
             variants = (base, replace(base, word="start"), replace(base, word="inside"),
-                        replace(base, after=after), replace(base, after=after, word="start"))  # fmt: skip
+                        replace(base, after=after), replace(base, after=after, word="start"),
+                        replace(base, previous=before))  # fmt: skip
             for kind, rule in zip(SINGLE_KINDS, variants, strict=True):
                 rules[("single", k, kind)] = rule
         path = self.grow(tokens, side, train)
@@ -124,6 +135,7 @@ class ContextExplainer:
         for token in tokens:
             base = Rule((token,))
             units += [base, replace(base, word="start"), replace(base, word="inside")]
+            units += [replace(base, previous=kind) for kind in PREVIOUS_CLAUSES]
             after = side.preceding(base.targets, train, AFTER_GROWN, MAX_AFTER_GROWN)
             if after and replace(base, after=after) not in units:
                 units.append(replace(base, after=after))
@@ -131,7 +143,7 @@ class ContextExplainer:
             return []
         hits = np.stack([side.clause_hits(u) for u in units])[:, train]
         weights = side.weights(train)
-        contexts = [(u.after, u.word) for u in units]
+        contexts = [(u.after, u.word, u.previous) for u in units]
         fired = np.zeros(hits.shape[1], dtype=bool)
         chosen: list[int] = []
         while len(chosen) < self.max_targets:
@@ -168,9 +180,9 @@ def smallest_within_one_se(scores: dict[tuple, list[float]], sizes: dict[tuple, 
 def merge(units: list[Rule]) -> Rule:
     """One rule from one-token clauses: those with the same context share a clause (bare first)."""
     clauses: dict[tuple, list[str]] = {}
-    for unit in sorted(units, key=lambda u: (bool(u.after), u.word is not None)):
-        clauses.setdefault((unit.after, unit.word), []).extend(unit.targets)
-    rules = [Rule(tuple(targets), after, word) for (after, word), targets in clauses.items()]
+    for unit in sorted(units, key=lambda u: (bool(u.after), bool(u.previous), bool(u.word))):
+        clauses.setdefault((unit.after, unit.word, unit.previous), []).extend(unit.targets)
+    rules = [Rule(tuple(t), after, word, prev) for (after, word, prev), t in clauses.items()]
     if not rules:
         return Rule(())
     return replace(rules[0], alternatives=tuple(rules[1:]))
@@ -262,6 +274,32 @@ class Side:
         """The tokens just before the targets' firing occurrences in the masked positives, most
         frequent first, until they cover ``share`` of them (at most ``max_after``; empty when
         that is not reached)."""
+        counts, spelling = self._preceding(targets, mask)
+        total, chosen, covered = sum(counts.values()), [], 0
+        ranked = sorted(counts.items(), key=lambda kc: (-kc[1], kc[0]))[:max_after]
+        for key, count in ranked:
+            chosen.append(spelling[key])
+            covered += count
+            if covered >= share * total:
+                return tuple(chosen)
+        return ()
+
+    def preceding_kind(self, targets: tuple[str, ...], mask: np.ndarray) -> str | None:
+        """What the token just before the targets' firing occurrences in the masked positives
+        most often ends in (``rules.previous_kind``; None when they have none before them)."""
+        counts, spelling = self._preceding(targets, mask)
+        kinds: Counter[str] = Counter()
+        for key, count in counts.items():
+            kind = previous_kind(spelling[key])
+            if kind is not None:
+                kinds[kind] += count
+        return min(kinds, key=lambda k: (-kinds[k], k)) if kinds else None
+
+    def _preceding(
+        self, targets: tuple[str, ...], mask: np.ndarray
+    ) -> tuple[Counter[str], dict[str, str]]:
+        """How often each (normalised) token comes just before the targets' firing occurrences
+        in the masked positives, and a spelling of each."""
         forms = sorted({normalise(t) for t in targets})  # a fixed order: no hash-seed ties
         counts: Counter[str] = Counter()
         spelling: dict[str, str] = {}
@@ -273,14 +311,7 @@ class Side:
                         key = self.normed[w][i - 1]
                         counts[key] += 1
                         spelling.setdefault(key, window.tokens[i - 1])
-        total, chosen, covered = sum(counts.values()), [], 0
-        ranked = sorted(counts.items(), key=lambda kc: (-kc[1], kc[0]))[:max_after]
-        for key, count in ranked:
-            chosen.append(spelling[key])
-            covered += count
-            if covered >= share * total:
-                return tuple(chosen)
-        return ()
+        return counts, spelling
 
 
 def explain_side_score(

@@ -9,6 +9,9 @@ An explanation names the tokens a feature fires on and, optionally, the context 
 - ``right after "x", "y"``: the token just before must be one of these;
 - ``at the start of a word`` / ``inside a word``: the target token begins a word (it starts
   with a space, or follows punctuation) or continues one;
+- ``right after a word`` / ``right after punctuation`` / ``right after a space or line break``:
+  the token just before ends in a letter, digit or underscore / in another visible character /
+  in whitespace;
 - ``; or on …``: another clause of the same form; a token satisfies the rule when it satisfies
   any clause;
 - ``, mostly in <genre> text`` and ``(as in: “…”)``: for a reader (and the embedding judge);
@@ -51,6 +54,12 @@ GENRE_SHARE = 0.6
 """The `context` explainer names the genre its firing windows come from when this share of
 them share one (a phrase for readers and the embedding judge; the simulator ignores it)."""
 WORD_CLAUSES = {"start": " at the start of a word", "inside": " inside a word"}
+PREVIOUS_CLAUSES = {
+    "word": " right after a word",
+    "punct": " right after punctuation",
+    "space": " right after a space or line break",
+}
+"""What a clause may need the token before to end in (``previous_kind``)."""
 OR_CLAUSE = "; or on "
 """Joins a rule's clauses (a token fires when any clause holds)."""
 
@@ -69,6 +78,8 @@ class Rule:
     after: tuple[str, ...] = ()
     word: str | None = None
     """'start', 'inside' or None (either)."""
+    previous: str | None = None
+    """What the token before ends in: 'word', 'punct', 'space' or None (anything)."""
     alternatives: tuple[Rule, ...] = ()
 
     def clauses(self) -> tuple[Rule, ...]:
@@ -83,6 +94,7 @@ class Rule:
         text = ", ".join(quote(t) for t in self.targets)
         if self.after:
             text += " right after " + ", ".join(quote(t) for t in self.after)
+        text += PREVIOUS_CLAUSES.get(self.previous or "", "")
         return text + WORD_CLAUSES.get(self.word or "", "")
 
     def text(self) -> str:
@@ -112,10 +124,13 @@ class Rule:
             return False
         if self.after and not (i > 0 and normed[i - 1] in self.after_forms):
             return False
+        if self.previous and not (i > 0 and previous_kind(tokens[i - 1]) == self.previous):
+            return False
         return self.word is None or starts_word(tokens, i) == (self.word == "start")
 
     def complexity(self) -> int:
         own = len(self.targets) + len(self.after) + (self.word is not None)
+        own += self.previous is not None
         return own + sum(c.complexity() for c in self.alternatives)
 
 
@@ -127,6 +142,17 @@ def starts_word(tokens: Sequence[str], i: int) -> bool:
         return True
     previous = tokens[i - 1]
     return not previous or not previous[-1].isalnum()
+
+
+def previous_kind(token: str) -> str | None:
+    """What a token ends in: 'word' (a letter, digit or underscore), 'space' (whitespace) or
+    'punct' (any other character); None for an empty token."""
+    if not token:
+        return None
+    last = token[-1]
+    if last.isalnum() or last == "_":
+        return "word"
+    return "space" if last.isspace() else "punct"
 
 
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
@@ -167,7 +193,8 @@ def _split_clauses(text: str) -> list[str]:
 def _parse_clause(text: str) -> Rule:
     head, _, tail = text.partition(" right after ")
     word = next((k for k, clause in WORD_CLAUSES.items() if clause in text), None)
-    return Rule(_quoted(head), _quoted(tail), word)
+    previous = next((k for k, clause in PREVIOUS_CLAUSES.items() if clause in text), None)
+    return Rule(_quoted(head), _quoted(tail), word, previous)
 
 
 def parse_rule(explanation: str) -> Rule:

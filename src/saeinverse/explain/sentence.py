@@ -9,7 +9,8 @@ its evidence, in the words the feature's own windows use:
   first few targets quoted (``"if", "else" or "elif" and 3 more``; a target that is one byte of
   a multi-byte character is named ``a piece of a non-Latin character``, not shown as ``�``);
 - **where**: the position in the word (``at the start of a word``, ``inside a word``) and the
-  tokens it needs before it (``right after "new"``), when every clause needs the same;
+  tokens it needs before it (``right after "new"``, ``right after a word``), when every clause
+  needs the same;
 - **genre**: the genre most of the firing windows come from (``in Python code``);
 - **context**: up to ``CONTEXT_WORDS`` words of the explaining side's firing windows that are
   at least ``CONTEXT_ENRICHMENT`` times as common there as in its random silent windows
@@ -33,7 +34,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from saeinverse.explain.evidence import ExplainEvidence, display, normalise
-from saeinverse.explain.rules import BROKEN, WORD_CLAUSES, Rule, main_genre
+from saeinverse.explain.rules import BROKEN, PREVIOUS_CLAUSES, WORD_CLAUSES, Rule, main_genre
 
 MAX_WORDS = 20
 STEM_MIN = 3
@@ -244,10 +245,13 @@ def _where(rule: Rule) -> str:
     clauses = rule.clauses()
     words = {c.word for c in clauses}
     afters = {c.after for c in clauses}
+    previous = {c.previous for c in clauses}
     parts = []
     if len(afters) == 1 and clauses[0].after:
         after = [f'"{display(t).strip() or display(t)}"' for t in clauses[0].after[:2]]
         parts.append("right after " + " or ".join(after))
+    elif len(previous) == 1 and clauses[0].previous:
+        parts.append(PREVIOUS_CLAUSES[clauses[0].previous].strip())
     if len(words) == 1 and clauses[0].word:
         parts.append(WORD_CLAUSES[clauses[0].word].strip())
     return " ".join(parts)
