@@ -8,9 +8,9 @@ to fit a rule on some windows:
   start, inside a word, right after the tokens that precede their firing occurrences, or right
   after the kind of token (a word, punctuation, a space or line break) that most often does;
 - ``grown``: a rule grown greedily from one-token clauses over the evidence's
-  ``candidate_tokens`` (each bare, at a word's start, inside a word, right after each kind of
-  token, or right after the tokens that precede half of its firings), stopped after n of them
-  (at most ``MAX_CLAUSES`` clauses).
+  ``candidate_tokens`` (each bare, at a word's start, inside a word, right after the kind of
+  token that most often precedes its firings, or right after the tokens that precede half of
+  them), stopped after n of them (at most ``MAX_CLAUSES`` clauses).
 
 **Size by cross-validation.** The explaining side's windows (firing, random silent, silent
 around a top token) are cut into ``CV_FOLDS`` folds, stratified by kind and seeded by the
@@ -33,14 +33,7 @@ from dataclasses import replace
 import numpy as np
 
 from saeinverse.explain.evidence import ExplainEvidence, TokenSequence, normalise
-from saeinverse.explain.rules import (
-    PREVIOUS_CLAUSES,
-    Rule,
-    main_genre,
-    previous_kind,
-    token_list,
-    with_examples,
-)
+from saeinverse.explain.rules import Rule, main_genre, previous_kind, token_list, with_examples
 from saeinverse.explain.sentence import Explanation, describe
 
 AFTER_COVERED = 0.8
@@ -135,7 +128,9 @@ class ContextExplainer:
         for token in tokens:
             base = Rule((token,))
             units += [base, replace(base, word="start"), replace(base, word="inside")]
-            units += [replace(base, previous=kind) for kind in PREVIOUS_CLAUSES]
+            before = side.preceding_kind(base.targets, train)
+            if before is not None:
+                units.append(replace(base, previous=before))
             after = side.preceding(base.targets, train, AFTER_GROWN, MAX_AFTER_GROWN)
             if after and replace(base, after=after) not in units:
                 units.append(replace(base, after=after))
