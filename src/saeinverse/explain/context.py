@@ -269,7 +269,12 @@ class Side:
         """The tokens just before the targets' firing occurrences in the masked positives, most
         frequent first, until they cover ``share`` of them (at most ``max_after``; empty when
         that is not reached)."""
-        counts, spelling = self._preceding(targets, mask)
+        counts: Counter[str] = Counter()
+        spelling: dict[str, str] = {}
+        for token in self._preceding(targets, mask):
+            key = normalise(token)
+            counts[key] += 1
+            spelling.setdefault(key, token)
         total, chosen, covered = sum(counts.values()), [], 0
         ranked = sorted(counts.items(), key=lambda kc: (-kc[1], kc[0]))[:max_after]
         for key, count in ranked:
@@ -282,31 +287,22 @@ class Side:
     def preceding_kind(self, targets: tuple[str, ...], mask: np.ndarray) -> str | None:
         """What the token just before the targets' firing occurrences in the masked positives
         most often ends in (``rules.previous_kind``; None when they have none before them)."""
-        counts, spelling = self._preceding(targets, mask)
-        kinds: Counter[str] = Counter()
-        for key, count in counts.items():
-            kind = previous_kind(spelling[key])
-            if kind is not None:
-                kinds[kind] += count
+        kinds = Counter(previous_kind(t) for t in self._preceding(targets, mask))
+        kinds.pop(None, None)
         return min(kinds, key=lambda k: (-kinds[k], k)) if kinds else None
 
-    def _preceding(
-        self, targets: tuple[str, ...], mask: np.ndarray
-    ) -> tuple[Counter[str], dict[str, str]]:
-        """How often each (normalised) token comes just before the targets' firing occurrences
-        in the masked positives, and a spelling of each."""
-        forms = sorted({normalise(t) for t in targets})  # a fixed order: no hash-seed ties
-        counts: Counter[str] = Counter()
-        spelling: dict[str, str] = {}
+    def _preceding(self, targets: tuple[str, ...], mask: np.ndarray) -> list[str]:
+        """The token just before each firing occurrence of the targets in the masked positives
+        (windows in order, then the targets' normalised forms in a fixed order: no hash-seed
+        ties)."""
+        forms = sorted({normalise(t) for t in targets})
+        found = []
         for w in np.flatnonzero(mask & (self.group == 0)):
             window, where = self.windows[w], self.index[w]
             for form in forms:
-                for i in where.get(form, ()):
-                    if i > 0 and window.activations[i] > 0:
-                        key = self.normed[w][i - 1]
-                        counts[key] += 1
-                        spelling.setdefault(key, window.tokens[i - 1])
-        return counts, spelling
+                found += [window.tokens[i - 1] for i in where.get(form, ())
+                          if i > 0 and window.activations[i] > 0]  # fmt: skip
+        return found
 
 
 def explain_side_score(
