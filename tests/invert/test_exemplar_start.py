@@ -141,3 +141,36 @@ def test_without_a_window_within_the_hinge_the_fluent_row_starts_from_the_beam(
     calls.clear()
     starts, _, beams = fluent_starts(target, bound, float("inf"), features, 0, [[], [window]], beam)
     assert calls == [[0]] and beams[1] == [] and starts[1].tolist() == window
+
+
+def test_a_firing_window_above_the_hinge_beats_a_silent_beam_prompt(tiny_model, tiny_topk_sae):
+    """As the key ranks every firing prompt above every silent one, a start that fires (a real
+    window above the hinge) is preferred to a beam prompt that does not, whatever the fluency
+    penalty; against a beam prompt that fires, the fluent row's score decides."""
+    from saeinverse.invert.beam import BeamResult
+
+    target = FeatureTarget(tiny_model, tiny_topk_sae)
+    opt = update_config(get_default_config(), {"optimization": {"length": LENGTH}}).optimization
+    bound = default_bound(target, opt, seed=0)
+    rows = torch.randint(
+        0, tiny_model.cfg.d_vocab, (64, LENGTH), generator=torch.Generator().manual_seed(0)
+    )
+    for feature in range(tiny_topk_sae.cfg.d_sae):
+        act = target.read_ids(rows, torch.full((64,), feature)).activation
+        if (act > 0).any() and (act <= 0).any():
+            break
+    else:
+        pytest.fail("no feature fires on some windows and not on others: the test shows nothing")
+    window, other = rows[int(act.argmax())].tolist(), rows[int(act.argmin())].tolist()
+    hinge = -1.0  # every window lies above it: its score is far below the beam prompt's
+
+    def rank(i, key, ce):
+        return key - 4.0 * max(ce - hinge, 0.0)
+
+    for beam_fires, expected in ((False, window), (True, other)):
+
+        def beam(need, fires=beam_fires):
+            return BeamResult([[other]], [[1.0 if fires else 0.0]], [[0.0]], [[0.0]], [0.0])
+
+        starts, _, _ = fluent_starts(target, bound, hinge, [feature], 0, [[window]], beam, rank)
+        assert starts[0].tolist() == expected

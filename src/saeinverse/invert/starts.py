@@ -44,8 +44,8 @@ def fluent_starts(
     A feature with an exemplar window within the hinge (``windows[i]``: its top exemplars of the
     prompt's length) starts from the most active of those. Any other feature starts, when
     ``beam`` is given (``beam(indices) -> BeamResult | None``), from its beam's best prompt, or
-    from its most active exemplar window where ``rank(i, key, cross_entropy)`` (a fluent row's
-    score) puts that higher; without a beam, from its most active exemplar window (the hinge
+    from its most active exemplar window when that fires and the prompt does not, or when
+    ``rank(i, key, cross_entropy)`` (a fluent row's score) puts it higher; without a beam, from its most active exemplar window (the hinge
     then pulls the row towards fluency), and with none, from the most active of
     ``FLUENT_START_SCREEN`` random real windows within the hinge (those the bound was measured
     on). ``spent``: sequence-equivalents each feature's start cost; ``beams``: each feature's
@@ -89,7 +89,7 @@ def fluent_starts(
             spent[i] += found.spent[k]
             beams[i] = found.prompts[k]
             starts[i] = torch.tensor(found.prompts[k][0])
-            if best[i] is not None and rank(i, *best[i][1:]) > found.score[k][0]:
+            if best[i] is not None and _window_first(best[i], found, k, rank(i, *best[i][1:])):
                 starts[i] = best[i][0]
         elif best[i] is not None:
             starts[i] = best[i][0]
@@ -97,6 +97,17 @@ def fluent_starts(
     if any(start is None for start in starts):
         return None, spent, beams
     return torch.stack(starts).to(target.device), spent, beams
+
+
+def _window_first(window, found, k: int, window_score: float) -> bool:
+    """Whether a feature's most active real window (ids, key, cross-entropy), above the hinge,
+    is a better start than its beam's best prompt: when it fires and that prompt does not (as
+    the key ranks every firing prompt above every silent one), else when a fluent row's score
+    puts it higher."""
+    fires, beam_fires = window[1] > 0, found.activation[k][0] > 0
+    if fires != beam_fires:
+        return fires
+    return window_score > found.score[k][0]
 
 
 def _keys(target, rows: Tensor, owners: list[int]) -> Tensor:
