@@ -45,11 +45,12 @@ def fluent_starts(
     prompt's length) starts from the most active of those. Any other feature starts, when
     ``beam`` is given (``beam(indices) -> BeamResult | None``), from its beam's best prompt, or
     from its most active exemplar window when that fires and the prompt does not, or when
-    ``rank(i, key, cross_entropy)`` (a fluent row's score) puts it higher; without a beam, from its most active exemplar window (the hinge
-    then pulls the row towards fluency), and with none, from the most active of
-    ``FLUENT_START_SCREEN`` random real windows within the hinge (those the bound was measured
-    on). ``spent``: sequence-equivalents each feature's start cost; ``beams``: each feature's
-    beam prompts (for the check). ``starts`` is None when some feature has no start at all.
+    ``rank(i, key, cross_entropy)`` (a fluent row's score) puts it higher; without a beam, from
+    its most active exemplar window (the hinge then pulls the row towards fluency), and with
+    none, from the most active of ``FLUENT_START_SCREEN`` random real windows within the hinge
+    (those the bound was measured on). ``spent``: sequence-equivalents each feature's start
+    cost; ``beams``: each feature's beam prompts (for the check). ``starts`` is None when some
+    feature has no start at all.
     ``most_active``, when given, is filled with each feature's most active exemplar window at
     any cross-entropy and its key, (ids, key), or None without windows.
     """
