@@ -204,6 +204,7 @@ class Side:
                 where.setdefault(token, []).append(i)
             self.index.append(where)
         self._hits: dict[Rule, np.ndarray] = {}
+        self._before: dict[tuple, list[str]] = {}
         self._firing: dict[str, set[int]] | None = None
 
     def folds(self, k: int, seed: int) -> np.ndarray:
@@ -294,14 +295,18 @@ class Side:
     def _preceding(self, targets: tuple[str, ...], mask: np.ndarray) -> list[str]:
         """The token just before each firing occurrence of the targets in the masked positives
         (windows in order, then the targets' normalised forms in a fixed order: no hash-seed
-        ties)."""
-        forms = sorted({normalise(t) for t in targets})
-        found = []
-        for w in np.flatnonzero(mask & (self.group == 0)):
-            window, where = self.windows[w], self.index[w]
-            for form in forms:
-                found += [window.tokens[i - 1] for i in where.get(form, ())
-                          if i > 0 and window.activations[i] > 0]  # fmt: skip
+        ties); scanned once per targets and mask, as both contexts read it."""
+        forms = tuple(sorted({normalise(t) for t in targets}))
+        key = (forms, mask.tobytes())
+        found = self._before.get(key)
+        if found is None:
+            found = []
+            for w in np.flatnonzero(mask & (self.group == 0)):
+                window, where = self.windows[w], self.index[w]
+                for form in forms:
+                    found += [window.tokens[i - 1] for i in where.get(form, ())
+                              if i > 0 and window.activations[i] > 0]  # fmt: skip
+            self._before[key] = found
         return found
 
 
