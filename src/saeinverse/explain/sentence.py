@@ -128,32 +128,86 @@ def word_count(text: str) -> int:
     return len(text.split())
 
 
-def describe(rule: Rule, evidence: ExplainEvidence) -> str:
-    """The rule's sentence (see the module docstring)."""
+@dataclass(frozen=True)
+class Parts:
+    """What a rule's sentence can say (see the module docstring), before choosing how much."""
+
+    head: str
+    forms: list[str]
+    stem: str | None
+    where: str
+    genre: str
+    near: list[str]
+    examples: list[str]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """How much of ``Parts`` a sentence says: targets listed, position and genre said or not,
+    and which context words and examples (indices into ``Parts.near`` / ``Parts.examples``)."""
+
+    listed: int = LISTED
+    where: bool = True
+    genre: bool = True
+    near: tuple[int, ...] = ()
+    examples: tuple[int, ...] = ()
+
+
+def parts(
+    rule: Rule, evidence: ExplainEvidence, n_near: int = CONTEXT_WORDS, n_examples: int = EXAMPLES
+) -> Parts | None:
+    """The rule's parts, with up to ``n_near`` context words and ``n_examples`` examples (None:
+    the rule names no target)."""
     if not rule.targets:
-        return "Fires on nothing the evidence shows."
+        return None
     forms = _forms(rule)
     stem = common_stem(forms)
-    genre = main_genre(evidence)
-    where = _where(rule)
-    near = context_words(evidence, forms, CONTEXT_WORDS)
-    examples = _examples(evidence, EXAMPLES)
+    near = context_words(evidence, forms, n_near)
     broad = _mass(rule, evidence) < BROAD_SHARE
+    targets: frozenset[str] | str = frozenset().union(*(c.target_forms for c in rule.clauses()))
     if broad and stem is None:
-        forms, stem = _peak_stem(evidence) or (forms, stem)
+        peaks = _peak_stem(evidence)
+        if peaks is not None:
+            forms, stem = peaks
+            targets = stem
     head = "Fires weakly on many tokens, most on " if broad else "Fires on "
+    genre = main_genre(evidence)
+    shown = GENRES.get(genre, genre.replace("_", " ") + " text") if genre else ""
+    examples = _examples(evidence, n_examples, targets)
+    return Parts(head, forms, stem, _where(rule), shown, near, examples)
+
+
+def render(p: Parts, choice: Choice) -> str:
+    """The sentence saying ``choice`` of ``p`` (its length unchecked)."""
+    text = p.head + _what(p.forms, p.stem, choice.listed)
+    if choice.where and p.where:
+        text += " " + p.where
+    if choice.genre and p.genre:
+        text += " in " + p.genre
+    near = [p.near[i] for i in sorted(choice.near) if i < len(p.near)]
+    if near:
+        text += ", near " + ", ".join(f'"{w}"' for w in near)
+    examples = [p.examples[i] for i in sorted(choice.examples) if i < len(p.examples)]
+    if examples:
+        text += ", as in " + " or ".join(f"“{e}”" for e in examples)
+    return text + "."
+
+
+NOTHING = "Fires on nothing the evidence shows."
+
+
+def describe(rule: Rule, evidence: ExplainEvidence) -> str:
+    """The rule's sentence (see the module docstring): its parts in a fixed order, shortened
+    step by step (``SHORTER``) until it fits."""
+    p = parts(rule, evidence)
+    if p is None:
+        return NOTHING
     text = ""
     for n_examples, n_near, listed, keep_genre, keep_where in SHORTER:
-        text = head + _what(forms, stem, listed)
-        if keep_where and where:
-            text += " " + where
-        if keep_genre and genre:
-            text += " in " + GENRES.get(genre, genre.replace("_", " ") + " text")
-        if near[:n_near]:
-            text += ", near " + ", ".join(f'"{w}"' for w in near[:n_near])
-        if examples[:n_examples]:
-            text += ", as in " + " or ".join(f"“{e}”" for e in examples[:n_examples])
-        text += "."
+        choice = Choice(
+            listed, keep_where, keep_genre, tuple(range(n_near)), tuple(range(n_examples))
+        )
+        text = render(p, choice)
         if word_count(text) <= MAX_WORDS:
             return text
     return first_words(text, MAX_WORDS)
@@ -266,9 +320,13 @@ def _mass(rule: Rule, evidence: ExplainEvidence) -> float:
     return sum(share for token, share in shares if normalise(token) in forms)
 
 
-def _examples(evidence: ExplainEvidence, n: int) -> list[str]:
+def _examples(
+    evidence: ExplainEvidence, n: int, targets: frozenset[str] | str | None = None
+) -> list[str]:
     """A few words around the strongest firing of the first ``n`` firing windows (exemplars
-    first) that read differently, plain, and show no piece of a character (``BROKEN``)."""
+    first) that read differently, plain, and show no piece of a character (``BROKEN``). With
+    ``targets``, only windows whose strongest firing is on one of them (normalised forms), or
+    whose words there hold it (a stem)."""
     out: list[str] = []
     for seq in evidence.exemplars + evidence.decile_samples:
         if len(out) >= n:
@@ -276,9 +334,13 @@ def _examples(evidence: ExplainEvidence, n: int) -> list[str]:
         if seq.max_activation <= 0:
             continue
         peak = max(range(len(seq.activations)), key=lambda i: seq.activations[i])
+        if isinstance(targets, frozenset) and normalise(seq.tokens[peak]) not in targets:
+            continue
         lo, hi = max(0, peak - EXAMPLE_RADIUS), peak + EXAMPLE_RADIUS + 1
         text = "".join(seq.tokens[lo:hi]).replace('"', "'").replace("“", "'").replace("”", "'")
         text = " ".join(text.split())
+        if isinstance(targets, str) and targets not in text.lower():
+            continue
         if text and BROKEN not in text and text.lower() not in {o.lower() for o in out}:
             out.append(text)
     return out
