@@ -72,6 +72,7 @@ _TINY: dict[str, Any] = {
     },
     "explanation": {
         "judge": False,
+        "fit_sentence": False,
         "heldout_prompts": 0,
         "explain_prompts": 0,
         "n_heldout": 10,

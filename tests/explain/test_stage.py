@@ -22,7 +22,13 @@ from saeinverse.invert import Inversion, score_prompt
 from tests.explain.conftest import completion
 from tests.explain.planted import planted_model_and_sae, planted_stats
 
-FAST = {"n_heldout": 10, "heldout_prompts": 0, "explain_prompts": 0, "judge": False}
+FAST = {
+    "n_heldout": 10,
+    "heldout_prompts": 0,
+    "explain_prompts": 0,
+    "judge": False,
+    "fit_sentence": False,
+}
 """Both sides from the run's prompts only, no embedding judge: fast, same code paths."""
 
 

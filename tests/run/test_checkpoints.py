@@ -35,7 +35,7 @@ CHECKPOINTED = [
     "pipeline.run_visualization=false",
     "clustering.selection.max_features=4",
     "optimization.reference_tokens=2000",
-    "explanation={judge: false, heldout_prompts: 4, n_bootstrap: 100}",
+    "explanation={judge: false, fit_sentence: false, heldout_prompts: 4, n_bootstrap: 100}",
     "scale.shard_prompts=8",  # 30 prompts: 4 shards
     "scale.feature_batch=1",  # 4 features: 4 batches
 ]

@@ -251,7 +251,7 @@ def test_a_ray_run_writes_the_same_results_as_a_local_run(ray_session, tmp_path,
         *TINY_RUN,
         "pipeline.run_visualization=false",
         "optimization.reference_tokens=2000",
-        "explanation={judge: false, heldout_prompts: 20, n_bootstrap: 100}",
+        "explanation={judge: false, fit_sentence: false, heldout_prompts: 20, n_bootstrap: 100}",
     ]
     ray_keys = ["scale.engine=ray", "scale.workers=2", "scale.shard_prompts=8"]
     ray_keys += ["scale.feature_batch=1"]

@@ -20,14 +20,15 @@ then fewest words) whose mean fold score is within one standard error of the bes
 then fitted on the whole explaining side. A clause or target thus stays only when it earns its
 place on windows it was not fitted on. The held-out windows never take part.
 
-Both explainers return an ``Explanation``: a plain sentence (``sentence.describe``), then the
-rule with the genre and examples (``rules.with_examples``).
+Both explainers return an ``Explanation``: a plain sentence (``sentence.describe``, or its parts
+chosen on the explaining side by ``wording.SentenceFitter``), then the rule with the genre and
+examples (``rules.with_examples``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -49,6 +50,8 @@ MAX_CLAUSES = 3
 """A grown rule has at most this many clauses."""
 CV_FOLDS = 10
 """Folds of the explaining side that choose a rule's size."""
+Describe = Callable[[Rule, ExplainEvidence], str]
+"""A rule's sentence: ``sentence.describe``, or ``wording.SentenceFitter.describe``."""
 SINGLE_KINDS = ("bare", "start", "inside", "after", "after start", "after kind")
 
 
@@ -56,14 +59,17 @@ class ContextExplainer:
     """The smallest rule that separates the explaining side's positives from its silent windows
     as well as the best one does, within one standard error (see the module docstring)."""
 
-    def __init__(self, max_tokens: int = 8, max_targets: int = MAX_TARGETS):
+    def __init__(
+        self, max_tokens: int = 8, max_targets: int = MAX_TARGETS, sentence: Describe = describe
+    ):
         self.max_tokens, self.max_targets = max_tokens, max(max_targets, max_tokens)
+        self.sentence = sentence
 
     def explain_many(self, evidence: Sequence[ExplainEvidence]) -> list[Explanation]:
         out = []
         for e in evidence:
             rule = self.choose(e)[0]
-            out.append(Explanation(describe(rule, e), with_examples(rule, e, main_genre(e))))
+            out.append(Explanation(self.sentence(rule, e), with_examples(rule, e, main_genre(e))))
         return out
 
     def choose(self, evidence: ExplainEvidence) -> tuple[Rule, float]:
@@ -325,12 +331,12 @@ def explain_side_score(
 class TokensExplainer:
     """'Fires on "a", "b" (as in: “…«a»…”)': the top tokens, deterministic."""
 
-    def __init__(self, max_tokens: int = 8):
-        self.max_tokens = max_tokens
+    def __init__(self, max_tokens: int = 8, sentence: Describe = describe):
+        self.max_tokens, self.sentence = max_tokens, sentence
 
     def explain_many(self, evidence: Sequence[ExplainEvidence]) -> list[Explanation]:
         out = []
         for e in evidence:
             rule = token_list(e, self.max_tokens)
-            out.append(Explanation(describe(rule, e), with_examples(rule, e)))
+            out.append(Explanation(self.sentence(rule, e), with_examples(rule, e)))
         return out

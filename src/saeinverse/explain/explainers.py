@@ -8,8 +8,9 @@ language model reads the sentence.
 
 - ``context`` (the default): deterministic. A rule naming the feature's tokens and the context
   they fire in, its size chosen by cross-validation on the explaining side
-  (``context.ContextExplainer``), after a sentence built from it (``sentence.describe``); its
-  scorer simulates the rule (``rules.RuleSimulator``).
+  (``context.ContextExplainer``), after a sentence built from it (``sentence.describe``, its
+  parts chosen on the explaining side by ``wording.SentenceFitter`` when
+  ``explanation.fit_sentence``); its scorer simulates the rule (``rules.RuleSimulator``).
 - ``tokens``: deterministic. The tokens carrying most of the feature's activation mass
   (JSON-quoted) with two short contexts, scored by the same simulator.
 - ``llm``: a local Hugging Face causal LM through its chat template (greedy); the explainer
@@ -29,12 +30,12 @@ from saeinverse.config import ExplanationConfig
 from saeinverse.errors import ConfigError
 from saeinverse.explain import prompts
 from saeinverse.explain.chat import ChatModel
-from saeinverse.explain.context import ContextExplainer, TokensExplainer
+from saeinverse.explain.context import ContextExplainer, Describe, TokensExplainer
 from saeinverse.explain.evidence import ExplainEvidence
 from saeinverse.explain.llm import HFChat, load_chat_lm
 from saeinverse.explain.rules import RuleSimulator
 from saeinverse.explain.scoring import Scorer, ScoringItem, Task
-from saeinverse.explain.sentence import Explanation
+from saeinverse.explain.sentence import Explanation, describe
 
 SCORE_MAX_NEW_TOKENS = 3
 """A yes / no answer needs no more."""
@@ -98,14 +99,27 @@ def _factory(name: str, key: str) -> BackendFactory:
 # ----------------------------------------------------------------------------- rules
 
 
+def rule_sentence(cfg: ExplanationConfig) -> Describe:
+    """How the rule explainers word their sentence: fitted on the explaining side with the
+    embedding judge's model (``explanation.fit_sentence``), else ``sentence.describe``."""
+    if not cfg.fit_sentence:
+        return describe
+    from saeinverse.explain.judge import EmbeddingJudge
+    from saeinverse.explain.wording import SentenceFitter
+
+    return SentenceFitter(EmbeddingJudge().embed).describe
+
+
 @register_explainer("context")
 def _context_backend(cfg: ExplanationConfig, lm: Any, tokenizer: Any) -> Backend:
-    return Backend("context", ContextExplainer(int(cfg.n_top_tokens)), RuleSimulator())
+    explainer = ContextExplainer(int(cfg.n_top_tokens), sentence=rule_sentence(cfg))
+    return Backend("context", explainer, RuleSimulator())
 
 
 @register_explainer("tokens")
 def _tokens_backend(cfg: ExplanationConfig, lm: Any, tokenizer: Any) -> Backend:
-    return Backend("tokens", TokensExplainer(int(cfg.n_top_tokens)), RuleSimulator())
+    explainer = TokensExplainer(int(cfg.n_top_tokens), sentence=rule_sentence(cfg))
+    return Backend("tokens", explainer, RuleSimulator())
 
 
 # ----------------------------------------------------------------------------- chat models

@@ -30,6 +30,11 @@ def _wins(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     return (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
 
 
+def auc(pos: Sequence[float], neg: Sequence[float]) -> float:
+    """P(a positive's value > a negative's), ties counting half (both must be non-empty)."""
+    return float(_wins(np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)).mean())
+
+
 def _values(values: Sequence[float | bool | None]) -> np.ndarray:
     return np.array([0.0 if v is None else float(v) for v in values], dtype=np.float64)
 

