@@ -7,6 +7,8 @@ seed, and builds their evidence once: held-out positives, random negatives and h
 explainer is then scored on those very same windows, so the rows compare like with like:
 
 - ``context`` (the default explainer), ``tokens`` and ``llm`` (SmolLM2-135M-Instruct, embedded);
+  ``context:fixed`` (or ``tokens:fixed``) is the same rule with its sentence's parts in the fixed
+  order (``explanation.fit_sentence=false``) instead of fitted on the explaining side;
 - each by its own scorer (the rule simulator; ``llm`` by SmolLM2's P(yes) unless ``--llm-scorer
   context``) and by the embedding judge (all-MiniLM-L6-v2), which never sees any rule;
 - each against its shuffled baseline (another feature's explanation on the same windows);
@@ -19,6 +21,7 @@ whose own 95% interval of (score − shuffled score) lies above 0.
 
     python bench/explain.py                                    # 2000 prompts, 32 features
     python bench/explain.py --n-prompts 500 --features 8 --explainers context tokens
+    python bench/explain.py --explainers context context:fixed   # fitted against fixed wording
     python bench/explain.py --stats runs/default/collect --features 8   # reuse a run's collection
 """
 
@@ -96,6 +99,32 @@ def sizes(results: list) -> str:
             f"{cell(words)}; scored on {scored}")  # fmt: skip
 
 
+def judge_ceiling(judge, evidence: list) -> str:
+    """The judge's yardstick without words: per feature, the held-out AUC (random negatives) of
+    the embedding direction from the explaining side's random silent windows' mean to its
+    firing windows' mean. No sentence is held to it; a sentence far below it leaves words
+    unsaid, one near it is as close as the judge's embedding lets the feature be told apart."""
+    from saeinverse.explain.intervals import auc
+    from saeinverse.explain.judge import window_text
+
+    values = []
+    for ev in evidence:
+        firing = [window_text(s) for s in ev.explain.positives()]
+        silent = [window_text(s) for s in ev.explain.silent if s.source == "silent"]
+        held = ev.heldout
+        if not (firing and silent and held.positives and held.negatives):
+            continue
+        direction = judge.embed(firing).mean(0) - judge.embed(silent).mean(0)
+        pos = judge.embed([window_text(s) for s in held.positives]) @ direction
+        neg = judge.embed([window_text(s) for s in held.negatives]) @ direction
+        values.append(auc(pos, neg))
+    if not values:
+        return "judge ceiling: —"
+    return (f"judge ceiling (explaining side's firing − silent mean embedding, held-out AUC "
+            f"against random negatives, {len(values)} features): mean {np.mean(values):.3f}, "
+            f"median {statistics.median(values):.3f}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -168,12 +197,13 @@ def main() -> None:
     judge = EmbeddingJudge()
     rows, seconds = {}, {}
     for name in args.explainers:
-        overrides = {"explainer": name}
-        if name == "llm" and args.llm_scorer == "context":
+        explainer, _, wording = name.partition(":")
+        overrides = {"explainer": explainer, "fit_sentence": wording != "fixed"}
+        if explainer == "llm" and args.llm_scorer == "context":
             overrides["scorer"] = "context"
         cfg = update_config(config, {"explanation": overrides}).explanation
         lm = tok = None
-        if name == "llm":
+        if explainer == "llm":
             from saeinverse.explain.llm import load_chat_lm
 
             lm, tok = load_chat_lm(cfg.llm_name)
@@ -205,6 +235,7 @@ def main() -> None:
     )
     for name, results in rows.items():
         print(f"{name}: {sizes(results)}")
+    print(judge_ceiling(judge, evidence))
     print()
     print("seconds per explainer (explain + score + judge): "
           + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())

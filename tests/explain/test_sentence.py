@@ -14,10 +14,13 @@ from saeinverse.explain.results import ExplanationResult, load_explanations
 from saeinverse.explain.rules import Rule, with_examples
 from saeinverse.explain.sentence import (
     MAX_WORDS,
+    Choice,
     Explanation,
     as_explanation,
     common_stem,
     describe,
+    parts,
+    render,
     word_count,
 )
 
@@ -128,3 +131,18 @@ def test_an_endpoint_setting_with_a_local_explainer_is_an_error_naming_who_uses_
         update_config(config, {"explanation": {"explainer": "llm", "base_url": "http://x"}})
     update_config(config, {"explanation": {"explainer": "openai", "base_url": "http://x"}})
     update_config(config, {"explanation": {"scorer": "openai", "base_url": "http://x"}})
+
+
+def test_targets_a_shared_word_does_not_name_are_counted_not_dropped():
+    rule = Rule((" who", " whose", "'s", " their", " my"))
+    shares = [(" who", 0.4), (" whose", 0.2), ("'s", 0.2), (" their", 0.1), (" my", 0.1)]
+    short = sentence_parts_text(rule, evidence(None, shares), listed=1)
+    assert short.startswith('Fires on the word "who" and 3 more')  # "whose" shares the word
+    full = sentence_parts_text(rule, evidence(None, shares), listed=3)
+    assert '(also "whose", "\'s") and 2 more' in full
+
+
+def sentence_parts_text(rule: Rule, ev: ExplainEvidence, listed: int) -> str:
+    p = parts(rule, ev)
+    assert p is not None
+    return render(p, Choice(listed=listed, where=False, genre=False))

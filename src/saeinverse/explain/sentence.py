@@ -251,15 +251,20 @@ def common_stem(forms: list[str]) -> str | None:
 
 def _what(forms: list[str], stem: str | None, listed: int) -> str:
     """The targets in words: the word their stem is (the shortest sharing it when none is) when
-    they share one, else the first ``listed`` quoted."""
+    they share one, else the first ``listed`` quoted; either way, how many more are not named
+    (targets sharing the stem are counted as named by it)."""
     if stem is not None:
         bare = {f: re.sub(r"[^0-9A-Za-z]", "", f) for f in forms}
         others = [f for f in forms if bare[f].lower() != stem]
         sharing = [b for b in bare.values() if b.lower().startswith(stem)]
         shown = min(sharing, key=lambda b: (b.lower() != stem, len(b)), default=stem)
         text = f'the word "{shown}"'
-        if others and listed > 1:
-            text += " (also " + ", ".join(f'"{f}"' for f in others[: listed - 1]) + ")"
+        also = others[: listed - 1] if listed > 1 else []
+        if also:
+            text += " (also " + ", ".join(f'"{f}"' for f in also) + ")"
+        rest = [f for f in others if f not in also and not bare[f].lower().startswith(stem)]
+        if rest:
+            text += f" and {len(rest)} more"
         return text
     shown = [PIECE if BROKEN in f else f'"{f}"' for f in forms[:listed]]
     text = shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " or " + shown[-1]
