@@ -10,12 +10,13 @@ only; the held-out windows never take part.
 Each sentence the parts can make is embedded (``embed``: the embedding judge's model,
 all-MiniLM-L6-v2), and so is each window of the explaining side; a sentence's *fit* is the ROC
 AUC of its cosine similarity, firing windows against random silent ones. The search starts from
-the sentence's core (the targets, their position, the genre: ``describe``'s shortest form
-that fits without examples or context words) and takes, one at a time, the change that raises
-the fit most: add one of ``POOL_NEAR`` context words or one of ``POOL_EXAMPLES`` examples,
-list one target or ``LISTED``, say the position or the genre or not. It stops when no change
-that keeps the sentence within ``MAX_WORDS`` raises the fit by more than ``MIN_GAIN``. Without
-firing or random silent windows it falls back to ``describe``.
+the sentence's core (the targets, their position, the genre: ``describe``'s longest form that
+fits without examples or context words) and takes, one at a time, the change that raises the
+fit most: add one of ``POOL_NEAR`` context words or one of ``POOL_EXAMPLES`` examples, list one
+target or ``LISTED``, say the genre or not. The position stays as the core says it: it is part
+of what fires (letting the search drop it moved the bench's held-out judge score by 0.001). It
+stops when no change that keeps the sentence within ``MAX_WORDS`` raises the fit by more than
+``MIN_GAIN``. Without firing or random silent windows it falls back to ``describe``.
 
 The embedding judge scores the same kind of similarity on the held-out windows, so this is the
 judge's own yardstick applied to the explaining side, as the rule is fitted with the simulator
@@ -107,8 +108,6 @@ def core(p: Parts) -> Choice | None:
 def changes(p: Parts, c: Choice) -> list[Choice]:
     """Every choice one change away from ``c`` (see the module docstring), in a fixed order."""
     out = [replace(c, listed=1 if c.listed != 1 else LISTED)]
-    if p.where:
-        out.append(replace(c, where=not c.where))
     if p.genre:
         out.append(replace(c, genre=not c.genre))
     out += [
