@@ -283,7 +283,7 @@ class ExplanationConfig(Section):
     judge: bool = True
     """Also score with the embedding judge (all-MiniLM-L6-v2, offline): ROC AUC of similarity."""
     fit_sentence: bool = True
-    """'context' and 'tokens' explainers: choose the sentence's parts (examples, context words, genre, position) by how well its all-MiniLM-L6-v2 embedding matches the explaining side's firing windows against its silent ones; false: a fixed order of parts."""
+    """'context' and 'tokens' explainers: choose the sentence's parts (examples, context words, genre, targets listed) by how well its all-MiniLM-L6-v2 embedding matches the explaining side's firing windows against its silent ones; false: a fixed order of parts."""
     scorer: Literal["context", "tokens", "llm", "openai"] | None = None
     """Who scores the explanations; null: the explainer's own backend."""
     n_exemplars: int = 8

@@ -20,10 +20,14 @@ its evidence, in the words the feature's own windows use:
   words holding the top exemplars' strongest firings are named instead, by the stem at least
   half of them share (``the word "hash" (also "hashable", "__hash__")``);
 - **examples**: a few words around the strongest firing of up to ``EXAMPLES`` exemplars that
-  read differently (``as in “__hash__(self)” or “hashable objects”``).
+  read differently, each firing most on a target the sentence names (or in a word holding the
+  stem it names) (``as in “__hash__(self)” or “hashable objects”``).
 
-Parts are dropped (the second example, a context word, extra targets, the first example, the
-context, the genre, the position) until the sentence fits.
+Targets the sentence does not name are counted (``the word "who" and 15 more``). ``parts``
+gathers what a sentence can say (``Parts``), ``render`` says a ``Choice`` of it. ``describe``
+drops parts in a fixed order (the second example, a context word, extra targets, the first
+example, the context, the genre, the position) until the sentence fits;
+``saeinverse.explain.wording`` chooses them on the explaining side instead.
 """
 
 from __future__ import annotations
