@@ -20,8 +20,8 @@ its evidence, in the words the feature's own windows use:
   words holding the top exemplars' strongest firings are named instead, by the stem at least
   half of them share (``the word "hash" (also "hashable", "__hash__")``);
 - **examples**: a few words around the strongest firing of up to ``EXAMPLES`` exemplars that
-  read differently, each firing most on a target the sentence names (or in a word holding the
-  stem it names) (``as in “__hash__(self)” or “hashable objects”``).
+  read differently, each firing most on one of the rule's targets (or in a word holding the
+  stem the sentence names) (``as in “__hash__(self)” or “hashable objects”``).
 
 Targets the sentence does not name are counted (``the word "who" and 15 more``). ``parts``
 gathers what a sentence can say (``Parts``), ``render`` says a ``Choice`` of it. ``describe``
