@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from saeinverse.explain.evidence import HeldoutEvidence, TokenSequence
-from saeinverse.explain.intervals import compare
+from saeinverse.explain.intervals import auc, compare
 
 if TYPE_CHECKING:
     from saeinverse.invert import Inversion
@@ -122,8 +122,7 @@ def roc_auc(labels: Sequence[bool], predictions: Sequence[float | bool | None]) 
     neg = [v for v, y in zip(values, labels, strict=True) if not y]
     if not pos or not neg:
         return None
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
+    return auc(pos, neg)
 
 
 def predict(
