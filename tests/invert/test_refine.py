@@ -134,3 +134,62 @@ def test_edit_moves_insert_or_delete_one_token_and_keep_both_ends():
     assert shifted >= 6, "inserts and deletes shift the tokens between their two positions"
     swaps, _ = draw_candidates(current, grad_top, [None], 64, [torch.Generator().manual_seed(0)])
     assert all(sum(a != b for a, b in zip(row.tolist(), old, strict=True)) == 1 for row in swaps[0])
+
+
+def test_model_only_rows_draw_every_token_from_the_model_and_pay_no_gradient(tiny_model, tiny_sae):
+    """FLRT's moves (``proposals='model_only'``): every candidate token of every row, the
+    unconstrained one included, is one of the model's top-k next tokens under the prompt it
+    changed; no backward is paid, and the search still raises the feature."""
+    from saeinverse.invert.cost import Cost
+    from saeinverse.invert.fluency import Fluency
+
+    settings = {"edit_moves": False, "refine_steps": 8, "refine_top_k": 4}
+    out = run(tiny_model, tiny_sae, "last", True, (None, 4.0, None), proposals="model_only",
+              **settings)  # fmt: skip
+    fluency = Fluency(FeatureTarget(tiny_model, tiny_sae), allowed_token_mask(tiny_model), 4)
+    swaps = 0
+    for accepted in out.accepted:
+        for (before, _), (after, _) in zip(accepted, accepted[1:], strict=False):
+            (pos,) = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
+            top = fluency.top_tokens(fluency.expectations(torch.tensor([before]))[1])[0, pos]
+            assert after[pos] in top.tolist()
+            swaps += 1
+    assert swaps > 0
+    for row in (0, 2):  # the unconstrained rows
+        assert out.trajectory[row]["activation"] == sorted(out.trajectory[row]["activation"])
+    assert any(t["activation"][-1] > t["activation"][0] for t in out.trajectory)
+    # without prefix sharing a step's screening is 24 whole candidates: the unconstrained row (0)
+    # pays its start and expectations, 24 per step, new expectations per accepted prompt, and
+    # no gradient (3 per step with the gradient's proposals)
+    cost = Cost.of(FeatureTarget(tiny_model, tiny_sae), 7)
+    for proposals, gradient in (("model_only", 0.0), ("both", cost.gradient)):
+        full = run(tiny_model, tiny_sae, "last", False, (None, 4.0, None), proposals=proposals,
+                   **settings)  # fmt: skip
+        reads = len(full.accepted[0]) if proposals == "model_only" else 0  # start and accepts
+        expected = cost.sequence + reads * cost.full + full.steps[0] * (gradient + 24)
+        assert full.forward_passes[0] == pytest.approx(expected)
+
+
+def test_each_row_keeps_the_most_active_candidate_it_screened_and_the_check_rescores_it(
+    tiny_model, tiny_sae
+):
+    """A fluent row with a strict hinge passes over candidates more active than any it takes
+    (too costly in cross-entropy); the most active one any row screened is kept, and the check
+    re-scores it, so the unconstrained best counts every prompt the search forwarded."""
+    from types import SimpleNamespace
+
+    from saeinverse.invert import score_prompt
+    from saeinverse.invert.check import _candidates
+
+    out = run(tiny_model, tiny_sae, "last", True, (0.0, 0.0, 0.0), refine_steps=6)
+    passed_over = 0
+    for row, feature in enumerate([4, 8, 15]):
+        seen = out.best_seen[row]
+        fresh = score_prompt(tiny_model, tiny_sae, feature, seen, "last")
+        taken = max(a for _, a in out.accepted[row][1:] or out.accepted[row])
+        assert fresh >= taken - 1e-4
+        passed_over += fresh > taken + 1e-3
+    assert passed_over > 0
+    soft = SimpleNamespace(best_ids=torch.zeros(3, 7, dtype=torch.long))
+    for row in range(3):
+        assert out.best_seen[row] in _candidates(row, soft, out, [0, 1, 2], 8)

@@ -224,8 +224,8 @@ class OptimizationConfig(Section):
     """Candidate swaps evaluated per refinement step."""
     edit_moves: bool = True
     """Besides single-token swaps, every fourth refinement candidate inserts or deletes a token (the prompt keeps its length and last token)."""
-    proposals: Literal["both", "gradient", "model"] = "both"
-    """Where a fluent row's candidate tokens come from: the feature's gradient and the model's own next-token predictions alternately, or one of them only (the unconstrained row always uses the gradient)."""
+    proposals: Literal["both", "gradient", "model", "model_only"] = "both"
+    """Where a fluent row's candidate tokens come from: the feature's gradient and the model's own next-token predictions alternately, or one of them only (the unconstrained row uses the gradient; with 'model' the fluent rows skip the gradient's backward and pay none); 'model_only': every row's tokens, the unconstrained row's included, from the model's predictions, no gradient at all (FLRT's moves, a bench arm)."""
     fluency_weight: float = 4.0
     """A fluent row's score = activation ÷ reference max − fluency_weight × max(cross-entropy − fluency_target, 0), cross-entropy in nats per byte (about a quarter of nats per token for English); 0: no fluent rows, an unconstrained search only."""
     project_in_loop: bool = True

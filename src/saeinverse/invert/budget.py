@@ -14,7 +14,7 @@ from saeinverse.config import OptimizationConfig
 from saeinverse.errors import ConfigError
 from saeinverse.invert.beam import beam_cost
 from saeinverse.invert.cost import GRADIENT, Cost
-from saeinverse.invert.refine import start_cost, step_cost
+from saeinverse.invert.refine import reads_model, start_cost, step_cost, uses_gradient
 from saeinverse.invert.starts import (
     FLUENT,
     FLUENT_SOFT,
@@ -61,7 +61,7 @@ def _row_needs(
         if share <= 0:
             continue
         is_fluent = stream in FLUENT_STREAMS
-        need = start_cost(cost, is_fluent)
+        need = start_cost(cost, reads_model(s, is_fluent))
         if stream == FLUENT and from_text(s):
             need += (
                 beam_cost(cost, s.beam_width, s.beam_proposals, s.length)
@@ -69,7 +69,10 @@ def _row_needs(
                 else FLUENT_START_SCREEN
             ) / s.population
         if s.refine_steps > 0:
-            need += step_cost(cost, s.refine_candidates, n_fluent, is_fluent, share_prefix)
+            need += step_cost(
+                cost, s.refine_candidates, n_fluent, is_fluent, share_prefix,
+                uses_gradient(s, is_fluent), reads_model(s, is_fluent),
+            )  # fmt: skip
         rows.append((stream, share, need))
     return rows
 

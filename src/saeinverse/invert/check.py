@@ -1,8 +1,8 @@
 """The check: every prompt a search produced, re-scored by fresh forwards, becomes a record.
 
 Per feature, the projected prompt, every prompt a refinement row accepted (spread over its
-path) or put on its front, each row's final prompt, the beam's final prompts and the feature's
-exemplar windows are re-scored: the activation by a forward to the SAE's hook, the
+path) or put on its front, each row's final prompt and the most active candidate it screened,
+the beam's final prompts and the feature's exemplar windows are re-scored: the activation by a forward to the SAE's hook, the
 cross-entropy (nats per byte) by a full forward. The **front** is their Pareto set, the
 **headline** the most active of them at or below the real-text bound, the **unconstrained
 best** the most active of all, and the **exemplar window** the most active exemplar window
@@ -28,7 +28,8 @@ def _decode(model, ids: list[int]) -> str:
 
 
 def _candidates(i, soft, refined, owners, size) -> list[list[int]]:
-    """The prompts of feature ``i`` worth re-scoring: projected, accepted and front prompts."""
+    """The prompts of feature ``i`` worth re-scoring: projected, accepted, front and final
+    prompts, and each row's most active screened candidate."""
     prompts = [soft.best_ids[i].tolist()]
     for row, owner in enumerate(owners):
         if owner != i:
@@ -36,6 +37,8 @@ def _candidates(i, soft, refined, owners, size) -> list[list[int]]:
         accepted = [ids for ids, _ in refined.accepted[row]]
         prompts += spread(accepted, size) + [p.ids for p in refined.front[row]]
         prompts.append(refined.ids[row].tolist())
+        if refined.best_seen and refined.best_seen[row] is not None:
+            prompts.append(refined.best_seen[row])
     unique: dict[tuple[int, ...], list[int]] = {}
     for p in prompts:
         unique.setdefault(tuple(p), p)

@@ -26,8 +26,10 @@ def draw_candidates(
     """``n`` one-token moves per row and the first position each changes, from the row's own
     generator: swaps, and with ``edits`` every fourth candidate an insert or a delete (both keep
     the prompt's length and its last token: an insert drops a later token, a delete puts the
-    new token later). A row with the model's expectations (``lm_top``) takes its tokens from them and the
-    gradient's top-k alternately (``proposals='both'``), or from one of them only."""
+    new token later). A row with the model's expectations (``lm_top``) takes its tokens from them
+    and the gradient's top-k alternately (``proposals='both'``), or from one of them only; with
+    ``'model_only'`` (and for a fluent row with ``'model'``) ``grad_top`` already holds the
+    model's top tokens."""
     batch, length = current.shape
     cands = current[:, None, :].repeat(1, n, 1).cpu()
     positions = torch.empty(batch, n, dtype=torch.long)
@@ -47,7 +49,7 @@ def draw_candidates(
         else:
             kind, later = torch.zeros(n, dtype=torch.long), pos
         tokens = grad_top[row, at, rank]
-        if lm_top[row] is not None and proposals != "gradient":
+        if lm_top[row] is not None and proposals not in ("gradient", "model_only"):
             lm = lm_top[row].cpu()
             from_lm = (
                 torch.arange(n) % 2 == 1 if proposals == "both" else torch.ones(n, dtype=torch.bool)

@@ -12,7 +12,8 @@ Each step, for every still-active row:
 
 1. one forward + backward on the current prompt gives the gradient of the objective with respect
    to the one-hot tokens (``grad_embeds @ W_E.T``); its ``top_k`` tokens per position are the
-   promising swaps;
+   promising swaps. A row whose tokens all come from the model (a fluent row with
+   ``proposals='model'``, every row with ``'model_only'``, FLRT's moves) skips it and pays none;
 2. ``candidates`` one-token moves are drawn with the row's own generator (positions in turn,
    shuffled; tokens from the gradient's top-k, and for a fluent row every other one from the
    model's own top next-token predictions at that position instead, ``proposals``): swaps, and
@@ -21,7 +22,9 @@ Each step, for every still-active row:
 3. every candidate is evaluated exactly by forwards stopped at the SAE's layer; with
    ``share_prefix`` the current prompt's keys and values are computed once (one sequence) and each
    candidate forwards only its suffix from the swapped position;
-4. an unconstrained row takes its best candidate if it improves; a fluent row first shortlists
+4. each row keeps the most active candidate it screened (``best_seen``: the check re-scores it,
+   so a fluent row's too costly but very active candidates still count for the unconstrained
+   best); an unconstrained row takes its best candidate if it improves; a fluent row first shortlists
    ``fluency_candidates`` by an estimated score (the current cross-entropy changed by the swapped
    token's own term under the current prompt's next-token expectations), scores them exactly by
    the model's cross-entropy (resumed from the SAE's layer where the hook allows it) and takes
@@ -97,23 +100,55 @@ class RefineResult:
     """Sequence-equivalents each row spent (``invert.cost``)."""
     steps: list[int]
     trajectory: list[dict[str, list[float]]]
+    best_seen: list[list[int] | None] = field(default_factory=list)
+    """Per row, the most active candidate it screened (accepted or not)."""
+
+
+def uses_gradient(s: OptimizationConfig, fluent: bool) -> bool:
+    """Whether a row draws tokens from the feature's gradient (and pays its backward): an
+    unconstrained row unless ``proposals='model_only'`` (FLRT's moves: every row's tokens from the
+    model's own predictions), a fluent row unless its tokens all come from the model
+    (``'model'`` or ``'model_only'``)."""
+    if fluent:
+        return s.proposals not in ("model", "model_only")
+    return s.proposals != "model_only"
+
+
+def reads_model(s: OptimizationConfig, fluent: bool) -> bool:
+    """Whether a row keeps the model's next-token expectations: a fluent row always, every row
+    with ``proposals='model_only'``."""
+    return fluent or s.proposals == "model_only"
 
 
 def step_cost(
-    cost: Cost, candidates: int, n_fluent: int, fluent: bool, share_prefix: bool
+    cost: Cost,
+    candidates: int,
+    n_fluent: int,
+    fluent: bool,
+    share_prefix: bool,
+    gradient: bool = True,
+    expectations: bool | None = None,
 ) -> float:
     """The most one step of a row may spend: gradient, prefix, candidates (each a whole suffix at
-    most), and for a fluent row its shortlist's cross-entropies and the new expectations."""
+    most), a fluent row's shortlist's cross-entropies, and the new expectations of a row that
+    keeps them (``expectations``, by default a fluent row)."""
     if share_prefix:
         screen = cost.sequence + candidates * cost.suffix(0)
     else:
         screen = candidates * cost.sequence
-    return cost.gradient + screen + (n_fluent * cost.resumed + cost.full if fluent else 0.0)
+    expectations = fluent if expectations is None else expectations
+    return (
+        (cost.gradient if gradient else 0.0)
+        + screen
+        + (n_fluent * cost.resumed if fluent else 0.0)
+        + (cost.full if expectations else 0.0)
+    )
 
 
-def start_cost(cost: Cost, fluent: bool) -> float:
-    """Scoring a row's start prompt: its activation, and a fluent row's expectations."""
-    return cost.sequence + (cost.full if fluent else 0.0)
+def start_cost(cost: Cost, expectations: bool) -> float:
+    """Scoring a row's start prompt: its activation, and the expectations of a row that keeps
+    them (a fluent row)."""
+    return cost.sequence + (cost.full if expectations else 0.0)
 
 
 # ----------------------------------------------------------------------------- one step's parts
@@ -187,6 +222,7 @@ class _State:
     front: list[list[ParetoPoint]]
     accepted: list[list[tuple[list[int], float]]]
     trajectory: list[dict[str, list[float]]] = field(default_factory=list)
+    best_seen: list[tuple[list[int], float] | None] = field(default_factory=list)
 
     def record(self, row: int) -> None:
         self.trajectory[row]["activation"].append(float(self.act[row]))
@@ -200,20 +236,23 @@ def _penalty(ce: Tensor, hinge: Tensor, weight: float) -> Tensor:
 
 
 def _start(
-    target, pop: Population, fluency: Fluency, weights: list[float], size: int, cost
+    target, pop: Population, fluency: Fluency, weights: list[float], size: int, cost, lm_rows
 ) -> _State:
-    """Score the start prompts (and a fluent row's cross-entropy and expectations)."""
+    """Score the start prompts (and the expectations of ``lm_rows``; a fluent row's score by its
+    cross-entropy)."""
     n = pop.init_ids.shape[0]
     first = target.read_ids(pop.init_ids, pop.feature_ids)
     ce = torch.full((n,), float("nan"), device=target.device)
     score = first.key.clone()
     logprobs: dict[int, Tensor] = {}
     front: list[list[ParetoPoint]] = [[] for _ in range(n)]
-    fluent = [r for r in range(n) if pop.hinge[r] is not None]
-    if fluent:
-        f_ce, f_lp = fluency.expectations(pop.init_ids[fluent])
-        for j, row in enumerate(fluent):
-            ce[row], logprobs[row] = f_ce[j], f_lp[j]
+    if lm_rows:
+        f_ce, f_lp = fluency.expectations(pop.init_ids[lm_rows])
+        for j, row in enumerate(lm_rows):
+            logprobs[row] = f_lp[j]
+            if pop.hinge[row] is None:
+                continue
+            ce[row] = f_ce[j]
             hinge = torch.tensor(pop.hinge[row], device=target.device)
             score[row] = first.key[row] / pop.scale[row] - _penalty(f_ce[j], hinge, weights[row])
             point = ParetoPoint(
@@ -227,13 +266,14 @@ def _start(
         score=score,
         ce=ce,
         logprobs=logprobs,
-        passes=[start_cost(cost, h is not None) for h in pop.hinge],
+        passes=[start_cost(cost, r in lm_rows) for r in range(n)],
         steps=[0] * n,
         since=[0] * n,
         active=[True] * n,
         front=front,
         accepted=[[(pop.init_ids[r].tolist(), float(first.activation[r]))] for r in range(n)],
         trajectory=[{"activation": [], "cross_entropy": []} for _ in range(n)],
+        best_seen=[None] * n,
     )
     for row in range(n):
         state.record(row)
@@ -257,10 +297,19 @@ def refine(
     fluency = Fluency(target, vocab.allowed, s.refine_top_k)
     cost = Cost.of(target, pop.init_ids.shape[1])
     weights = pop.weight or [float(s.fluency_weight)] * n_rows
-    state = _start(target, pop, fluency, weights, s.pareto_size, cost)
+    lm_rows = [r for r in range(n_rows) if reads_model(s, pop.hinge[r] is not None)]
+    state = _start(target, pop, fluency, weights, s.pareto_size, cost, lm_rows)
     n_fluent = min(s.fluency_candidates, s.refine_candidates)
     costs = [
-        step_cost(cost, s.refine_candidates, n_fluent, h is not None, share_prefix)
+        step_cost(
+            cost,
+            s.refine_candidates,
+            n_fluent,
+            h is not None,
+            share_prefix,
+            uses_gradient(s, h is not None),
+            reads_model(s, h is not None),
+        )  # fmt: skip
         for h in pop.hinge
     ]
     for _ in range(s.refine_steps):
@@ -274,6 +323,7 @@ def refine(
     return RefineResult(
         state.current, state.act.tolist(), state.front, state.accepted,
         state.passes, state.steps, state.trajectory,
+        [b[0] if b is not None else None for b in state.best_seen],
     )  # fmt: skip
 
 
@@ -303,11 +353,18 @@ def _step(
     idx = torch.tensor(rows, device=target.device)
     current = state.current[idx]
     fids = pop.feature_ids[idx]
-    grad_top = _swap_gradient(target, vocab, current, fids, s.selectivity_weight, s.refine_top_k)
     lm_top = [
-        fluency.top_tokens(state.logprobs[r][None])[0] if pop.hinge[r] is not None else None
+        fluency.top_tokens(state.logprobs[r][None])[0] if r in state.logprobs else None
         for r in rows
     ]
+    gradient = [uses_gradient(s, pop.hinge[r] is not None) for r in rows]
+    need = [j for j, g in enumerate(gradient) if g]  # only these rows pay the backward
+    if need:
+        drawn = iter(_swap_gradient(
+            target, vocab, current[need], fids[need], s.selectivity_weight, s.refine_top_k
+        ))  # fmt: skip
+    # a row that does not draw from the gradient draws only from the model's expectations
+    grad_top = torch.stack([next(drawn) if g else lm_top[j] for j, g in enumerate(gradient)])
     cands, positions = draw_candidates(
         current, grad_top, lm_top, s.refine_candidates, [pop.generators[r] for r in rows],
         s.edit_moves, s.proposals,
@@ -316,6 +373,11 @@ def _step(
     c_key, c_act, c_resid = _screen(
         target, cands, positions, current, fids, bool(fluent), share_prefix
     )
+    top_act, top_at = c_act.max(dim=1)
+    for j, row in enumerate(rows):
+        seen = state.best_seen[row]
+        if float(top_act[j]) > 0 and (seen is None or float(top_act[j]) > seen[1]):
+            state.best_seen[row] = (cands[j, int(top_at[j])].tolist(), float(top_act[j]))
     new_score, pick = c_key.max(dim=1)
     flat = torch.arange(len(rows), device=cands.device)
     new_ids, new_key, new_act = cands[flat, pick], c_key[flat, pick], c_act[flat, pick]
@@ -335,7 +397,7 @@ def _step(
             screened = cost.sequence + sum(cost.suffix(int(p)) for p in positions[j].tolist())
         else:
             screened = s.refine_candidates * cost.sequence
-        state.passes[row] += cost.gradient + screened
+        state.passes[row] += (cost.gradient if gradient[j] else 0.0) + screened
         if pop.hinge[row] is not None:
             state.passes[row] += n_fluent * ce_cost
         state.steps[row] += 1
@@ -351,7 +413,7 @@ def _step(
             state.since[row] += 1
             state.active[row] = state.since[row] < s.patience
         state.record(row)
-    fluent_accepted = [r for r in accepted if pop.hinge[r] is not None]
+    fluent_accepted = [r for r in accepted if r in state.logprobs]
     if fluent_accepted:
         logprobs = fluency.expectations(state.current[fluent_accepted])[1]
         for j, row in enumerate(fluent_accepted):
