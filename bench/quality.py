@@ -50,7 +50,7 @@ from pathlib import Path
 
 import torch
 
-ALL, EXEMPLARS, NONE = "all", "exemplars", "none"
+ALL, EXEMPLARS, NONE, BEAST = "all", "exemplars", "none", "beast"
 ARMS = {
     "default": ({}, ALL),
     "no-exemplars": ({}, NONE),
@@ -59,6 +59,8 @@ ARMS = {
     "from-scratch-no-beam": ({"beam_width": 0}, NONE),
     "gradient-proposals": ({"proposals": "gradient"}, ALL),
     "model-proposals": ({"proposals": "model"}, ALL),
+    "flrt-moves": ({"proposals": "model_only"}, ALL),
+    "beast": ({}, BEAST),
     "swaps-only": ({"edit_moves": False}, ALL),
     "old-moves": ({"edit_moves": False, "beam_width": 0}, ALL),
     "epo-population": ({"population": 4}, ALL),
@@ -66,6 +68,79 @@ ARMS = {
 }
 """Bench arms: optimization overrides, and which real windows are given: the collection's
 exemplar windows and the reference pass's top windows (``ALL``), the exemplars alone, or none."""
+
+
+def beast_size(cost, budget: float, length: int) -> int:
+    """BEAST's beam at the same cost: the largest k (k prompts, k samples each) whose beam,
+    without a gradient, fits ``budget`` sequence-equivalents."""
+    from saeinverse.invert.beam import beam_cost
+
+    k = 1
+    while beam_cost(cost, k + 1, k + 1, length, gradient=False) <= budget:
+        k += 1
+    return k
+
+
+def beast_records(model, sae, features, settings, seed, bound, reference, stats):
+    """BEAST's idea on this bench, at the same cost: a left-to-right beam of k prompts, each
+    sampling k next tokens from the model's own distribution (no gradient), kept by the
+    activation alone (the beam's scale-free objective, ``fluency_weight`` 0), k as large as the
+    budget holds; every final prompt is re-scored by fresh forwards like the search's prompts,
+    and its front, unconstrained best and headline are read as for the other arms."""
+    from saeinverse.invert import FeatureTarget
+    from saeinverse.invert.beam import beam_prompts
+    from saeinverse.invert.cost import Cost
+    from saeinverse.invert.fluency import Fluency
+    from saeinverse.invert.front import ParetoPoint, update_pareto
+    from saeinverse.invert.objective import allowed_token_mask
+    from saeinverse.invert.project import Vocabulary, score_prompts
+    from saeinverse.invert.result import Inversion
+    from saeinverse.invert.starts import BEAM, generator
+
+    target = FeatureTarget(model, sae, settings.position)
+    vocab = Vocabulary(model, allowed_token_mask(model))
+    cost = Cost.of(target, settings.length)
+    k = beast_size(cost, settings.max_sequences, settings.length)
+    ref = reference.for_features(features)
+    found = beam_prompts(
+        target, vocab.allowed, vocab.W_E, torch.tensor(features), [ref[f] for f in features],
+        bound.cross_entropy, 0.0, settings.length, k, k,
+        [generator(seed, f, BEAM) for f in features], gradient=False,
+    )  # fmt: skip
+    print(f"BEAST's beam: {k} prompts x {k} samples per step", flush=True)
+    flat = [p for prompts in found.prompts for p in prompts]
+    owners = [f for f, prompts in zip(features, found.prompts, strict=True) for _ in prompts]
+    acts = score_prompts(model, None, owners, flat, settings.position, target=target)
+    ce = Fluency(target).cross_entropy(torch.tensor(flat)).tolist()
+    tok = model.tokenizer
+    records, cursor = [], 0
+    for i, f in enumerate(features):
+        n = len(found.prompts[i])
+        points = [ParetoPoint(flat[j], acts[j], ce[j]) for j in range(cursor, cursor + n)]
+        cursor += n
+        best = max(points, key=lambda p: p.activation)
+        within = [p for p in points if p.cross_entropy <= bound.cross_entropy and p.activation > 0]
+        head = max(within, key=lambda p: p.activation) if within else None
+
+        def point(p):
+            return {"tokens": p.ids, "text": tok.decode(p.ids), "activation": p.activation,
+                    "cross_entropy": p.cross_entropy}  # fmt: skip
+
+        records.append(Inversion(
+            feature_id=f, soft_activation=0.0, projected_tokens=best.ids,
+            projected_text=tok.decode(best.ids), projected_activation=best.activation,
+            refined_tokens=best.ids, refined_text=tok.decode(best.ids),
+            refined_activation=best.activation, refined_cross_entropy=best.cross_entropy,
+            dataset_max=float(stats.max_activation[f]), position=settings.position,
+            pareto=[point(p) for p in update_pareto([], points, len(points))],
+            headline=None if head is None else point(head), fluency_bound=bound.to_dict(),
+            reference_max=ref[f], reference_tokens=reference.n_tokens,
+            forward_passes=found.spent[i] + n * (cost.sequence + cost.full),
+            forward_passes_by_stage={"soft": 0.0, "refine": found.spent[i],
+                                     "check": n * (cost.sequence + cost.full)},
+        ))  # fmt: skip
+    return records
+
 
 CODE_CHARS = set("()[]{}=_:;#.,'\"<>/\\*+-%@|&^~`!")
 
@@ -225,10 +300,12 @@ def main() -> None:
     summary = []
     for name, overrides, kind in arms:
         arm = as_section({**settings.to_dict(), **overrides}, OptimizationConfig)
-        windows = given[kind]
+        windows = given.get(kind, {})
         start = time.perf_counter()
         records = []
-        for lo in range(0, len(features), args.chunk):
+        if kind == BEAST:
+            records = beast_records(model, sae, features, arm, search_seed, bound, reference, stats)
+        for lo in range(0, len(features) if kind != BEAST else 0, args.chunk):
             chunk = features[lo : lo + args.chunk]
             records += optimize_features(
                 model, sae, chunk, arm, seed=search_seed,

@@ -75,3 +75,21 @@ def test_beam_costs_what_it_says_and_is_the_same_alone(tiny_model, tiny_topk_sae
     expected = kept + (per + kept) + 4 * (LENGTH - 2) * (per + kept) + 4 * per
     assert alone.spent[0] == pytest.approx(expected)
     assert alone.spent[0] <= beam_cost(cost, 4, 8, LENGTH)
+
+
+def test_a_beam_without_the_gradient_pays_none(tiny_model, tiny_topk_sae):
+    """BEAST's beam (``gradient=False``): its proposals are all the model's samples, no gradient
+    is paid, and it costs what ``beam_cost`` says without one."""
+    target = FeatureTarget(tiny_model, tiny_topk_sae, "last")
+    vocab = Vocabulary(tiny_model, allowed_token_mask(tiny_model))
+    out = beam_prompts(
+        target, vocab.allowed, vocab.W_E, torch.tensor([3, 9]), [1.0, 1.0], 0.0, 0.0, LENGTH,
+        4, 8, [generator(0, f, BEAM) for f in (3, 9)], gradient=False,
+    )  # fmt: skip
+    cost = Cost.of(target, LENGTH)
+    per, kept = cost.forward(8), cost.forward(cost.full)
+    assert out.spent[0] == pytest.approx(
+        kept + (per + kept) + 4 * (LENGTH - 2) * (per + kept) + 4 * per
+    )
+    assert out.spent[0] < beam_cost(cost, 4, 8, LENGTH)
+    assert out.spent[0] <= beam_cost(cost, 4, 8, LENGTH, gradient=False)

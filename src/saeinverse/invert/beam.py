@@ -46,9 +46,9 @@ class BeamResult:
     spent: list[float]
 
 
-def beam_cost(cost: Cost, width: int, proposals: int, length: int) -> float:
+def beam_cost(cost: Cost, width: int, proposals: int, length: int, gradient: bool = True) -> float:
     """The most one feature's beam spends (``invert.cost``)."""
-    per_prompt = cost.forward(cost.gradient + proposals + cost.full)
+    per_prompt = cost.forward(cost.gradient * gradient + proposals + cost.full)
     return cost.forward(cost.full) + length * width * per_prompt  # an upper bound: step 1 has one
 
 
@@ -155,14 +155,17 @@ def beam_prompts(
     width: int,
     proposals: int,
     generators: Sequence[torch.Generator],
+    gradient: bool = True,
 ) -> BeamResult | None:
-    """Each feature's beam (see the module docstring); None for a model without a start token."""
+    """Each feature's beam (see the module docstring); None for a model without a start token.
+
+    ``gradient=False``: every proposal drawn from the model's own distribution (BEAST's beam)."""
     if target.start_id is None or width < 1 or len(feature_ids) == 0:
         return None
     tokenizer = getattr(target.model, "tokenizer", None)
     cost = Cost.of(target, length)
     n = len(feature_ids)
-    n_lm = max(1, proposals // 2)
+    n_lm = max(1, proposals // 2) if gradient else proposals
     n_grad = max(0, proposals - n_lm)
     beam = _Beam(target, allowed, n)
     spent = [cost.forward(cost.full)] * n
