@@ -26,8 +26,11 @@ prompt alike. ``--no-exemplars`` is the arm without real windows (the from-scrat
 fluent rows start from the beam), at the same budget; ``--arms no-reference-windows`` the arm with
 the collection's exemplar windows only. ``--arms`` runs several arms (``ARMS``:
 one move kind or start off at a time, ``random-init`` the soft stage from random embeddings,
-or ``epo-population``: EPO's population over fluency weights
-in place of the one fluent row from text) on the same features at the same budget and ends with
+or the published methods' ideas built from this search's parts: ``epo-population``, EPO's
+population over fluency weights in place of the one fluent row from text; ``flrt-moves``, FLRT's
+moves, every row's tokens from the model's own predictions with no gradient paid; ``beast``,
+BEAST's beam from nothing, model samples only, as wide as the budget holds, its final prompts
+re-scored) on the same features at the same budget and ends with
 one row per arm, each with the sequence-equivalents it spent, and each arm paired with the first
 feature by feature (higher on how many, lower on how many): a median of 16 can rise while most
 features fall. ``--search-seed`` reruns the same features with another search seed, which

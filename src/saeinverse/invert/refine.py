@@ -24,11 +24,11 @@ Each step, for every still-active row:
    candidate forwards only its suffix from the swapped position;
 4. each row keeps the most active candidate it screened (``best_seen``: the check re-scores it,
    so a fluent row's too costly but very active candidates still count for the unconstrained
-   best); an unconstrained row takes its best candidate if it improves; a fluent row first shortlists
-   ``fluency_candidates`` by an estimated score (the current cross-entropy changed by the swapped
-   token's own term under the current prompt's next-token expectations), scores them exactly by
-   the model's cross-entropy (resumed from the SAE's layer where the hook allows it) and takes
-   the best combined score if it improves.
+   best); an unconstrained row takes its best candidate if it improves; a fluent row first
+   shortlists ``fluency_candidates`` by an estimated score (the current cross-entropy changed by
+   the swapped token's own term under the current prompt's next-token expectations), scores them
+   exactly by the model's cross-entropy (resumed from the SAE's layer where the hook allows it)
+   and takes the best combined score if it improves.
 
 Fluent rows of one feature may form a **pool** (``optimization.population``, EPO's population over
 fluency weights): each has its own weight, picks by it among every member's exactly scored
