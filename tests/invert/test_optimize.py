@@ -18,10 +18,9 @@ from saeinverse.invert import (
     score_prompt,
 )
 from saeinverse.invert.budget import soft_leftover
-from saeinverse.invert.cost import Cost
+from saeinverse.invert.cost import Cost, step_cost
 from saeinverse.invert.fluency import Fluency
 from saeinverse.invert.objective import FeatureTarget
-from saeinverse.invert.refine import step_cost
 from saeinverse.invert.starts import FLUENT, UNCONSTRAINED
 from tests import builders
 

@@ -13,8 +13,14 @@ from dataclasses import dataclass
 from saeinverse.config import OptimizationConfig
 from saeinverse.errors import ConfigError
 from saeinverse.invert.beam import beam_cost
-from saeinverse.invert.cost import GRADIENT, Cost
-from saeinverse.invert.refine import reads_model, start_cost, step_cost, uses_gradient
+from saeinverse.invert.cost import (
+    GRADIENT,
+    Cost,
+    reads_model,
+    start_cost,
+    step_cost,
+    uses_gradient,
+)
 from saeinverse.invert.starts import (
     FLUENT,
     FLUENT_SOFT,

@@ -3,10 +3,11 @@
 Per feature, the projected prompt, every prompt a refinement row accepted (spread over its
 path) or put on its front, each row's final prompt and the most active candidate it screened,
 the beam's final prompts and the feature's exemplar windows are re-scored: the activation by a
-forward to the SAE's hook, the cross-entropy (nats per byte) by a full forward. The **front** is their Pareto set, the
-**headline** the most active of them at or below the real-text bound, the **unconstrained
-best** the most active of all, and the **exemplar window** the most active exemplar window
-within the bound (which the headline, chosen among the same prompts, can never be under).
+forward to the SAE's hook, the cross-entropy (nats per byte) by a full forward. The **front** is
+their Pareto set, the **headline** the most active of them at or below the real-text bound, the
+**unconstrained best** the most active of all, and the **exemplar window** the most active
+exemplar window within the bound (which the headline, chosen among the same prompts, can never
+be under).
 """
 
 from __future__ import annotations

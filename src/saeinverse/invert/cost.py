@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from saeinverse.config import OptimizationConfig
 from saeinverse.models.hooks import resume_layer_for
 
 GRADIENT = 3.0
@@ -105,3 +106,53 @@ class Cost:
     def length(self) -> int:
         """Prompt tokens (without the start token)."""
         return self.tokens - self.offset
+
+
+# ------------------------------------------------------------------ a refinement row's costs
+
+
+def uses_gradient(s: OptimizationConfig, fluent: bool) -> bool:
+    """Whether a row draws tokens from the feature's gradient (and pays its backward): an
+    unconstrained row unless ``proposals='model_only'`` (FLRT's moves: every row's tokens from the
+    model's own predictions), a fluent row unless its tokens all come from the model
+    (``'model'`` or ``'model_only'``)."""
+    if fluent:
+        return s.proposals not in ("model", "model_only")
+    return s.proposals != "model_only"
+
+
+def reads_model(s: OptimizationConfig, fluent: bool) -> bool:
+    """Whether a row keeps the model's next-token expectations: a fluent row always, every row
+    with ``proposals='model_only'``."""
+    return fluent or s.proposals == "model_only"
+
+
+def step_cost(
+    cost: Cost,
+    candidates: int,
+    n_fluent: int,
+    fluent: bool,
+    share_prefix: bool,
+    gradient: bool = True,
+    expectations: bool | None = None,
+) -> float:
+    """The most one step of a row may spend: gradient, prefix, candidates (each a whole suffix at
+    most), a fluent row's shortlist's cross-entropies, and the new expectations of a row that
+    keeps them (``expectations``, by default a fluent row)."""
+    if share_prefix:
+        screen = cost.sequence + candidates * cost.suffix(0)
+    else:
+        screen = candidates * cost.sequence
+    expectations = fluent if expectations is None else expectations
+    return (
+        (cost.gradient if gradient else 0.0)
+        + screen
+        + (n_fluent * cost.resumed if fluent else 0.0)
+        + (cost.full if expectations else 0.0)
+    )
+
+
+def start_cost(cost: Cost, expectations: bool) -> float:
+    """Scoring a row's start prompt: its activation, and the expectations of a row that keeps
+    them (a fluent row)."""
+    return cost.sequence + (cost.full if expectations else 0.0)

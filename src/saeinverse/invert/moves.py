@@ -1,8 +1,9 @@
-"""The refinement's candidate moves: one-token swaps, inserts and deletes, drawn per row.
+"""The refinement's candidate moves: one-token swaps, inserts and deletes, drawn per row, and
+their exact screening.
 
 A candidate differs from the row's current prompt from one position on (its first changed
-position), so its forward reuses the current prompt's keys and values before it. Every draw
-comes from the row's own generator.
+position), so its forward reuses the current prompt's keys and values before it
+(``screen_candidates``). Every draw comes from the row's own generator.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from collections.abc import Sequence
 import torch
 from jaxtyping import Int
 from torch import Tensor
+
+SCREEN_BATCH = 256
+"""Candidate sequences per screening forward."""
 
 
 def draw_candidates(
@@ -69,3 +73,41 @@ def draw_candidates(
                 cands[row, c, q - 1] = t
         positions[row] = pos
     return cands.to(current.device), positions
+
+
+def screen_candidates(target, cands, positions, current, feature_ids, keep_resid, share_prefix):
+    """Exact forwards of every candidate: (key, activation, resid or None), each [batch, n, ...].
+
+    With ``share_prefix``, the current prompts' keys and values are computed once and each
+    candidate forwards only its suffix from the swapped position on.
+    """
+    batch, n, length = cands.shape
+    keys = torch.empty(batch, n, device=target.device)
+    acts = torch.empty(batch, n, device=target.device)
+    resid = None
+    if not share_prefix:
+        groups = [(None, torch.arange(batch * n))]
+    else:
+        prefix = target.prefix_cache(current)
+        flat_pos = positions.reshape(-1)
+        groups = [(int(p), (flat_pos == p).nonzero().squeeze(-1)) for p in flat_pos.unique()]
+    flat = cands.reshape(batch * n, length)
+    fids = feature_ids.repeat_interleave(n)
+    for p, members in groups:
+        for lo in range(0, len(members), SCREEN_BATCH):
+            idx = members[lo : lo + SCREEN_BATCH].to(target.device)
+            if p is None:
+                hook = target.hook_acts(flat[idx]).detach()
+            else:
+                start = p + target.start_offset
+                hook = target.hook_acts_after_prefix(prefix, idx // n, start, flat[idx, p:])
+            with torch.no_grad():
+                readout = target.read(hook, fids[idx])
+            keys.view(-1)[idx], acts.view(-1)[idx] = readout.key, readout.activation
+            if keep_resid:
+                if resid is None:
+                    resid = torch.empty(batch * n, *hook.shape[1:], device=target.device)
+                resid[idx] = hook
+    if resid is not None:
+        resid = resid.reshape(batch, n, *resid.shape[1:])
+    return keys, acts, resid

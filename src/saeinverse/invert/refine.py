@@ -50,18 +50,15 @@ from jaxtyping import Int
 from torch import Tensor
 
 from saeinverse.config import OptimizationConfig
-from saeinverse.invert.cost import Cost
+from saeinverse.invert.cost import Cost, reads_model, start_cost, step_cost, uses_gradient
 from saeinverse.invert.fluency import Fluency
 from saeinverse.invert.front import ParetoPoint, best_within, update_pareto
-from saeinverse.invert.moves import draw_candidates
+from saeinverse.invert.moves import draw_candidates, screen_candidates
 from saeinverse.invert.objective import FeatureTarget
 from saeinverse.invert.project import Vocabulary
 from saeinverse.invert.soft import improves
 
 logger = logging.getLogger(__name__)
-
-SCREEN_BATCH = 256
-"""Candidate sequences per screening forward."""
 
 
 @dataclass
@@ -104,53 +101,6 @@ class RefineResult:
     """Per row, the most active candidate it screened (accepted or not)."""
 
 
-def uses_gradient(s: OptimizationConfig, fluent: bool) -> bool:
-    """Whether a row draws tokens from the feature's gradient (and pays its backward): an
-    unconstrained row unless ``proposals='model_only'`` (FLRT's moves: every row's tokens from the
-    model's own predictions), a fluent row unless its tokens all come from the model
-    (``'model'`` or ``'model_only'``)."""
-    if fluent:
-        return s.proposals not in ("model", "model_only")
-    return s.proposals != "model_only"
-
-
-def reads_model(s: OptimizationConfig, fluent: bool) -> bool:
-    """Whether a row keeps the model's next-token expectations: a fluent row always, every row
-    with ``proposals='model_only'``."""
-    return fluent or s.proposals == "model_only"
-
-
-def step_cost(
-    cost: Cost,
-    candidates: int,
-    n_fluent: int,
-    fluent: bool,
-    share_prefix: bool,
-    gradient: bool = True,
-    expectations: bool | None = None,
-) -> float:
-    """The most one step of a row may spend: gradient, prefix, candidates (each a whole suffix at
-    most), a fluent row's shortlist's cross-entropies, and the new expectations of a row that
-    keeps them (``expectations``, by default a fluent row)."""
-    if share_prefix:
-        screen = cost.sequence + candidates * cost.suffix(0)
-    else:
-        screen = candidates * cost.sequence
-    expectations = fluent if expectations is None else expectations
-    return (
-        (cost.gradient if gradient else 0.0)
-        + screen
-        + (n_fluent * cost.resumed if fluent else 0.0)
-        + (cost.full if expectations else 0.0)
-    )
-
-
-def start_cost(cost: Cost, expectations: bool) -> float:
-    """Scoring a row's start prompt: its activation, and the expectations of a row that keeps
-    them (a fluent row)."""
-    return cost.sequence + (cost.full if expectations else 0.0)
-
-
 # ----------------------------------------------------------------------------- one step's parts
 
 
@@ -162,44 +112,6 @@ def _swap_gradient(target, vocab, ids, feature_ids, selectivity, top_k) -> Tenso
     scores = grad @ vocab.W_E.T  # [batch, pos, vocab]
     scores[..., ~vocab.allowed] = float("-inf")
     return scores.topk(top_k, dim=-1).indices
-
-
-def _screen(target, cands, positions, current, feature_ids, keep_resid, share_prefix):
-    """Exact forwards of every candidate: (key, activation, resid or None), each [batch, n, ...].
-
-    With ``share_prefix``, the current prompts' keys and values are computed once and each
-    candidate forwards only its suffix from the swapped position on.
-    """
-    batch, n, length = cands.shape
-    keys = torch.empty(batch, n, device=target.device)
-    acts = torch.empty(batch, n, device=target.device)
-    resid = None
-    if not share_prefix:
-        groups = [(None, torch.arange(batch * n))]
-    else:
-        prefix = target.prefix_cache(current)
-        flat_pos = positions.reshape(-1)
-        groups = [(int(p), (flat_pos == p).nonzero().squeeze(-1)) for p in flat_pos.unique()]
-    flat = cands.reshape(batch * n, length)
-    fids = feature_ids.repeat_interleave(n)
-    for p, members in groups:
-        for lo in range(0, len(members), SCREEN_BATCH):
-            idx = members[lo : lo + SCREEN_BATCH].to(target.device)
-            if p is None:
-                hook = target.hook_acts(flat[idx]).detach()
-            else:
-                start = p + target.start_offset
-                hook = target.hook_acts_after_prefix(prefix, idx // n, start, flat[idx, p:])
-            with torch.no_grad():
-                readout = target.read(hook, fids[idx])
-            keys.view(-1)[idx], acts.view(-1)[idx] = readout.key, readout.activation
-            if keep_resid:
-                if resid is None:
-                    resid = torch.empty(batch * n, *hook.shape[1:], device=target.device)
-                resid[idx] = hook
-    if resid is not None:
-        resid = resid.reshape(batch, n, *resid.shape[1:])
-    return keys, acts, resid
 
 
 # ----------------------------------------------------------------------------- the state
@@ -370,7 +282,7 @@ def _step(
         s.edit_moves, s.proposals,
     )  # fmt: skip
     fluent = [j for j, r in enumerate(rows) if pop.hinge[r] is not None]
-    c_key, c_act, c_resid = _screen(
+    c_key, c_act, c_resid = screen_candidates(
         target, cands, positions, current, fids, bool(fluent), share_prefix
     )
     top_act, top_at = c_act.max(dim=1)
