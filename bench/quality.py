@@ -308,7 +308,8 @@ def main() -> None:
         records = []
         if kind == BEAST:
             records = beast_records(model, sae, features, arm, search_seed, bound, reference, stats)
-        for lo in range(0, len(features) if kind != BEAST else 0, args.chunk):
+        chunks = [] if kind == BEAST else range(0, len(features), args.chunk)
+        for lo in chunks:
             chunk = features[lo : lo + args.chunk]
             records += optimize_features(
                 model, sae, chunk, arm, seed=search_seed,
