@@ -325,10 +325,10 @@ def _step(
             state.since[row] += 1
             state.active[row] = state.since[row] < s.patience
         state.record(row)
-    fluent_accepted = [r for r in accepted if r in state.logprobs]
-    if fluent_accepted:
-        logprobs = fluency.expectations(state.current[fluent_accepted])[1]
-        for j, row in enumerate(fluent_accepted):
+    reading = [r for r in accepted if r in state.logprobs]  # rows that keep expectations
+    if reading:
+        logprobs = fluency.expectations(state.current[reading])[1]
+        for j, row in enumerate(reading):
             state.logprobs[row] = logprobs[j]
             state.passes[row] += cost.full
 
