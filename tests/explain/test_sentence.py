@@ -146,3 +146,26 @@ def sentence_parts_text(rule: Rule, ev: ExplainEvidence, listed: int) -> str:
     p = parts(rule, ev)
     assert p is not None
     return render(p, Choice(listed=listed, where=False, genre=False))
+
+
+def test_the_fitters_pool_holds_rarer_context_words_and_longer_examples_than_describe():
+    def window(text: str, fires: bool, source: str) -> TokenSequence:
+        tokens = [w if i == 0 else " " + w for i, w in enumerate(text.split())]
+        values = [2.0 if fires and t == " hash" else 0.0 for t in tokens]
+        return TokenSequence(tokens, list(range(len(tokens))), values, source)
+
+    # "object" is in 3 of 40 firing windows (7.5%, under describe's 10%) and in 1 of 40 silent
+    # ones (2.3x as common, with half a window added to each count)
+    firing = [window(f"one two three hash four five six w{i}", True, "decile:5") for i in range(37)]
+    firing += [window("one two object three hash four five six", True, "decile:5")] * 3
+    silent = [window(f"seven eight nine ten s{i}", False, "silent") for i in range(39)]
+    silent += [window("seven object eight nine ten", False, "silent")]
+    ev = ExplainEvidence(0, exemplars=firing[:1], firing=firing[1:], silent=silent,
+                         candidate_tokens=[(" hash", 0.9)])  # fmt: skip
+    rule = Rule((" hash",))
+    narrow = parts(rule, ev, 12, 1)
+    wide = parts(rule, ev, 12, 1, radius=3, support=0.05, enrichment=1.5)
+    assert narrow is not None and wide is not None
+    assert "object" not in narrow.near and "object" in wide.near
+    assert narrow.examples == ["two three hash four five"]
+    assert wide.examples == ["one two three hash four five six"]

@@ -158,15 +158,23 @@ class Choice:
 
 
 def parts(
-    rule: Rule, evidence: ExplainEvidence, n_near: int = CONTEXT_WORDS, n_examples: int = EXAMPLES
+    rule: Rule,
+    evidence: ExplainEvidence,
+    n_near: int = CONTEXT_WORDS,
+    n_examples: int = EXAMPLES,
+    *,
+    radius: int = EXAMPLE_RADIUS,
+    support: float = CONTEXT_SUPPORT,
+    enrichment: float = CONTEXT_ENRICHMENT,
 ) -> Parts | None:
-    """The rule's parts, with up to ``n_near`` context words and ``n_examples`` examples (None:
-    the rule names no target)."""
+    """The rule's parts, with up to ``n_near`` context words (``support``, ``enrichment``:
+    ``context_words``) and ``n_examples`` examples of ``radius`` tokens either side of their
+    peak (None: the rule names no target)."""
     if not rule.targets:
         return None
     forms = _forms(rule)
     stem = common_stem(forms)
-    near = context_words(evidence, forms, n_near)
+    near = context_words(evidence, forms, n_near, support, enrichment)
     broad = _mass(rule, evidence) < BROAD_SHARE
     targets: frozenset[str] | str = frozenset().union(*(c.target_forms for c in rule.clauses()))
     if broad and stem is None:
@@ -177,7 +185,7 @@ def parts(
     head = "Fires weakly on many tokens, most on " if broad else "Fires on "
     genre = main_genre(evidence)
     shown = GENRES.get(genre, genre.replace("_", " ") + " text") if genre else ""
-    examples = _examples(evidence, n_examples, targets)
+    examples = _examples(evidence, n_examples, targets, radius)
     return Parts(head, forms, stem, _where(rule), shown, near, examples)
 
 
@@ -330,10 +338,14 @@ def _mass(rule: Rule, evidence: ExplainEvidence) -> float:
 
 
 def _examples(
-    evidence: ExplainEvidence, n: int, targets: frozenset[str] | str | None = None
+    evidence: ExplainEvidence,
+    n: int,
+    targets: frozenset[str] | str | None = None,
+    radius: int = EXAMPLE_RADIUS,
 ) -> list[str]:
-    """A few words around the strongest firing of the first ``n`` firing windows (exemplars
-    first) that read differently, plain, and show no piece of a character (``BROKEN``). With
+    """``radius`` tokens either side of the strongest firing of the first ``n`` firing windows
+    (exemplars first) that read differently, plain, and show no piece of a character
+    (``BROKEN``). With
     ``targets``, only windows whose strongest firing is on one of them (normalised forms), or
     whose words there hold it (a stem)."""
     out: list[str] = []
@@ -345,7 +357,7 @@ def _examples(
         peak = max(range(len(seq.activations)), key=lambda i: seq.activations[i])
         if isinstance(targets, frozenset) and normalise(seq.tokens[peak]) not in targets:
             continue
-        lo, hi = max(0, peak - EXAMPLE_RADIUS), peak + EXAMPLE_RADIUS + 1
+        lo, hi = max(0, peak - radius), peak + radius + 1
         text = "".join(seq.tokens[lo:hi]).replace('"', "'").replace("“", "'").replace("”", "'")
         text = " ".join(text.split())
         if isinstance(targets, str) and targets not in text.lower():
@@ -355,9 +367,16 @@ def _examples(
     return out
 
 
-def context_words(evidence: ExplainEvidence, forms: list[str], n: int) -> list[str]:
-    """Up to ``n`` words typical of the explaining side's firing windows (see the module
-    docstring), most enriched first; none without random silent windows to compare with."""
+def context_words(
+    evidence: ExplainEvidence,
+    forms: list[str],
+    n: int,
+    support: float = CONTEXT_SUPPORT,
+    enrichment: float = CONTEXT_ENRICHMENT,
+) -> list[str]:
+    """Up to ``n`` words typical of the explaining side's firing windows, most enriched first:
+    in at least ``support`` of them (and 3) and ``enrichment`` times as common there as in its
+    random silent windows (see the module docstring); none without silent windows to compare."""
     firing = evidence.positives()
     silent = [s for s in evidence.silent if s.source == "silent"]
     if not firing or not silent:
@@ -371,16 +390,16 @@ def context_words(evidence: ExplainEvidence, forms: list[str], n: int) -> list[s
 
     on, off = windows_with(firing), windows_with(silent)
     named = {re.sub(r"[^0-9a-z]", "", f.lower()) for f in forms}
-    support = max(3.0, CONTEXT_SUPPORT * len(firing))
+    least = max(3.0, support * len(firing))
     scores = {}
     for word, count in on.items():
         if (
-            count < support
+            count < least
             or word in STOP_WORDS
             or any(len(t) >= STEM_MIN and t in word for t in named)
         ):
             continue
         ratio = (count + 0.5) / len(firing) / ((off[word] + 0.5) / len(silent))
-        if ratio >= CONTEXT_ENRICHMENT:
+        if ratio >= enrichment:
             scores[word] = math.log(ratio)
     return sorted(scores, key=lambda w: (-scores[w], w))[:n]

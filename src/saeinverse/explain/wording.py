@@ -13,7 +13,10 @@ AUC of its cosine similarity, firing windows against random silent ones. The sea
 the sentence's core (the targets, their position, the genre: ``describe``'s longest form that
 fits without examples or context words) and takes, one at a time, the change that raises the
 fit most: add one of ``POOL_NEAR`` context words or one of ``POOL_EXAMPLES`` examples, list one
-target or ``LISTED``, say the genre or not. The position stays as the core says it: it is part
+target or ``LISTED``, say the genre or not. Its pool is wider than ``describe``'s parts: context
+words half as common in the firing windows (``POOL_SUPPORT``) and less enriched
+(``POOL_ENRICHMENT``), examples of ``POOL_RADIUS`` tokens either side of the peak, since a part
+enters only when it raises the fit. The position stays as the core says it: it is part
 of what fires (letting the search drop it moved the bench's held-out judge score by 0.001). It
 stops when no change that keeps the sentence within ``MAX_WORDS`` raises the fit by more than
 ``MIN_GAIN``. Without firing or random silent windows it falls back to ``describe``.
@@ -46,10 +49,18 @@ from saeinverse.explain.sentence import (
     word_count,
 )
 
-POOL_NEAR = 12
+POOL_NEAR = 48
 """Context words the search may add (most enriched first)."""
-POOL_EXAMPLES = 8
-"""Examples the search may add (from exemplars that read differently)."""
+POOL_SUPPORT, POOL_ENRICHMENT = 0.05, 1.5
+"""A context word the search may add is in at least this share of the firing windows (and 3),
+and this many times as common there as in the random silent ones: looser than ``describe``'s
+(``sentence.CONTEXT_SUPPORT``, ``CONTEXT_ENRICHMENT``), since only a word that raises the fit is
+taken."""
+POOL_EXAMPLES = 32
+"""Examples the search may add (from exemplars and decile samples that read differently)."""
+POOL_RADIUS = 3
+"""Tokens either side of an example's peak (``describe`` quotes 2): a longer quote is more
+of the window the judge compares the sentence with."""
 MIN_GAIN = 1e-3
 """A change is taken only when it raises the fit by more than this."""
 
@@ -67,7 +78,10 @@ class SentenceFitter:
     def describe(self, rule: Rule, evidence: ExplainEvidence) -> str:
         firing = [window_text(s) for s in evidence.positives()]
         silent = [window_text(s) for s in evidence.silent if s.source == "silent"]
-        p = parts(rule, evidence, POOL_NEAR, POOL_EXAMPLES)
+        p = parts(
+            rule, evidence, POOL_NEAR, POOL_EXAMPLES,
+            radius=POOL_RADIUS, support=POOL_SUPPORT, enrichment=POOL_ENRICHMENT,
+        )  # fmt: skip
         start = None if p is None else core(p)
         if not firing or not silent or start is None:
             return describe(rule, evidence)
