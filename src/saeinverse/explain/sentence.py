@@ -345,9 +345,8 @@ def _examples(
 ) -> list[str]:
     """``radius`` tokens either side of the strongest firing of the first ``n`` firing windows
     (exemplars first) that read differently, plain, and show no piece of a character
-    (``BROKEN``). With
-    ``targets``, only windows whose strongest firing is on one of them (normalised forms), or
-    whose words there hold it (a stem)."""
+    (``BROKEN``). With ``targets``, only windows whose strongest firing is on one of them
+    (normalised forms), or whose words there hold it (a stem)."""
     out: list[str] = []
     for seq in evidence.exemplars + evidence.decile_samples:
         if len(out) >= n:
