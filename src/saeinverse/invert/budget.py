@@ -13,14 +13,7 @@ from dataclasses import dataclass
 from saeinverse.config import OptimizationConfig
 from saeinverse.errors import ConfigError
 from saeinverse.invert.beam import beam_cost
-from saeinverse.invert.cost import (
-    GRADIENT,
-    Cost,
-    reads_model,
-    start_cost,
-    step_cost,
-    uses_gradient,
-)
+from saeinverse.invert.cost import GRADIENT, Cost, reads_model, row_step_cost, start_cost
 from saeinverse.invert.starts import (
     FLUENT,
     FLUENT_SOFT,
@@ -61,7 +54,6 @@ def _row_needs(
         shares.append((FLUENT_SOFT, s.fluent_share - text))
     elif fluent:
         shares += [(FLUENT, s.fluent_share / s.population)] * s.population
-    n_fluent = min(s.fluency_candidates, s.refine_candidates)
     rows = []
     for stream, share in shares:
         if share <= 0:
@@ -75,10 +67,7 @@ def _row_needs(
                 else FLUENT_START_SCREEN
             ) / s.population
         if s.refine_steps > 0:
-            need += step_cost(
-                cost, s.refine_candidates, n_fluent, is_fluent, share_prefix,
-                uses_gradient(s, is_fluent), reads_model(s, is_fluent),
-            )  # fmt: skip
+            need += row_step_cost(cost, s, is_fluent, share_prefix)
         rows.append((stream, share, need))
     return rows
 

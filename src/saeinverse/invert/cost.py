@@ -152,6 +152,15 @@ def step_cost(
     )
 
 
+def row_step_cost(cost: Cost, s: OptimizationConfig, fluent: bool, share_prefix: bool) -> float:
+    """``step_cost`` of one row of the search that ``s`` configures (its candidates, its fluent
+    shortlist, and whether it pays the gradient and keeps the expectations)."""
+    return step_cost(
+        cost, s.refine_candidates, min(s.fluency_candidates, s.refine_candidates), fluent,
+        share_prefix, uses_gradient(s, fluent), reads_model(s, fluent),
+    )  # fmt: skip
+
+
 def start_cost(cost: Cost, expectations: bool) -> float:
     """Scoring a row's start prompt: its activation, and the expectations of a row that keeps
     them (a fluent row)."""

@@ -50,7 +50,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from saeinverse.config import OptimizationConfig
-from saeinverse.invert.cost import Cost, reads_model, start_cost, step_cost, uses_gradient
+from saeinverse.invert.cost import Cost, reads_model, row_step_cost, start_cost, uses_gradient
 from saeinverse.invert.fluency import Fluency
 from saeinverse.invert.front import ParetoPoint, best_within, update_pareto
 from saeinverse.invert.moves import draw_candidates, screen_candidates
@@ -212,18 +212,7 @@ def refine(
     lm_rows = [r for r in range(n_rows) if reads_model(s, pop.hinge[r] is not None)]
     state = _start(target, pop, fluency, weights, s.pareto_size, cost, lm_rows)
     n_fluent = min(s.fluency_candidates, s.refine_candidates)
-    costs = [
-        step_cost(
-            cost,
-            s.refine_candidates,
-            n_fluent,
-            h is not None,
-            share_prefix,
-            uses_gradient(s, h is not None),
-            reads_model(s, h is not None),
-        )  # fmt: skip
-        for h in pop.hinge
-    ]
+    costs = [row_step_cost(cost, s, h is not None, share_prefix) for h in pop.hinge]
     for _ in range(s.refine_steps):
         _stop_over_budget(pop, state, costs)
         rows = [r for r in range(n_rows) if state.active[r]]
