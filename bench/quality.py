@@ -25,7 +25,8 @@ Cross-entropy is in nats per UTF-8 byte (``invert.fluency``), for the real windo
 prompt alike. ``--no-exemplars`` is the arm without real windows (the from-scratch case: the
 fluent rows start from the beam), at the same budget; ``--arms no-reference-windows`` the arm with
 the collection's exemplar windows only. ``--arms`` runs several arms (``ARMS``:
-one move kind or start off at a time, ``random-init`` the soft stage from random embeddings,
+one move kind or start off at a time (``no-merges``: no merged swaps), ``random-init`` the soft
+stage from random embeddings,
 or the published methods' ideas built from this search's parts: ``epo-population``, EPO's
 population over fluency weights in place of the one fluent row from text; ``flrt-moves``, FLRT's
 moves, every row's tokens from the model's own predictions with no gradient paid; ``beast``,
@@ -65,6 +66,7 @@ ARMS = {
     "flrt-moves": ({"proposals": "model_only"}, ALL),
     "beast": ({}, BEAST),
     "swaps-only": ({"edit_moves": False}, ALL),
+    "no-merges": ({"merge_swaps": 0}, ALL),
     "old-moves": ({"edit_moves": False, "beam_width": 0}, ALL),
     "epo-population": ({"population": 4}, ALL),
     "random-init": ({"init": "random"}, ALL),

@@ -42,8 +42,14 @@ def test_shared_prefix_screening_finds_the_same_prompts(tiny_model, tiny_topk_sa
     # the shared prefix costs one forward per step and saves each candidate its prefix: counted
     for row, hinge_row in enumerate(hinge):
         assert shared.forward_passes[row] < full.forward_passes[row]
-        if hinge_row is None:  # start, then per step a gradient (3) and 24 whole candidates
-            assert full.forward_passes[row] == pytest.approx(1 + full.steps[row] * (3 + 24))
+        if hinge_row is None:  # start, then per step a gradient (3), 24 whole candidates and
+            # up to 3 merged swaps (merge_swaps=4), each a whole candidate too
+            least = 1 + full.steps[row] * (3 + 24)
+            assert least < full.forward_passes[row] <= least + full.steps[row] * 3
+    unmerged = run(tiny_model, tiny_topk_sae, position, False, hinge, merge_swaps=0)
+    for row, hinge_row in enumerate(hinge):
+        if hinge_row is None:
+            assert unmerged.forward_passes[row] == pytest.approx(1 + unmerged.steps[row] * 27)
 
 
 def test_fluency_hinge_penalises_only_cross_entropy_above_it(tiny_model, tiny_sae):
@@ -150,10 +156,10 @@ def test_model_only_rows_draw_every_token_from_the_model_and_pay_no_gradient(tin
     swaps = 0
     for accepted in out.accepted:
         for (before, _), (after, _) in zip(accepted, accepted[1:], strict=False):
-            (pos,) = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
-            top = fluency.top_tokens(fluency.expectations(torch.tensor([before]))[1])[0, pos]
-            assert after[pos] in top.tolist()
-            swaps += 1
+            top = fluency.top_tokens(fluency.expectations(torch.tensor([before]))[1])[0]
+            for pos in [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]:
+                assert after[pos] in top[pos].tolist()  # merged swaps too: each from the model
+                swaps += 1
     assert swaps > 0
     for row in (0, 2):  # the unconstrained rows
         assert out.trajectory[row]["activation"] == sorted(out.trajectory[row]["activation"])
@@ -164,7 +170,7 @@ def test_model_only_rows_draw_every_token_from_the_model_and_pay_no_gradient(tin
     cost = Cost.of(FeatureTarget(tiny_model, tiny_sae), 7)
     for proposals, gradient in (("model_only", 0.0), ("both", cost.gradient)):
         full = run(tiny_model, tiny_sae, "last", False, (None, 4.0, None), proposals=proposals,
-                   **settings)  # fmt: skip
+                   merge_swaps=0, **settings)  # fmt: skip
         reads = len(full.accepted[0]) if proposals == "model_only" else 0  # start and accepts
         expected = cost.sequence + reads * cost.full + full.steps[0] * (gradient + 24)
         assert full.forward_passes[0] == pytest.approx(expected)
@@ -193,3 +199,42 @@ def test_each_row_keeps_the_most_active_candidate_it_screened_and_the_check_resc
     soft = SimpleNamespace(best_ids=torch.zeros(3, 7, dtype=torch.long))
     for row in range(3):
         assert out.best_seen[row] in _candidates(row, soft, out, [0, 1, 2], 8)
+
+
+def test_merge_swaps_merges_improving_swaps_at_distinct_positions_best_first():
+    from saeinverse.invert.moves import merge_swaps
+
+    current = torch.tensor([[10, 11, 12, 13, 14]])
+    cands = current[:, None, :].repeat(1, 6, 1)
+    cands[0, 0, 1] = 50  # gain 3
+    cands[0, 1, 3] = 51  # gain 5: the best
+    cands[0, 2, 3] = 52  # gain 4: the same position as the best, never merged with it
+    cands[0, 3, 0] = 53  # gain -1: does not improve
+    cands[0, 4, 1:3] = 54  # gain 9, but two tokens changed (an edit): not a swap
+    cands[0, 5, 4] = 55  # gain 1
+    gain = torch.tensor([[3.0, 5.0, 4.0, -1.0, 9.0, 1.0]])
+    merged = merge_swaps(current, cands, gain, width=4)
+    assert [(row, ids.tolist(), p) for row, ids, p in merged] == [
+        (0, [10, 50, 12, 51, 14], 1),  # the best two
+        (0, [10, 50, 12, 51, 55], 1),  # and the third: three swaps, the width holds a fourth
+    ]
+    assert len(merge_swaps(current, cands, gain, width=2)) == 1
+    assert merge_swaps(current, cands, gain, width=1) == []
+    assert merge_swaps(current, cands, -gain.abs(), width=4) == []  # nothing improves
+
+
+def test_merged_swaps_let_a_step_take_several_improvements(tiny_model, tiny_sae):
+    """With merges, a step may accept a prompt several swaps from the last (each merge counted
+    in the row's cost); without, every accepted prompt is one swap from the one before."""
+
+    def largest_jump(accepted):
+        return max(
+            sum(a != b for a, b in zip(new, old, strict=True))
+            for (new, _), (old, _) in zip(accepted[1:], accepted[:-1], strict=True)
+        )
+
+    on = run(tiny_model, tiny_sae, "last", True, refine_steps=8, edit_moves=False)
+    off = run(tiny_model, tiny_sae, "last", True, refine_steps=8, edit_moves=False, merge_swaps=0)
+    assert all(largest_jump(acc) == 1 for acc in off.accepted)
+    assert any(largest_jump(acc) > 1 for acc in on.accepted)
+    assert all(a > b for a, b in zip(on.forward_passes, off.forward_passes, strict=True))

@@ -53,6 +53,7 @@ RANGES: dict[str, Bound] = {
     "optimization.patience": at_least(1),
     "optimization.refine_steps": at_least(0),
     "optimization.refine_candidates": at_least(1),
+    "optimization.merge_swaps": at_least(0),
     "optimization.fluency_weight": at_least(0),
     "optimization.refine_top_k": at_least(1),
     "optimization.fluency_candidates": at_least(1),

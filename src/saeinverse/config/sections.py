@@ -222,6 +222,8 @@ class OptimizationConfig(Section):
     """Discrete refinement iterations (token swaps)."""
     refine_candidates: int = 64
     """Candidate swaps evaluated per refinement step."""
+    merge_swaps: int = 4
+    """Each refinement step also screens the row's best improving one-token swaps at distinct positions merged into one prompt (the best two, the best three, ... up to this many swaps), so a step can take several independent improvements at once; 0 or 1: no merges."""
     edit_moves: bool = True
     """Besides single-token swaps, every fourth refinement candidate inserts or deletes a token (the prompt keeps its length and last token)."""
     proposals: Literal["both", "gradient", "model", "model_only"] = "both"

@@ -135,14 +135,15 @@ def step_cost(
     share_prefix: bool,
     gradient: bool = True,
     expectations: bool | None = None,
+    merges: int = 0,
 ) -> float:
     """The most one step of a row may spend: gradient, prefix, candidates (each a whole suffix at
-    most), a fluent row's shortlist's cross-entropies, and the new expectations of a row that
-    keeps them (``expectations``, by default a fluent row)."""
+    most, ``merges`` merged swaps among them), a fluent row's shortlist's cross-entropies, and
+    the new expectations of a row that keeps them (``expectations``, by default a fluent row)."""
     if share_prefix:
-        screen = cost.sequence + candidates * cost.suffix(0)
+        screen = cost.sequence + (candidates + merges) * cost.suffix(0)
     else:
-        screen = candidates * cost.sequence
+        screen = (candidates + merges) * cost.sequence
     expectations = fluent if expectations is None else expectations
     return (
         (cost.gradient if gradient else 0.0)
@@ -154,11 +155,16 @@ def step_cost(
 
 def row_step_cost(cost: Cost, s: OptimizationConfig, fluent: bool, share_prefix: bool) -> float:
     """``step_cost`` of one row of the search that ``s`` configures (its candidates, its fluent
-    shortlist, and whether it pays the gradient and keeps the expectations)."""
+    shortlist, its merged swaps, and whether it pays the gradient and keeps the expectations)."""
     return step_cost(
         cost, s.refine_candidates, min(s.fluency_candidates, s.refine_candidates), fluent,
-        share_prefix, uses_gradient(s, fluent), reads_model(s, fluent),
+        share_prefix, uses_gradient(s, fluent), reads_model(s, fluent), merges(s),
     )  # fmt: skip
+
+
+def merges(s: OptimizationConfig) -> int:
+    """Merged swaps a step may screen at most (``merge_swaps``: the best two, three, ...)."""
+    return max(0, s.merge_swaps - 1)
 
 
 def start_cost(cost: Cost, expectations: bool) -> float:

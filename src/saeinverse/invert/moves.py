@@ -75,24 +75,72 @@ def draw_candidates(
     return cands.to(current.device), positions
 
 
-def screen_candidates(target, cands, positions, current, feature_ids, keep_resid, share_prefix):
+def merge_swaps(
+    current: Int[Tensor, "batch pos"],
+    cands: Int[Tensor, "batch n pos"],
+    gain: Tensor,
+    width: int,
+) -> list[tuple[int, Tensor, int]]:
+    """Each row's improving one-token swaps (``gain`` > 0) at distinct positions, best first,
+    merged cumulatively: the best two, the best three, ... up to ``width`` swaps in one prompt.
+
+    Returns (row, merged prompt, its first changed position) per merged candidate: screened like
+    any candidate, a merge lets one step take several independent improvements at once.
+    """
+    merged: list[tuple[int, Tensor, int]] = []
+    if width < 2:
+        return merged
+    diff = cands != current[:, None, :]
+    single = diff.sum(-1) == 1
+    where = diff.float().argmax(-1)  # the changed position of a one-token swap
+    for row in range(cands.shape[0]):
+        ids, taken = current[row].clone(), set()
+        for c in gain[row].argsort(descending=True).tolist():
+            if len(taken) >= width or not float(gain[row, c]) > 0:
+                break
+            p = int(where[row, c])
+            if not single[row, c] or p in taken:
+                continue
+            taken.add(p)
+            ids[p] = cands[row, c, p]
+            if len(taken) >= 2:
+                merged.append((row, ids.clone(), min(taken)))
+    return merged
+
+
+def screen_candidates(
+    target, cands, positions, current, feature_ids, keep_resid, share_prefix, prefix=None
+):
     """Exact forwards of every candidate: (key, activation, resid or None), each [batch, n, ...].
 
-    With ``share_prefix``, the current prompts' keys and values are computed once and each
-    candidate forwards only its suffix from the swapped position on.
+    With ``share_prefix``, the current prompts' keys and values are computed once (or ``prefix``,
+    already computed, is reused) and each candidate forwards only its suffix from the swapped
+    position on.
     """
     batch, n, length = cands.shape
-    keys = torch.empty(batch, n, device=target.device)
-    acts = torch.empty(batch, n, device=target.device)
-    resid = None
-    if not share_prefix:
-        groups = [(None, torch.arange(batch * n))]
-    else:
+    if share_prefix and prefix is None:
         prefix = target.prefix_cache(current)
-        flat_pos = positions.reshape(-1)
+    owner = torch.arange(batch).repeat_interleave(n)
+    keys, acts, resid = _screen(
+        target, cands.reshape(batch * n, length), owner, positions.reshape(-1),
+        feature_ids.repeat_interleave(n), prefix if share_prefix else None, keep_resid,
+    )  # fmt: skip
+    if resid is not None:
+        resid = resid.reshape(batch, n, *resid.shape[1:])
+    return keys.reshape(batch, n), acts.reshape(batch, n), resid
+
+
+def _screen(target, flat, owner, flat_pos, fids, prefix, keep_resid):
+    """(key, activation, resid or None) of every prompt of ``flat``: a whole forward each, or
+    with ``prefix`` (the keys and values of each ``owner``'s current prompt) its suffix from its
+    ``flat_pos`` on."""
+    keys = torch.empty(len(flat), device=target.device)
+    acts = torch.empty(len(flat), device=target.device)
+    resid = None
+    if prefix is None:
+        groups = [(None, torch.arange(len(flat)))]
+    else:
         groups = [(int(p), (flat_pos == p).nonzero().squeeze(-1)) for p in flat_pos.unique()]
-    flat = cands.reshape(batch * n, length)
-    fids = feature_ids.repeat_interleave(n)
     for p, members in groups:
         for lo in range(0, len(members), SCREEN_BATCH):
             idx = members[lo : lo + SCREEN_BATCH].to(target.device)
@@ -100,14 +148,62 @@ def screen_candidates(target, cands, positions, current, feature_ids, keep_resid
                 hook = target.hook_acts(flat[idx]).detach()
             else:
                 start = p + target.start_offset
-                hook = target.hook_acts_after_prefix(prefix, idx // n, start, flat[idx, p:])
+                hook = target.hook_acts_after_prefix(
+                    prefix, owner[idx.cpu()].to(target.device), start, flat[idx, p:]
+                )
             with torch.no_grad():
                 readout = target.read(hook, fids[idx])
-            keys.view(-1)[idx], acts.view(-1)[idx] = readout.key, readout.activation
+            keys[idx], acts[idx] = readout.key, readout.activation
             if keep_resid:
                 if resid is None:
-                    resid = torch.empty(batch * n, *hook.shape[1:], device=target.device)
+                    resid = torch.empty(len(flat), *hook.shape[1:], device=target.device)
                 resid[idx] = hook
-    if resid is not None:
-        resid = resid.reshape(batch, n, *resid.shape[1:])
     return keys, acts, resid
+
+
+def screen_merged(target, merged, prefix, feature_ids, keep_resid):
+    """``_screen`` of ``merge_swaps``' candidates (rows index ``feature_ids`` and ``prefix``)."""
+    flat = torch.stack([ids for _, ids, _ in merged]).to(target.device)
+    owner = torch.tensor([row for row, _, _ in merged])
+    flat_pos = torch.tensor([p for _, _, p in merged])
+    fids = feature_ids[owner.to(feature_ids.device)]
+    return _screen(target, flat, owner, flat_pos, fids, prefix, keep_resid)
+
+
+def with_merges(
+    target, cost, prefix, current, fids, cands, positions, c_key, c_act, c_resid, gain, width
+):
+    """``cands``, their positions and screening (key, activation, resid) with each row's merged
+    swaps appended (``merge_swaps`` of its ``gain``; a row with fewer merges is padded with
+    candidates of key -inf, which are never picked), and what each row's merges cost (each
+    forwarded from its first changed position rounded down to a third of the prompt)."""
+    batch = cands.shape[0]
+    merged = merge_swaps(current, cands, gain, width)
+    spent = [0.0] * batch
+    if not merged:
+        return cands, positions, c_key, c_act, c_resid, spent
+    # each merge forwarded from its first changed position rounded down to a third of the
+    # prompt: three small forwards instead of one per position, which cost more time than the
+    # few extra positions (counted)
+    third = max(1, cands.shape[2] // 3)
+    merged = [(row, ids, p - p % third) for row, ids, p in merged]
+    keys, acts, resid = screen_merged(target, merged, prefix, fids, c_resid is not None)
+    m = max(width - 1, 1)
+    x_ids = current[:, None, :].repeat(1, m, 1)
+    x_pos = torch.zeros(batch, m, dtype=positions.dtype)
+    x_key = torch.full((batch, m), float("-inf"), device=c_key.device)
+    x_act = torch.zeros(batch, m, device=c_act.device)
+    x_resid = None if c_resid is None else c_resid.new_zeros(batch, m, *c_resid.shape[2:])
+    filled = [0] * batch
+    for i, (row, ids, p) in enumerate(merged):
+        k = filled[row]
+        filled[row] += 1
+        x_ids[row, k], x_pos[row, k], x_key[row, k], x_act[row, k] = ids, p, keys[i], acts[i]
+        if x_resid is not None:
+            x_resid[row, k] = resid[i]
+        spent[row] += cost.suffix(p) if prefix is not None else cost.sequence
+    cat = lambda a, b: None if a is None else torch.cat([a, b], dim=1)  # noqa: E731
+    return (
+        cat(cands, x_ids.to(cands.device)), cat(positions, x_pos), cat(c_key, x_key),
+        cat(c_act, x_act), cat(c_resid, x_resid), spent,
+    )  # fmt: skip

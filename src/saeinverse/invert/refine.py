@@ -21,7 +21,10 @@ Each step, for every still-active row:
    put later), so a phrase can shift by a token while both ends of the prompt stay;
 3. every candidate is evaluated exactly by forwards stopped at the SAE's layer; with
    ``share_prefix`` the current prompt's keys and values are computed once (one sequence) and each
-   candidate forwards only its suffix from the swapped position;
+   candidate forwards only its suffix from the swapped position. With ``merge_swaps``, the row's
+   improving swaps at distinct positions (by key, or a fluent row's estimated score below) are
+   then merged, best first (the best two, the best three, ...), and each merge is screened the
+   same way and joins the candidates, so one step can take several improvements;
 4. each row keeps the most active candidate it screened (``best_seen``: the check re-scores it,
    so a fluent row's too costly but very active candidates still count for the unconstrained
    best); an unconstrained row takes its best candidate if it improves; a fluent row first
@@ -53,7 +56,7 @@ from saeinverse.config import OptimizationConfig
 from saeinverse.invert.cost import Cost, reads_model, row_step_cost, start_cost, uses_gradient
 from saeinverse.invert.fluency import Fluency
 from saeinverse.invert.front import ParetoPoint, best_within, update_pareto
-from saeinverse.invert.moves import draw_candidates, screen_candidates
+from saeinverse.invert.moves import draw_candidates, screen_candidates, with_merges
 from saeinverse.invert.objective import FeatureTarget
 from saeinverse.invert.project import Vocabulary
 from saeinverse.invert.soft import improves
@@ -271,9 +274,27 @@ def _step(
         s.edit_moves, s.proposals,
     )  # fmt: skip
     fluent = [j for j, r in enumerate(rows) if pop.hinge[r] is not None]
+    prefix = target.prefix_cache(current) if share_prefix else None
     c_key, c_act, c_resid = screen_candidates(
-        target, cands, positions, current, fids, bool(fluent), share_prefix
+        target, cands, positions, current, fids, bool(fluent), share_prefix, prefix
     )
+    n_drawn = cands.shape[1]
+    merged_cost = [0.0] * len(rows)
+    if s.merge_swaps > 1:
+        estimate = c_key - state.key[idx][:, None]
+        if fluent:
+            f_rows = [rows[j] for j in fluent]
+            f_est = _estimate(
+                state, pop, f_rows, cands[fluent], positions[fluent], c_key[fluent],
+                [weights[r] for r in f_rows], n_drawn,
+            )  # fmt: skip
+            estimate[fluent] = (
+                f_est - state.score[torch.tensor(f_rows, device=f_est.device)][:, None]
+            )
+        cands, positions, c_key, c_act, c_resid, merged_cost = with_merges(
+            target, cost, prefix, current, fids, cands, positions, c_key, c_act, c_resid,
+            estimate, s.merge_swaps,
+        )  # fmt: skip
     top_act, top_at = c_act.max(dim=1)
     for j, row in enumerate(rows):
         seen = state.best_seen[row]
@@ -287,17 +308,18 @@ def _step(
         chosen = _fluent_choice(
             fluency, state, pop, [rows[j] for j in fluent], cands[fluent], positions[fluent],
             c_key[fluent], c_act[fluent], c_resid[fluent], n_fluent,
-            [weights[rows[j]] for j in fluent], s.pareto_size,
+            [weights[rows[j]] for j in fluent], s.pareto_size, n_drawn,
         )  # fmt: skip
         new_ids[fluent], new_key[fluent], new_act[fluent] = chosen[:3]
         new_score[fluent], new_ce[fluent] = chosen[3:]
     accepted = []
     ce_cost = cost.resumed if fluency.resume_layer is not None else cost.full
     for j, row in enumerate(rows):
+        drawn = positions[j, :n_drawn].tolist()
         if share_prefix:
-            screened = cost.sequence + sum(cost.suffix(int(p)) for p in positions[j].tolist())
+            screened = cost.sequence + sum(cost.suffix(int(p)) for p in drawn) + merged_cost[j]
         else:
-            screened = s.refine_candidates * cost.sequence
+            screened = s.refine_candidates * cost.sequence + merged_cost[j]
         state.passes[row] += (cost.gradient if gradient[j] else 0.0) + screened
         if pop.hinge[row] is not None:
             state.passes[row] += n_fluent * ce_cost
@@ -322,17 +344,11 @@ def _step(
             state.passes[row] += cost.full
 
 
-def _fluent_choice(
-    fluency, state, pop, rows, cands, positions, c_key, c_act, c_resid, n_fluent, weights, size
-):
-    """Shortlist ``n_fluent`` candidates per fluent row by an estimated score, score them exactly.
-
-    The estimate changes the current cross-entropy by the swapped token's own term under the
-    current prompt's expectations (later tokens' terms are left as they were); the shortlist's
-    cross-entropy is then computed exactly, and each row picks the best combined score by its
-    own weight among its shortlist and, in a pool, its pool mates' shortlists.
-    Returns the picked (ids, key, activation, score, cross-entropy) per row.
-    """
+def _estimate(state, pop, rows, cands, positions, c_key, weights, n_drawn):
+    """Each fluent row's estimated score of each candidate: the current cross-entropy changed by
+    the swapped token's own term under the current prompt's expectations (later tokens' terms
+    are left as they were); for a merged candidate (from ``n_drawn`` on), by every swapped
+    token's term."""
     batch, n, length = cands.shape
     device = cands.device
     logprobs = torch.stack([state.logprobs[r] for r in rows])  # [batch, pos, vocab]
@@ -341,11 +357,37 @@ def _fluent_choice(
     weight = torch.tensor(weights, device=device)[:, None]
     r_idx = torch.arange(batch, device=device)[:, None]
     pos = positions.to(device)
-    old = state.current[torch.tensor(rows, device=device)].gather(1, pos)
+    current = state.current[torch.tensor(rows, device=device)]
+    old = current.gather(1, pos)
     new = cands[r_idx, torch.arange(n, device=device)[None, :], pos]
     delta = (logprobs[r_idx, pos, old] - logprobs[r_idx, pos, new]) / length
+    if n > n_drawn:
+        now = logprobs.gather(2, current[..., None])[..., 0]  # [batch, pos]
+        merged = cands[:, n_drawn:]
+        after = logprobs.gather(2, merged.transpose(1, 2)).transpose(1, 2)
+        changed = (merged != current[:, None, :]).float()
+        delta[:, n_drawn:] = ((now[:, None, :] - after) * changed).sum(-1) / length
     ce_now = state.ce[torch.tensor(rows, device=device)][:, None]
-    estimate = c_key / scale - _penalty(ce_now + delta, hinge, weight)
+    return c_key / scale - _penalty(ce_now + delta, hinge, weight)
+
+
+def _fluent_choice(fluency, state, pop, rows, cands, positions, c_key, c_act, c_resid, *args):
+    """Shortlist ``n_fluent`` candidates per fluent row by an estimated score (``_estimate``),
+    score them exactly.
+
+    ``args``: ``n_fluent``, the rows' fluency weights, the front's size and ``n_drawn``. The
+    shortlist's cross-entropy is computed exactly, and each row picks the best combined
+    score by its own weight among its shortlist and, in a pool, its pool mates' shortlists.
+    Returns the picked (ids, key, activation, score, cross-entropy) per row.
+    """
+    n_fluent, weights, size, n_drawn = args
+    batch, n, length = cands.shape
+    device = cands.device
+    scale = torch.tensor([pop.scale[r] for r in rows], device=device)[:, None]
+    hinge = torch.tensor([pop.hinge[r] for r in rows], device=device)[:, None]
+    weight = torch.tensor(weights, device=device)[:, None]
+    r_idx = torch.arange(batch, device=device)[:, None]
+    estimate = _estimate(state, pop, rows, cands, positions, c_key, weights, n_drawn)
     top = estimate.topk(min(n_fluent, n), dim=1).indices  # [batch, n_fluent]
     ids = cands[r_idx, top]  # [batch, n_fluent, pos]
     resid = c_resid[r_idx, top].reshape(-1, *c_resid.shape[2:])
