@@ -3,7 +3,9 @@ their exact screening.
 
 A candidate differs from the row's current prompt from one position on (its first changed
 position), so its forward reuses the current prompt's keys and values before it
-(``screen_candidates``). Every draw comes from the row's own generator.
+(``screen_candidates``). Every draw comes from the row's own generator. After screening, a
+row's improving swaps at distinct positions can be merged into one prompt and screened too
+(``merge_swaps``, ``with_merges``), so one step can take several improvements.
 """
 
 from __future__ import annotations
