@@ -93,15 +93,16 @@ def merge_swaps(
     if width < 2:
         return merged
     diff = cands != current[:, None, :]
-    single = diff.sum(-1) == 1
-    where = diff.float().argmax(-1)  # the changed position of a one-token swap
+    single = (diff.sum(-1) == 1).tolist()
+    where = diff.float().argmax(-1).tolist()  # the changed position of a one-token swap
+    gains = gain.tolist()
     for row in range(cands.shape[0]):
         ids, taken = current[row].clone(), set()
         for c in gain[row].argsort(descending=True).tolist():
-            if len(taken) >= width or not float(gain[row, c]) > 0:
+            if len(taken) >= width or not gains[row][c] > 0:
                 break
-            p = int(where[row, c])
-            if not single[row, c] or p in taken:
+            p = where[row][c]
+            if not single[row][c] or p in taken:
                 continue
             taken.add(p)
             ids[p] = cands[row, c, p]

@@ -280,21 +280,26 @@ def _step(
     )
     n_drawn = cands.shape[1]
     merged_cost = [0.0] * len(rows)
+    f_rows = [rows[j] for j in fluent]
+    f_weights = [weights[r] for r in f_rows]
+    if fluent:  # the fluent rows' estimated scores, which shortlist their candidates
+        f_est = _estimate(
+            state, pop, f_rows, cands[fluent], positions[fluent], c_key[fluent], f_weights, n_drawn
+        )
     if s.merge_swaps > 1:
-        estimate = c_key - state.key[idx][:, None]
+        gain = c_key - state.key[idx][:, None]
         if fluent:
-            f_rows = [rows[j] for j in fluent]
-            f_est = _estimate(
-                state, pop, f_rows, cands[fluent], positions[fluent], c_key[fluent],
-                [weights[r] for r in f_rows], n_drawn,
-            )  # fmt: skip
-            estimate[fluent] = (
-                f_est - state.score[torch.tensor(f_rows, device=f_est.device)][:, None]
-            )
+            gain[fluent] = f_est - state.score[torch.tensor(f_rows, device=f_est.device)][:, None]
         cands, positions, c_key, c_act, c_resid, merged_cost = with_merges(
             target, cost, prefix, current, fids, cands, positions, c_key, c_act, c_resid,
-            estimate, s.merge_swaps,
+            gain, s.merge_swaps,
         )  # fmt: skip
+        if fluent and cands.shape[1] > n_drawn:  # only the merges are still to estimate
+            merged = _estimate(
+                state, pop, f_rows, cands[fluent, n_drawn:], positions[fluent, n_drawn:],
+                c_key[fluent, n_drawn:], f_weights, 0,
+            )  # fmt: skip
+            f_est = torch.cat([f_est, merged], dim=1)
     top_act, top_at = c_act.max(dim=1)
     for j, row in enumerate(rows):
         seen = state.best_seen[row]
@@ -306,9 +311,8 @@ def _step(
     new_ce = torch.full_like(new_score, float("nan"))
     if fluent:
         chosen = _fluent_choice(
-            fluency, state, pop, [rows[j] for j in fluent], cands[fluent], positions[fluent],
-            c_key[fluent], c_act[fluent], c_resid[fluent], n_fluent,
-            [weights[rows[j]] for j in fluent], s.pareto_size, n_drawn,
+            fluency, state, pop, f_rows, cands[fluent], f_est, c_key[fluent], c_act[fluent],
+            c_resid[fluent], n_fluent, f_weights, s.pareto_size,
         )  # fmt: skip
         new_ids[fluent], new_key[fluent], new_act[fluent] = chosen[:3]
         new_score[fluent], new_ce[fluent] = chosen[3:]
@@ -371,23 +375,22 @@ def _estimate(state, pop, rows, cands, positions, c_key, weights, n_drawn):
     return c_key / scale - _penalty(ce_now + delta, hinge, weight)
 
 
-def _fluent_choice(fluency, state, pop, rows, cands, positions, c_key, c_act, c_resid, *args):
-    """Shortlist ``n_fluent`` candidates per fluent row by an estimated score (``_estimate``),
+def _fluent_choice(
+    fluency, state, pop, rows, cands, estimate, c_key, c_act, c_resid, n_fluent, weights, size
+):
+    """Shortlist ``n_fluent`` candidates per fluent row by their estimated score (``_estimate``),
     score them exactly.
 
-    ``args``: ``n_fluent``, the rows' fluency weights, the front's size and ``n_drawn``. The
-    shortlist's cross-entropy is computed exactly, and each row picks the best combined
+    The shortlist's cross-entropy is computed exactly, and each row picks the best combined
     score by its own weight among its shortlist and, in a pool, its pool mates' shortlists.
     Returns the picked (ids, key, activation, score, cross-entropy) per row.
     """
-    n_fluent, weights, size, n_drawn = args
     batch, n, length = cands.shape
     device = cands.device
     scale = torch.tensor([pop.scale[r] for r in rows], device=device)[:, None]
     hinge = torch.tensor([pop.hinge[r] for r in rows], device=device)[:, None]
     weight = torch.tensor(weights, device=device)[:, None]
     r_idx = torch.arange(batch, device=device)[:, None]
-    estimate = _estimate(state, pop, rows, cands, positions, c_key, weights, n_drawn)
     top = estimate.topk(min(n_fluent, n), dim=1).indices  # [batch, n_fluent]
     ids = cands[r_idx, top]  # [batch, n_fluent, pos]
     resid = c_resid[r_idx, top].reshape(-1, *c_resid.shape[2:])
