@@ -108,3 +108,38 @@ def test_the_fit_reads_only_the_explaining_side_and_falls_back_without_silent_wi
     assert windows and set(windows) <= explaining
     assert not set(seen) & set(HELD_POSITIVE + HELD_NEGATIVE)
     assert np.all([word_count(t) <= MAX_WORDS for t in seen if t.startswith("Fires on")])
+
+
+MORE_ANIMALS = [
+    "the lamb followed its mother through the gate",
+    "a mule carried the sacks up the path",
+    "the cat stretched on the sunny windowsill",
+    "the donkey brayed at the passing cart",
+]
+ELSEWHERE = [
+    "the orchestra tuned up before the symphony began",
+    "the striker scored in the final minute of the match",
+    "the storm brought heavy rain over the coast",
+    "the chef seasoned the soup with fresh basil",
+]
+
+
+def test_the_fit_is_measured_on_the_other_firing_windows_not_the_quoted_ones(judge):
+    # Examples are quoted from the exemplars; with enough other firing windows, those are what
+    # the fit compares a sentence with, so a quote cannot score by matching its own window.
+    exemplars = [words(t, True, "exemplar") for t in ELSEWHERE + ANIMALS[:2]]
+    firing = [words(t, True, "decile:5") for t in ANIMALS[2:] + MORE_ANIMALS]
+    silent = [words(t, False, "silent") for t in FINANCE]
+    ev = ExplainEvidence(0, exemplars=exemplars, firing=firing, silent=silent,
+                         candidate_tokens=[(" the", 0.9)])  # fmt: skip
+    seen: list[str] = []
+
+    def embed(texts):
+        seen.extend(texts)
+        return judge.embed(texts)
+
+    fitted = SentenceFitter(embed).describe(Rule((" the",)), ev)
+    windows = {t for t in seen if not t.startswith("Fires on")}
+    assert windows == {window_text(s) for s in firing + silent}
+    assert not any(w in fitted for w in ("orchestra", "striker", "storm", "chef", "soup"))
+    assert held_out_fit(judge, fitted) > held_out_fit(judge, describe(Rule((" the",)), ev))
