@@ -9,14 +9,11 @@ only; the held-out windows never take part.
 
 Each sentence the parts can make is embedded (``embed``: the embedding judge's model,
 all-MiniLM-L6-v2), and so is each window of the explaining side; a sentence's *fit* is the ROC
-AUC of its cosine similarity, firing windows against random silent ones. The firing windows are
-the explaining side's other firing prompts (``fit_windows``), not the exemplars and decile
-samples its examples are quoted from: a quote matches its own window almost exactly, which
-favoured examples for no held-out gain, and the held-out positives are drawn as those prompts
-are (the bench's held-out judge AUC +0.007 and +0.004 on two draws of 32 features). The search starts from
-the sentence's core (the targets, their position, the genre: ``describe``'s longest form that
-fits without examples or context words) and takes, one at a time, the change that raises the
-fit most: add one of ``POOL_NEAR`` context words or one of ``POOL_EXAMPLES`` examples, list one
+AUC of its cosine similarity, firing windows against random silent ones; the firing windows are
+those of the explaining side's other firing prompts, not the ones its examples are quoted from
+(``fit_windows``). The search starts from the sentence's core (the targets, their position, the
+genre: ``describe``'s longest form that fits without examples or context words) and takes, one
+at a time, the change that raises the fit most: add one of ``POOL_NEAR`` context words or one of ``POOL_EXAMPLES`` examples, list one
 target or ``LISTED``, say the genre or not. Its pool is wider than ``describe``'s parts: context
 words half as common in the firing windows (``POOL_SUPPORT``) and less enriched
 (``POOL_ENRICHMENT``), examples of ``POOL_RADIUS`` tokens either side of the peak, since a part
