@@ -8,18 +8,18 @@ evidence, as the rule's size is chosen (``saeinverse.explain.context``), on the 
 only; the held-out windows never take part.
 
 Each sentence the parts can make is embedded (``embed``: the embedding judge's model,
-all-MiniLM-L6-v2), and so is each window of the explaining side; a sentence's *fit* is the ROC
-AUC of its cosine similarity, firing windows against random silent ones; the firing windows are
-those of the explaining side's other firing prompts, not the ones its examples are quoted from
+all-MiniLM-L6-v2), and so is each window of the explaining side; a sentence's *fit* is the ROC AUC
+of its cosine similarity, firing windows against random silent ones; the firing windows are those
+of the explaining side's other firing prompts, not the ones its examples are quoted from
 (``fit_windows``). The search starts from the sentence's core (the targets, their position, the
-genre: ``describe``'s longest form that fits without examples or context words) and takes, one
-at a time, the change that raises the fit most: add one of ``POOL_NEAR`` context words or one of ``POOL_EXAMPLES`` examples, list one
-target or ``LISTED``, say the genre or not. Its pool is wider than ``describe``'s parts: context
-words half as common in the firing windows (``POOL_SUPPORT``) and less enriched
-(``POOL_ENRICHMENT``), examples of ``POOL_RADIUS`` tokens either side of the peak, since a part
-enters only when it raises the fit. The position stays as the core says it: it is part
-of what fires (letting the search drop it moved the bench's held-out judge score by 0.001). It
-stops when no change that keeps the sentence within ``MAX_WORDS`` raises the fit by more than
+genre: ``describe``'s longest form that fits without examples or context words) and takes, one at a
+time, the change that raises the fit most: add one of ``POOL_NEAR`` context words or one of
+``POOL_EXAMPLES`` examples, list one target or ``LISTED``, say the genre or not. Its pool is wider
+than ``describe``'s parts: context words half as common in the firing windows (``POOL_SUPPORT``)
+and less enriched (``POOL_ENRICHMENT``), examples of ``POOL_RADIUS`` tokens either side of the
+peak, since a part enters only when it raises the fit. The position stays as the core says it: it
+is part of what fires (letting the search drop it moved the bench's held-out judge score by 0.001).
+It stops when no change that keeps the sentence within ``MAX_WORDS`` raises the fit by more than
 ``MIN_GAIN``. Without firing or random silent windows it falls back to ``describe``.
 
 The embedding judge scores the same kind of similarity on the held-out windows, so this is the
