@@ -128,7 +128,7 @@ def test_the_fit_is_measured_on_the_other_firing_windows_not_the_quoted_ones(jud
     # Examples are quoted from the exemplars; with enough other firing windows, those are what
     # the fit compares a sentence with, so a quote cannot score by matching its own window.
     exemplars = [words(t, True, "exemplar") for t in ELSEWHERE + ANIMALS[:2]]
-    firing = [words(t, True, "decile:5") for t in ANIMALS[2:] + MORE_ANIMALS]
+    firing = [words(t, True, "firing") for t in ANIMALS[2:] + MORE_ANIMALS]
     silent = [words(t, False, "silent") for t in FINANCE]
     ev = ExplainEvidence(0, exemplars=exemplars, firing=firing, silent=silent,
                          candidate_tokens=[(" the", 0.9)])  # fmt: skip
